@@ -1,0 +1,245 @@
+"""Adapter contract and registry: an HF architecture → `ModelSpec` + canonical weight stream.
+
+Canonical tensor names (one set for every architecture; `{layer}` = 0 … L-1):
+
+    embed.weight                      [vocab, H]
+    layers.{layer}.attn_norm.weight   [H]        (+ .bias for LayerNorm)
+    layers.{layer}.attn.q.weight      [heads·D, H]     q/k/v/o (+ .bias where the model has them)
+    layers.{layer}.attn.k.weight      [kv_heads·D, H]
+    layers.{layer}.attn.v.weight      [kv_heads·D, H]
+    layers.{layer}.attn.o.weight      [H, heads·D]
+    layers.{layer}.mlp_norm.weight    [H]        (+ .bias)
+    layers.{layer}.mlp.gate.weight    [I, H]     (SwiGLU only)
+    layers.{layer}.mlp.up.weight      [I, H]
+    layers.{layer}.mlp.down.weight    [H, I]
+    final_norm.weight                 [H]        (+ .bias)
+    lm_head.weight                    [vocab, H] (absent when tied and not stored)
+
+Linear weights keep torch's [out, in] layout. Q/K rows keep the checkpoint's rotary convention
+(the spec's `rotary` says which). An adapter is declarative: a weight-name table (data, with
+`{layer}` templates) and only the real transforms in code (split / merge of fused tensors,
+Meta's rotary permutation).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ascend_adapt.errors import CheckpointError, ConfigError, ShapeMismatchError, UnsupportedError
+from ascend_adapt.registry import Registry
+
+from .spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    """One row of a weight-name table.
+
+    Attributes:
+        canonical: canonical name template(s); several when the source tensor is fused.
+        source: the checkpoint's name template.
+        transform: name of the adapter's transform pair (`split_<t>` / `merge_<t>`), or None.
+        optional: the source may be absent (e.g. lm_head when tied).
+    """
+
+    canonical: tuple[str, ...]
+    source: str
+    transform: str | None = None
+    optional: bool = False
+
+    def expand(self, layer: int | None) -> "WeightEntry":
+        if layer is None:
+            return self
+        return WeightEntry(tuple(c.format(layer=layer) for c in self.canonical),
+                           self.source.format(layer=layer), self.transform, self.optional)
+
+    @property
+    def per_layer(self) -> bool:
+        return "{layer}" in self.source
+
+
+def table(rows: Sequence[tuple]) -> tuple[WeightEntry, ...]:
+    """Build a table from rows `(canonical | (c1, c2, …), source[, transform[, optional]])`."""
+    out = []
+    for row in rows:
+        canon = row[0] if isinstance(row[0], tuple) else (row[0],)
+        out.append(WeightEntry(canon, row[1], *row[2:]))
+    return tuple(out)
+
+
+class Adapter:
+    """Base class of model adapters. Subclasses set the class attributes and `spec_from_config`.
+
+    Class attributes:
+        name: adapter key ("llama").
+        architectures: HF `architectures` entries handled.
+        model_types: HF `model_type` values handled.
+        weight_tables: layout ("hf", "meta", "mindformers", …) → weight table.
+        ignored: regexes of checkpoint tensors that carry no parameters (e.g. rotary inv_freq).
+    """
+
+    name: ClassVar[str] = ""
+    architectures: ClassVar[tuple[str, ...]] = ()
+    model_types: ClassVar[tuple[str, ...]] = ()
+    weight_tables: ClassVar[Mapping[str, tuple[WeightEntry, ...]]] = {}
+    ignored: ClassVar[tuple[str, ...]] = ()
+
+    # ---- config ------------------------------------------------------------------------------
+    def spec_from_config(self, config: Mapping) -> ModelSpec:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def tiny_config(self) -> dict:  # pragma: no cover - abstract
+        """An HF config.json for a tiny random test model of this architecture."""
+        raise NotImplementedError
+
+    # ---- weight tables -----------------------------------------------------------------------
+    def entries(self, spec: ModelSpec, layout: str = "hf") -> list[WeightEntry]:
+        """The concrete table for this spec (templates expanded over layers)."""
+        try:
+            rows = self.weight_tables[layout]
+        except KeyError:
+            raise UnsupportedError(f"{self.name}: no weight table for layout '{layout}'",
+                                   f"known layouts: {', '.join(self.weight_tables)}") from None
+        shapes = spec.canonical_shapes()
+        # checkpoint order: global rows before the layers, every layer's rows, then the rest
+        first = next((i for i, r in enumerate(rows) if r.per_layer), len(rows))
+        head = [r for r in rows[:first]]
+        per_layer = [r for r in rows if r.per_layer]
+        tail = [r for r in rows[first:] if not r.per_layer]
+        ordered = head + [r.expand(i) for i in range(spec.num_layers) for r in per_layer] + tail
+        out = []
+        for e in ordered:
+            present = [c for c in e.canonical if c in shapes]
+            if len(present) == len(e.canonical):
+                out.append(e)
+            elif present:
+                raise ConfigError(f"{self.name}: table row {e} is only partly in the spec")
+        return out
+
+    def split(self, entry: WeightEntry, array: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, ...]:
+        if entry.transform is None:
+            return (array,)
+        return getattr(self, f"split_{entry.transform}")(array, spec)
+
+    def merge(self, entry: WeightEntry, arrays: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray:
+        if entry.transform is None:
+            return arrays[0]
+        return getattr(self, f"merge_{entry.transform}")(arrays, spec)
+
+    def source_shapes(self, spec: ModelSpec, layout: str = "hf") -> dict[str, tuple[int, ...]]:
+        """Shapes of the checkpoint's tensors implied by the spec (for writers)."""
+        shapes = spec.canonical_shapes()
+        out = {}
+        for e in self.entries(spec, layout):
+            dummy = [np.empty(shapes[c], dtype=np.uint8) for c in e.canonical]
+            out[e.source] = self.merge(e, dummy, spec).shape
+        return out
+
+    def is_ignored(self, name: str) -> bool:
+        return any(re.search(p, name) for p in self.ignored)
+
+    def iter_canonical(self, reader, spec: ModelSpec | None = None, layout: str | None = None,
+                       strict: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+        """Stream (canonical name, array) from a checkpoint, one source tensor at a time.
+
+        Every source tensor's shape is checked against the spec before its data is read; a
+        missing tensor, a shape mismatch or (with `strict`) an unexpected tensor raises naming it.
+        """
+        spec = spec or self.spec_from_config(reader.config)
+        layout = layout or ("meta" if getattr(reader, "layout", "") == "meta" else "hf")
+        entries = self.entries(spec, layout)
+        shapes = spec.canonical_shapes()
+        infos = reader.infos()
+        expected_src = self.source_shapes(spec, layout)
+        known = {e.source for e in entries}
+        if strict:
+            unexpected = [n for n in infos if n not in known and not self.is_ignored(n)]
+            if unexpected:
+                raise CheckpointError(
+                    f"{reader.path}: {len(unexpected)} tensors are not part of a {self.name} model, "
+                    f"e.g. '{unexpected[0]}'",
+                    "check that config.json's architecture matches the weights",
+                )
+        for e in entries:
+            info = infos.get(e.source)
+            if info is None:
+                if e.optional:
+                    continue
+                layer = re.search(r"\.(\d+)\.", e.source)
+                where = f" (layer {layer.group(1)})" if layer else ""
+                raise CheckpointError(
+                    f"{reader.path}: tensor '{e.source}'{where} is missing",
+                    f"config.json says {spec.num_layers} layers; check the shards and the index",
+                )
+            if tuple(info.shape) != tuple(expected_src[e.source]):
+                raise ShapeMismatchError(e.source, expected_src[e.source], info.shape, str(info.file.name))
+            arrays = self.split(e, reader.get(e.source), spec)
+            for cname, arr in zip(e.canonical, arrays):
+                assert arr.shape == shapes[cname], (cname, arr.shape, shapes[cname])
+                yield cname, arr
+
+    def iter_source(self, get: Callable[[str], np.ndarray], spec: ModelSpec, layout: str = "hf",
+                    available: Callable[[str], bool] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """Inverse stream: canonical tensors (fetched with `get`) → checkpoint names and layout."""
+        for e in self.entries(spec, layout):
+            if available is not None and not all(available(c) for c in e.canonical):
+                if e.optional:
+                    continue
+                raise CheckpointError(f"canonical tensor(s) {e.canonical} missing for '{e.source}'")
+            yield e.source, self.merge(e, [get(c) for c in e.canonical], spec)
+
+
+def _load_builtin_adapters() -> None:
+    from . import chatglm, llama  # noqa: F401  (registration side effect)
+
+
+ADAPTERS: Registry[Adapter] = Registry("model adapter", loader=_load_builtin_adapters)
+# secondary indexes (architectures / model_type → adapter name), filled by `register_adapter`
+_BY_ARCH: dict[str, str] = {}
+_BY_TYPE: dict[str, str] = {}
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: register an adapter under its name, architectures and model types."""
+    for arch in cls.architectures:
+        if arch in _BY_ARCH and _BY_ARCH[arch] != cls.name:
+            raise ConfigError(f"architecture '{arch}' is already handled by adapter '{_BY_ARCH[arch]}'")
+    ADAPTERS.register(cls.name, cls())
+    for arch in cls.architectures:
+        _BY_ARCH[arch] = cls.name
+    for mt in cls.model_types:
+        _BY_TYPE.setdefault(mt, cls.name)
+    return cls
+
+
+def adapter_for_config(config: Mapping, source: str = "config.json") -> Adapter:
+    """Pick the adapter for an HF config (by `architectures`, then `model_type`)."""
+    ADAPTERS.names()  # make sure built-ins are loaded
+    for arch in config.get("architectures") or []:
+        if arch in _BY_ARCH:
+            return ADAPTERS.get(_BY_ARCH[arch])
+    mt = config.get("model_type")
+    if mt in _BY_TYPE:
+        return ADAPTERS.get(_BY_TYPE[mt])
+    if "dim" in config and "n_layers" in config:  # Meta params.json
+        return ADAPTERS.get("llama")
+    supported = ", ".join(sorted(_BY_ARCH)) + "; model_type " + ", ".join(sorted(_BY_TYPE))
+    raise UnsupportedError(
+        f"{source}: unsupported architecture {config.get('architectures')} (model_type {mt!r})",
+        f"supported: {supported}. To add one, see docs/adding_an_architecture.md",
+    )
+
+
+def get_alias(config: Mapping, aliases: Mapping[str, Sequence[str]], key: str, default=...):
+    """Read `key` from `config` under any of its aliases (data in each adapter)."""
+    for k in aliases.get(key, (key,)):
+        if k in config and config[k] is not None:
+            return config[k]
+    if default is ...:
+        raise ConfigError(f"config.json: missing key '{key}' (looked for {', '.join(aliases.get(key, (key,)))})",
+                          "use the config.json that came with the checkpoint")
+    return default

@@ -1,0 +1,175 @@
+"""Llama-2 adapter: HF config → ModelSpec, weight names as data, Meta ↔ HF rotary permutation.
+
+Facts: ../shared/reference/model_architectures.md §3 (keys, Meta names, the Q/K permutation,
+configs, numerics). Canonical Q/K rows are in HF's half-split (rotate_half) convention.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+from ascend_adapt.errors import ConfigError, UnsupportedError
+
+from ..base import Adapter, get_alias, register_adapter, table
+from ..spec import ModelSpec
+
+ALIASES = {
+    "hidden_size": ("hidden_size", "dim"),
+    "num_layers": ("num_hidden_layers", "n_layers"),
+    "num_heads": ("num_attention_heads", "n_heads"),
+    "num_kv_heads": ("num_key_value_heads", "n_kv_heads"),
+    "intermediate_size": ("intermediate_size",),
+    "vocab_size": ("vocab_size",),
+    "norm_eps": ("rms_norm_eps", "norm_eps"),
+    "max_position": ("max_position_embeddings", "max_seq_len"),
+}
+
+HF_TABLE = table([
+    ("embed.weight", "model.embed_tokens.weight"),
+    ("layers.{layer}.attn_norm.weight", "model.layers.{layer}.input_layernorm.weight"),
+    ("layers.{layer}.attn.q.weight", "model.layers.{layer}.self_attn.q_proj.weight"),
+    ("layers.{layer}.attn.k.weight", "model.layers.{layer}.self_attn.k_proj.weight"),
+    ("layers.{layer}.attn.v.weight", "model.layers.{layer}.self_attn.v_proj.weight"),
+    ("layers.{layer}.attn.o.weight", "model.layers.{layer}.self_attn.o_proj.weight"),
+    ("layers.{layer}.mlp_norm.weight", "model.layers.{layer}.post_attention_layernorm.weight"),
+    ("layers.{layer}.mlp.gate.weight", "model.layers.{layer}.mlp.gate_proj.weight"),
+    ("layers.{layer}.mlp.up.weight", "model.layers.{layer}.mlp.up_proj.weight"),
+    ("layers.{layer}.mlp.down.weight", "model.layers.{layer}.mlp.down_proj.weight"),
+    ("final_norm.weight", "model.norm.weight"),
+    ("lm_head.weight", "lm_head.weight", None, True),
+])
+
+# Meta's consolidated.*.pth names (§3.1); wq / wk carry the interleaved-pair rotary convention.
+META_TABLE = table([
+    ("embed.weight", "tok_embeddings.weight"),
+    ("layers.{layer}.attn_norm.weight", "layers.{layer}.attention_norm.weight"),
+    ("layers.{layer}.attn.q.weight", "layers.{layer}.attention.wq.weight", "meta_q"),
+    ("layers.{layer}.attn.k.weight", "layers.{layer}.attention.wk.weight", "meta_k"),
+    ("layers.{layer}.attn.v.weight", "layers.{layer}.attention.wv.weight"),
+    ("layers.{layer}.attn.o.weight", "layers.{layer}.attention.wo.weight"),
+    ("layers.{layer}.mlp_norm.weight", "layers.{layer}.ffn_norm.weight"),
+    ("layers.{layer}.mlp.gate.weight", "layers.{layer}.feed_forward.w1.weight"),
+    ("layers.{layer}.mlp.up.weight", "layers.{layer}.feed_forward.w3.weight"),
+    ("layers.{layer}.mlp.down.weight", "layers.{layer}.feed_forward.w2.weight"),
+    ("final_norm.weight", "norm.weight"),
+    ("lm_head.weight", "output.weight"),
+])
+
+# MindFormers' Llama checkpoint names (§4.1): same tensors, same [out, in] layout, no permute.
+MINDFORMERS_TABLE = table([
+    ("embed.weight", "model.tok_embeddings.embedding_weight"),
+    ("layers.{layer}.attn_norm.weight", "model.layers.{layer}.attention_norm.weight"),
+    ("layers.{layer}.attn.q.weight", "model.layers.{layer}.attention.wq.weight"),
+    ("layers.{layer}.attn.k.weight", "model.layers.{layer}.attention.wk.weight"),
+    ("layers.{layer}.attn.v.weight", "model.layers.{layer}.attention.wv.weight"),
+    ("layers.{layer}.attn.o.weight", "model.layers.{layer}.attention.wo.weight"),
+    ("layers.{layer}.mlp_norm.weight", "model.layers.{layer}.ffn_norm.weight"),
+    ("layers.{layer}.mlp.gate.weight", "model.layers.{layer}.feed_forward.w1.weight"),
+    ("layers.{layer}.mlp.up.weight", "model.layers.{layer}.feed_forward.w3.weight"),
+    ("layers.{layer}.mlp.down.weight", "model.layers.{layer}.feed_forward.w2.weight"),
+    ("final_norm.weight", "model.norm_out.weight"),
+    ("lm_head.weight", "lm_head.weight", None, True),
+])
+
+
+def meta_to_hf_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Meta interleaved-pair rows → HF half-split rows, per head (HF row h·D + j·D/2 + i ← Meta h·D + 2i + j)."""
+    rows, cols = w.shape[0], w.shape[1:]
+    d = rows // n_heads
+    return w.reshape(n_heads, d // 2, 2, *cols).swapaxes(1, 2).reshape(rows, *cols)
+
+
+def hf_to_meta_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Inverse of `meta_to_hf_rows`."""
+    rows, cols = w.shape[0], w.shape[1:]
+    d = rows // n_heads
+    return w.reshape(n_heads, 2, d // 2, *cols).swapaxes(1, 2).reshape(rows, *cols)
+
+
+def _ffn_size(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@register_adapter
+class LlamaAdapter(Adapter):
+    name = "llama"
+    architectures = ("LlamaForCausalLM",)
+    model_types = ("llama",)
+    weight_tables = {"hf": HF_TABLE, "meta": META_TABLE, "mindformers": MINDFORMERS_TABLE}
+    ignored = (r"rotary_emb\.inv_freq$", r"^rope\.freqs$")
+
+    def spec_from_config(self, config: Mapping) -> ModelSpec:
+        c = dict(config)
+        meta = "dim" in c and "n_layers" in c
+        H = int(get_alias(c, ALIASES, "hidden_size"))
+        heads = int(get_alias(c, ALIASES, "num_heads"))
+        kv = int(get_alias(c, ALIASES, "num_kv_heads", heads))
+        if heads % kv:
+            raise ConfigError(f"config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
+        head_dim = int(c.get("head_dim") or H // heads)
+        if meta:
+            inter = _ffn_size(H, int(c.get("multiple_of", 256)), c.get("ffn_dim_multiplier"))
+            vocab = int(c.get("vocab_size", -1))
+            if vocab <= 0:
+                raise ConfigError("params.json: vocab_size is -1",
+                                  "set vocab_size in params.json to the tokenizer's size (32000 for Llama-2)")
+        else:
+            inter = int(get_alias(c, ALIASES, "intermediate_size"))
+            vocab = int(get_alias(c, ALIASES, "vocab_size"))
+        rope = c.get("rope_parameters") or {}
+        theta = float(rope.get("rope_theta", c.get("rope_theta", 10000.0)))
+        scaling = c.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        if scaling:
+            raise UnsupportedError(f"config.json: rope scaling {scaling} is not supported yet",
+                                   "Llama-2 uses none; remove rope_scaling or open an issue for this model")
+        if c.get("attention_bias") or c.get("mlp_bias"):
+            raise UnsupportedError("config.json: attention_bias / mlp_bias are not supported for llama",
+                                   "Llama-2 has no biases; this checkpoint is a different architecture")
+        act = c.get("hidden_act", "silu")
+        if act != "silu":
+            raise UnsupportedError(f"config.json: hidden_act '{act}' is not supported for llama (expected silu)")
+        dtype = c.get("torch_dtype") or c.get("dtype") or "float32"
+        return ModelSpec(
+            arch="llama", hidden_size=H, num_layers=int(get_alias(c, ALIASES, "num_layers")),
+            num_heads=heads, num_kv_heads=kv, head_dim=head_dim, intermediate_size=inter,
+            vocab_size=vocab, ffn="swiglu", norm="rmsnorm",
+            norm_eps=float(get_alias(c, ALIASES, "norm_eps", 1e-5)),
+            residual="prenorm", rotary="half_split", rotary_dim=head_dim, rope_theta=theta,
+            rotary_table_dtype="float32", mask_fill=float("-inf"),
+            tie_word_embeddings=bool(c.get("tie_word_embeddings", False)), tied_source="embed.weight",
+            max_position=int(get_alias(c, ALIASES, "max_position", 4096)), kv_layout="bhsd",
+            bos_token_id=c.get("bos_token_id", 1), eos_token_id=c.get("eos_token_id", 2),
+            pad_token_id=c.get("pad_token_id"), torch_dtype=str(dtype),
+        )
+
+    # Meta's Q/K permutation (§3.2) — the only real transform of this family
+    def split_meta_q(self, w, spec):
+        return (meta_to_hf_rows(w, spec.num_heads),)
+
+    def merge_meta_q(self, arrays, spec):
+        return hf_to_meta_rows(arrays[0], spec.num_heads)
+
+    def split_meta_k(self, w, spec):
+        return (meta_to_hf_rows(w, spec.num_kv_heads),)
+
+    def merge_meta_k(self, arrays, spec):
+        return hf_to_meta_rows(arrays[0], spec.num_kv_heads)
+
+    def tiny_config(self) -> dict:
+        """A Llama-2-style config.json (as the HF Llama-2 repos ship it), tiny, with GQA."""
+        return {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
+            "max_position_embeddings": 256, "initializer_range": 0.02, "rms_norm_eps": 1e-05,
+            "rope_theta": 10000.0, "rope_scaling": None, "attention_bias": False,
+            "pretraining_tp": 1, "tie_word_embeddings": False, "use_cache": True,
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None,
+            "vocab_size": 512, "torch_dtype": "float32", "transformers_version": "4.31.0",
+        }
