@@ -44,6 +44,20 @@ class StepInputs:
     def seq_len(self) -> int:
         return self.input_ids.shape[1]
 
+    def split_visible(self) -> tuple[np.ndarray, np.ndarray]:
+        """Visibility for a graph that attends over [cache slots ⊕ this step's tokens].
+
+        Returns:
+            past: [B, S, max_len] — cache slots written by *earlier* steps (slots ≥ start_slot
+                are hidden: the cache passed in does not hold this step's K/V yet).
+            new: [B, S, S] — among this step's own tokens.
+        """
+        S, s0 = self.seq_len, self.start_slot
+        past = self.visible.copy()
+        past[:, :, s0:] = False
+        new = self.visible[:, :, s0:s0 + S]
+        return past, new
+
     def additive_mask(self, fill: float = -1e9, dtype=np.float32) -> np.ndarray:
         """[B, 1, S, max_len] additive bias: 0 where visible, `fill` elsewhere."""
         return np.where(self.visible, 0.0, fill).astype(dtype)[:, None]
