@@ -1,0 +1,154 @@
+"""Llama-2 golden: transformers' own `LlamaForCausalLM`, fed from our canonical weight stream.
+
+The weights go canonical → HF names through the adapter's table (`iter_source`, layout "hf") and
+`load_state_dict(strict=True)`, so the same path serves HF, sharded, .bin and Meta checkpoints
+and proves the adapter's tables and the Meta ↔ HF Q/K permutation. Attention is transformers'
+"eager" implementation (plain matmul + fp32 softmax): the golden everything else is compared with.
+
+Sessions run the HF model with its own `DynamicCache`, left padding expressed as a 2-D
+`attention_mask` over the cache slots and `position_ids` from the shared bookkeeping
+(`ascend_adapt.runtime.lm_inputs`), so every backend sees the same positions.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from ascend_adapt.model_zoo.spec import ModelSpec
+from ascend_adapt.runtime.lm_inputs import StepInputs, prefill_inputs
+from ascend_adapt.runtime.session import StaticCacheSession
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def hf_config(spec: ModelSpec, attn_implementation: str = "eager"):
+    """A transformers `LlamaConfig` equivalent to `spec`."""
+    from transformers import LlamaConfig
+
+    eos = spec.eos_token_id
+    cfg = LlamaConfig(
+        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads, head_dim=spec.head_dim, hidden_act="silu",
+        max_position_embeddings=spec.max_position, rms_norm_eps=spec.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        tie_word_embeddings=spec.tie_word_embeddings, attention_bias=False, mlp_bias=False,
+        bos_token_id=spec.bos_token_id, eos_token_id=list(eos) if isinstance(eos, tuple) else eos,
+        pad_token_id=spec.pad_token_id,
+    )
+    cfg._attn_implementation = attn_implementation
+    return cfg
+
+
+def build_hf_model(spec: ModelSpec, canonical: Iterable[tuple[str, np.ndarray]], dtype: str = "float32",
+                   attn_implementation: str = "eager"):
+    """`LlamaForCausalLM` with the canonical weights, loaded strictly under HF names.
+
+    Args:
+        spec: the model.
+        canonical: (canonical name, array) pairs, e.g. `adapter.iter_canonical(reader, spec)`.
+        dtype: "float32" (golden), "float16" or "bfloat16".
+    """
+    from transformers import LlamaForCausalLM
+
+    from ascend_adapt.model_zoo.base import ADAPTERS
+
+    adapter = ADAPTERS.get("llama")
+    canon = dict(canonical)
+    state = {}
+    for name, arr in adapter.iter_source(canon.pop, spec, "hf", available=canon.__contains__):
+        state[name] = torch.from_numpy(np.ascontiguousarray(np.asarray(arr, dtype=np.float32)))
+    if spec.tie_word_embeddings and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    cfg = hf_config(spec, attn_implementation)
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        from contextlib import nullcontext as no_init_weights
+    with no_init_weights():
+        model = LlamaForCausalLM(cfg)
+    model.load_state_dict(state, strict=True)
+    if spec.tie_word_embeddings:
+        model.tie_weights()
+    return model.to(_DTYPES[dtype]).eval()
+
+
+def _hidden(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def run_with_layer_outputs(model, spec: ModelSpec, **kwargs):
+    """Run `model(**kwargs)` and collect "embed", "layers.{i}", "final_norm", "logits" tensors."""
+    outs: dict[str, torch.Tensor] = {}
+    hooks = [model.model.embed_tokens.register_forward_hook(lambda m, i, o: outs.__setitem__("embed", _hidden(o)))]
+    for i, layer in enumerate(model.model.layers):
+        hooks.append(layer.register_forward_hook(
+            lambda m, inp, o, i=i: outs.__setitem__(f"layers.{i}", _hidden(o))))
+    hooks.append(model.model.norm.register_forward_hook(lambda m, i, o: outs.__setitem__("final_norm", _hidden(o))))
+    try:
+        res = model(**kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs["logits"] = res.logits
+    return res, outs
+
+
+class LlamaSession(StaticCacheSession):
+    """A batch in flight on the HF model, with the host bookkeeping of a static cache.
+
+    The HF `DynamicCache` grows by one column per step in lockstep with the slots; the 2-D mask
+    is the slot validity (`CacheState.valid`), positions come from `StepInputs.positions`.
+    """
+
+    def __init__(self, model, spec: ModelSpec, batch: int, max_len: int):
+        super().__init__(spec, batch, max_len)
+        self.model = model
+        self.cache = None
+
+    @torch.no_grad()
+    def step(self, inputs: StepInputs) -> np.ndarray:
+        from transformers import DynamicCache
+
+        if inputs.start_slot == 0:
+            self.cache = DynamicCache(config=self.model.config)
+        end = inputs.start_slot + inputs.seq_len
+        mask = torch.from_numpy(self.state.valid[:, :end].astype(np.int64))
+        out = self.model(input_ids=torch.from_numpy(inputs.input_ids),
+                         attention_mask=mask, position_ids=torch.from_numpy(inputs.positions),
+                         past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits.float().numpy()
+
+
+class LlamaReference:
+    """What the torch backend needs from a family: a session factory and golden full logits."""
+
+    def __init__(self, spec: ModelSpec, stream, dtype: str = "float32"):
+        self.spec = spec
+        self.dtype = dtype
+        self.model = build_hf_model(spec, stream, dtype)
+
+    def new_session(self, batch: int, max_len: int) -> LlamaSession:
+        return LlamaSession(self.model, self.spec, batch, max_len)
+
+    @torch.no_grad()
+    def full_logits(self, input_ids, attention_mask=None, layer_outputs: bool = False):
+        ids = np.asarray(input_ids, dtype=np.int64)
+        ids = ids[None] if ids.ndim == 1 else ids
+        step, state = prefill_inputs(self.spec, ids, attention_mask, ids.shape[1])
+        kwargs = dict(input_ids=torch.from_numpy(step.input_ids),
+                      attention_mask=torch.from_numpy(state.valid.astype(np.int64)),
+                      position_ids=torch.from_numpy(step.positions), use_cache=False)
+        if not layer_outputs:
+            return self.model(**kwargs).logits.float().numpy()
+        res, outs = run_with_layer_outputs(self.model, self.spec, **kwargs)
+        return res.logits.float().numpy(), {k: v.float().numpy() for k, v in outs.items()}
+
+
+def load_reference(spec: ModelSpec, stream, dtype: str = "float32") -> LlamaReference:
+    """Family hook used by `ascend_adapt.runtime.torch_backend`."""
+    return LlamaReference(spec, stream, dtype)
