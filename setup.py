@@ -18,6 +18,6 @@ for pkg, folder in ROOTS.items():
 setup(
     packages=packages,
     package_dir=ROOTS,
-    package_data={"ascend_adapt.targets": ["data/*.json", "data/*.csv"], "": ["*.json", "*.yaml", "*.csv"]},
-    include_package_data=True,
+    # data files (target profiles, op tables, error codes, the tiny-tokenizer corpus) ship in the wheel
+    package_data={"": ["*.json", "*.yaml", "*.csv", "*.txt", "data/*", "data/**/*"]},
 )

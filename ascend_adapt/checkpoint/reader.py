@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .._optional import require
 from ..errors import CheckpointError
 from .dtypes import canonical_name, numpy_dtype
 from .safetensors_io import TensorInfo, read_safetensors_header, read_tensor
@@ -51,7 +52,7 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def _torch_load(path: Path):
-    torch = __import__("torch")
+    torch = require("torch", purpose=f"reading {path.name} (torch pickle checkpoints)")
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except FileNotFoundError:
@@ -278,6 +279,16 @@ class CheckpointReader:
         """Yield (name, array) one at a time, in file order unless `names` is given."""
         for name in (self._infos if names is None else names):
             yield name, self.get(name)
+
+    def shard_summary(self) -> list[tuple[Path, int, int]]:
+        """(file, tensors, bytes) per data file, from headers only."""
+        out: dict[Path, list[int]] = {f: [0, 0] for f in self.shards}
+        for name, info in self._infos.items():
+            for part in self._meta_parts.get(name, [info]):
+                slot = out.setdefault(part.file, [0, 0])
+                slot[0] += 1
+                slot[1] += part.nbytes
+        return [(f, n, b) for f, (n, b) in out.items()]
 
     def total_bytes(self) -> int:
         return sum(i.nbytes for i in self._infos.values())
