@@ -97,6 +97,13 @@ def run_with_layer_outputs(model, spec: ModelSpec, **kwargs):
     return res, outs
 
 
+def _cache_keyword(model) -> str:
+    """transformers ≥ 5.2x calls the cache argument `cache`; earlier 5.x `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class LlamaSession(StaticCacheSession):
     """A batch in flight on the HF model, with the host bookkeeping of a static cache.
 
@@ -117,11 +124,11 @@ class LlamaSession(StaticCacheSession):
             self.cache = DynamicCache(config=self.model.config)
         end = inputs.start_slot + inputs.seq_len
         mask = torch.from_numpy(self.state.valid[:, :end].astype(np.int64))
+        kwargs = {_cache_keyword(self.model): self.cache}
         out = self.model(input_ids=torch.from_numpy(inputs.input_ids),
                          attention_mask=mask, position_ids=torch.from_numpy(inputs.positions),
-                         past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
-        return out.logits.float().numpy()
+                         use_cache=True, **kwargs)
+        return out.logits.float().numpy()  # the DynamicCache was updated in place
 
 
 class LlamaReference:
