@@ -1,0 +1,21 @@
+"""Estimate an LLM's memory, decode tokens/s, prefill latency and ATC compile cost on targets.
+
+    >>> from ascend_adapt.estimate import estimate
+    >>> r = estimate("path/to/Llama-2-7b-hf", precision="fp16", seq_len=2048)
+    >>> r.target("Ascend310P3").fits_one_chip, round(r.weights_bytes / 1e9, 1)
+    (True, 13.5)
+
+Works from config.json alone. See `core.py` for the model and `published.py` for the published
+figures the efficiency factors are calibrated on; docs/ESTIMATES.md compares the two.
+"""
+
+from .core import (DEFAULT_TARGETS, PRECISIONS, CompileCost, EstimateReport, TargetEstimate, TargetFigures,
+                   WeightBytes, estimate, format_report, load_config, prefill_flops, target_figures,
+                   weight_bytes, workspace_bytes)
+from .published import DECODE_EFFICIENCY, PUBLISHED, PublishedFigure
+
+__all__ = [
+    "DEFAULT_TARGETS", "PRECISIONS", "CompileCost", "EstimateReport", "TargetEstimate", "TargetFigures",
+    "WeightBytes", "estimate", "format_report", "load_config", "prefill_flops", "target_figures",
+    "weight_bytes", "workspace_bytes", "DECODE_EFFICIENCY", "PUBLISHED", "PublishedFigure",
+]

@@ -1,0 +1,30 @@
+"""`ascend-adapt estimate` (light: the library is imported when the command runs)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("estimate")
+@click.argument("model", type=click.Path(exists=True, path_type=str))
+@click.option("--soc", "socs", multiple=True, metavar="TARGET",
+              help="Target profile name (repeatable). Default: Ascend310, Ascend310P3, Atlas300IDuo, "
+                   "Ascend310B1, Ascend910B, MLU370.")
+@click.option("--precision", type=click.Choice(["fp16", "w8a16", "w4a16"]), default="fp16", show_default=True)
+@click.option("--seq-len", type=int, default=None, help="Context held by the static KV cache [default: min(2048, max_position)].")
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--prompt-len", type=int, default=None, help="Prefill tokens [default: seq-len, the largest gear].")
+@click.option("--efficiency", type=float, default=None,
+              help="Decode efficiency for every target (default: per family, calibrated where published).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def estimate_cmd(model, socs, precision, seq_len, batch, prompt_len, efficiency, fmt):
+    """Memory, decode tokens/s, prefill latency and ATC compile cost of MODEL on targets.
+
+    MODEL is an HF checkpoint directory or its config.json: no weights are read. Every figure is
+    an estimate from the target data files; the report prints the formulas and efficiency factors.
+    """
+    from ascend_adapt.estimate import estimate, format_report
+
+    report = estimate(model, list(socs) or None, precision, seq_len, batch, prompt_len=prompt_len,
+                      efficiency=efficiency)
+    click.echo(report.to_json() if fmt == "json" else format_report(report))

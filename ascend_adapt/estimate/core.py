@@ -1,0 +1,511 @@
+"""Memory, decode tokens/s, prefill latency and ATC compile cost of an LLM on targets.
+
+Everything is computed from the `ModelSpec` that `config.json` implies (no weights are read) and
+the target data files. Every figure comes with the formula that produced it (`formulas`), and
+the efficiency factors say whether they were calibrated on a published measurement
+(`estimate/published.py`). The numbers are estimates, not measurements.
+
+Model (per decode step of `batch` sequences at context `seq_len`):
+
+    weights      = Σ tensors at the precision's bytes (+ quantization scales, see PRECISIONS)
+    kv_cache     = 2 · layers · batch · seq_len · kv_heads · head_dim · 2 bytes   (fp16 K and V)
+    workspace    = activations of the largest step (prefill of prompt_len tokens), see `workspace_bytes`
+    bytes/step   = weights − embedding table (only `batch` rows are gathered) + kv_cache
+                   (ATC graphs are static: the whole seq_len cache is read each step)
+    decode bound = chips · bandwidth ÷ bytes/step · batch           [tokens/s]
+    expected     = bound · efficiency(target family)
+    prefill      = max(FLOPs ÷ (chips · fp16 peak · prefill efficiency),
+                       weight bytes ÷ (chips · bandwidth · efficiency))
+    FLOPs        = 2 · linear params · batch · prompt_len + 4 · layers · batch · prompt_len · seq_len · q_dim
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ascend_adapt.errors import ConfigError
+
+from .published import (DECODE_EFFICIENCY, DEFAULT_DECODE_EFFICIENCY, DEFAULT_PREFILL_EFFICIENCY,
+                        EFFICIENCY_BASIS, PREFILL_EFFICIENCY)
+
+DEFAULT_TARGETS = ("Ascend310", "Ascend310P3", "Atlas300IDuo", "Ascend310B1", "Ascend910B", "MLU370")
+
+# precision -> (bits per quantized weight, scale scheme text)
+PRECISIONS: dict[str, tuple[int, str]] = {
+    "fp16": (16, "no quantization: every tensor fp16 (2 bytes)"),
+    "w8a16": (8, "int8 weights of the transformer-block Linear layers, one fp16 scale per output "
+                 "channel (+2 bytes per row); embedding, lm_head and norms stay fp16; activations fp16"),
+    "w4a16": (4, "int4 weights of the transformer-block Linear layers, groups of {group} along the "
+                 "input dim with one fp16 scale and one fp16 offset per group (+4 bytes per group = "
+                 "+{extra_bits:.2f} bits/weight); embedding, lm_head and norms stay fp16; activations fp16"),
+}
+ACT_BYTES = 2  # fp16 activations on the NPU (force_fp16 / a16 schemes)
+KV_BYTES = 2  # fp16 KV cache
+DEFAULT_RESERVE = 0.90  # usable fraction of device memory when the data file gives no usable figure
+
+_QUANT_SUFFIXES = (".attn.q.weight", ".attn.k.weight", ".attn.v.weight", ".attn.o.weight",
+                   ".mlp.gate.weight", ".mlp.up.weight", ".mlp.down.weight")
+
+
+# ------------------------------------------------------------------------------------- inputs
+def load_config(config_or_dir: Any) -> tuple[dict, str]:
+    """Read an HF config from a dict, a model directory (config.json or Meta params.json) or a file.
+
+    Returns:
+        (config dict, a display name for the model).
+    """
+    if isinstance(config_or_dir, Mapping):
+        cfg = dict(config_or_dir)
+        return cfg, str(cfg.get("_name_or_path") or cfg.get("model_type") or "model")
+    p = Path(os.fspath(config_or_dir))
+    if p.is_dir():
+        for name in ("config.json", "params.json"):
+            if (p / name).is_file():
+                f = p / name
+                break
+        else:
+            raise ConfigError(f"'{p}' has no config.json (or params.json)",
+                              "pass the model directory of an HF checkpoint, or its config.json")
+    elif p.is_file():
+        f = p
+    else:
+        raise ConfigError(f"'{p}' does not exist", "pass an HF model directory or a config.json")
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"'{f}' is not valid JSON: {exc}", "pass the checkpoint's config.json") from exc
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"'{f}' does not hold a JSON object", "pass the checkpoint's config.json")
+    name = cfg.get("_name_or_path") or (f.parent.name if f.name in ("config.json", "params.json") else f.stem)
+    return cfg, str(name)
+
+
+def spec_for(config_or_dir: Any):
+    """The ModelSpec (and display name) of a config dict / directory / config.json / ModelSpec."""
+    from ascend_adapt.model_zoo.spec import ModelSpec
+
+    if isinstance(config_or_dir, ModelSpec):
+        return config_or_dir, config_or_dir.arch
+    from ascend_adapt.model_zoo.base import adapter_for_config
+
+    cfg, name = load_config(config_or_dir)
+    return adapter_for_config(cfg).spec_from_config(cfg), name
+
+
+@dataclass(frozen=True)
+class TargetFigures:
+    """The target figures the estimator uses (per chip), with their confidence marks."""
+
+    name: str
+    family: str
+    toolchain: str
+    soc_version: str
+    fp16_tflops: float
+    memory_bytes: int
+    usable_memory_bytes: int | None
+    bandwidth_gbps: float
+    chips_per_card: int
+    gear_max: int | None
+    confidence: Mapping[str, str]
+    products: str = ""
+
+    @property
+    def usable_bytes(self) -> int:
+        return self.usable_memory_bytes or int(self.memory_bytes * DEFAULT_RESERVE)
+
+
+def target_figures(name: str) -> TargetFigures:
+    """Figures of a target from the targets package (`ascend_adapt.targets.load_target`)."""
+    from ascend_adapt.targets import load_target
+
+    t = load_target(name)
+    conf = {k: f.confidence for k, f in t.facts.items()}
+    return TargetFigures(
+        name=t.name, family=t.family, toolchain=t.toolchain, soc_version=t.soc_version,
+        fp16_tflops=t.fp16_tflops, memory_bytes=t.memory_bytes, usable_memory_bytes=t.usable_memory_bytes,
+        bandwidth_gbps=t.memory_bandwidth_gbps, chips_per_card=t.chips_per_card, gear_max=t.gear_max,
+        confidence=conf, products=t.products)
+
+
+# ------------------------------------------------------------------------------ model figures
+@dataclass(frozen=True)
+class WeightBytes:
+    """Weight storage at one precision.
+
+    Attributes:
+        total: all weight bytes including scales.
+        quantized: bytes of the quantized Linear weights (0 at fp16).
+        scales: bytes of their scales / offsets.
+        fp16: bytes of the tensors kept in fp16.
+        embedding: bytes of the embedding table (not read per decode step unless tied).
+        scheme: how the precision stores weights (for the report).
+        overhead_pct: scales as a percentage of the quantized weight bytes.
+    """
+
+    total: int
+    quantized: int
+    scales: int
+    fp16: int
+    embedding: int
+    scheme: str
+    overhead_pct: float
+
+
+def weight_bytes(spec, precision: str = "fp16", group_size: int = 128) -> WeightBytes:
+    """Bytes of the weights at `precision` (see PRECISIONS for what is quantized and how)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
+    bits, scheme = PRECISIONS[precision]
+    shapes = dict(spec.canonical_shapes())
+    if spec.tie_word_embeddings:
+        shapes.pop("embed.weight" if spec.tied_source == "lm_head.weight" else "lm_head.weight", None)
+    quant = scales = fp16 = 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        if bits < 16 and name.startswith("layers.") and name.endswith(_QUANT_SUFFIXES):
+            out_f, in_f = shape
+            quant += n * bits // 8
+            if bits == 8:
+                scales += out_f * 2
+            else:
+                scales += out_f * math.ceil(in_f / group_size) * 4
+        else:
+            fp16 += n * 2
+    embed_name = "embed.weight" if "embed.weight" in shapes else None
+    embed = math.prod(shapes[embed_name]) * 2 if embed_name and not spec.tie_word_embeddings else 0
+    total = quant + scales + fp16
+    extra_bits = 32 / group_size
+    return WeightBytes(total, quant, scales, fp16, embed,
+                       scheme.format(group=group_size, extra_bits=extra_bits),
+                       100.0 * scales / quant if quant else 0.0)
+
+
+def workspace_bytes(spec, batch: int, prompt_len: int, seq_len: int) -> int:
+    """Activation memory of the largest step: a prefill of `prompt_len` tokens over a `seq_len` cache.
+
+    One layer's live tensors at once (layers run one after another and reuse the buffers):
+    fp16 hidden states ×2 (residual + normed), Q, K, V, gate and up of the MLP, the attention
+    scores [batch, heads, prompt_len, seq_len] in fp16 plus their fp32 softmax, and the fp32
+    logits of the last position [batch, vocab]:
+
+        ws = 2·B·T·(2H + q_dim + 2·kv_dim + 2I) + 6·B·heads·T·S + 4·B·V
+    """
+    B, T, S = batch, prompt_len, seq_len
+    per_token = 2 * spec.hidden_size + spec.q_dim + 2 * spec.kv_dim + 2 * spec.intermediate_size
+    return (ACT_BYTES * B * T * per_token + (ACT_BYTES + 4) * B * spec.num_heads * T * S
+            + 4 * B * spec.vocab_size)
+
+
+def linear_params(spec) -> int:
+    """Parameters that take part in matmuls for every token (all but the gathered embedding)."""
+    n = spec.param_count()
+    if not spec.tie_word_embeddings:
+        n -= spec.vocab_size * spec.hidden_size
+    return n
+
+
+def prefill_flops(spec, batch: int, prompt_len: int, seq_len: int) -> float:
+    """2 · linear params · B · T (matmuls) + 4 · L · B · T · S · q_dim (QKᵀ and PV over the static cache)."""
+    return (2.0 * linear_params(spec) * batch * prompt_len
+            + 4.0 * spec.num_layers * batch * prompt_len * seq_len * spec.q_dim)
+
+
+# -------------------------------------------------------------------------------- the report
+@dataclass
+class CompileCost:
+    """ATC compile cost of the prefill (gears) + decode (static) OMs."""
+
+    prefill_gears: list[int]
+    seconds: float
+    om_bytes: int
+    assumption: str
+
+
+@dataclass
+class TargetEstimate:
+    """The estimate on one target. Byte figures per chip unless named otherwise."""
+
+    target: str
+    family: str
+    toolchain: str
+    memory_bytes: int
+    usable_bytes: int
+    bandwidth_gbps: float
+    fp16_tflops: float
+    chips_per_card: int
+    needed_bytes: int
+    fits_one_chip: bool
+    chips_needed: int
+    cards_needed: int
+    decode_bound_tok_s: float
+    efficiency: float
+    efficiency_basis: str
+    decode_tok_s: float
+    card_chips: int
+    card_decode_tok_s: float
+    prefill_ms: float
+    prefill_bound: str
+    compile: CompileCost | None
+    notes: list[str] = field(default_factory=list)
+    confidence: dict = field(default_factory=dict)
+
+
+@dataclass
+class EstimateReport:
+    """What `estimate` returns. `targets` holds one TargetEstimate per target."""
+
+    model: str
+    arch: str
+    params: int
+    precision: str
+    seq_len: int
+    batch: int
+    prompt_len: int
+    weights_bytes: int
+    weights: WeightBytes
+    kv_cache_bytes: int
+    workspace_bytes: int
+    total_bytes: int
+    decode_bytes_per_step: int
+    prefill_flops: float
+    targets: list[TargetEstimate]
+    formulas: dict[str, str]
+    assumptions: list[str]
+
+    def target(self, name: str) -> TargetEstimate:
+        for t in self.targets:
+            if t.target.lower() == name.lower():
+                return t
+        raise KeyError(f"no estimate for target '{name}' (have {', '.join(t.target for t in self.targets)})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _efficiency_for(fig: TargetFigures, efficiency) -> tuple[float, str]:
+    if isinstance(efficiency, (int, float)) and not isinstance(efficiency, bool):
+        return float(efficiency), "given by the caller"
+    if isinstance(efficiency, Mapping):
+        for key in (fig.name, fig.family):
+            if key in efficiency:
+                return float(efficiency[key]), "given by the caller"
+    if fig.family in DECODE_EFFICIENCY:
+        return DECODE_EFFICIENCY[fig.family], EFFICIENCY_BASIS.get(fig.family, "")
+    return DEFAULT_DECODE_EFFICIENCY, "uncalibrated default (no published figure for this family)"
+
+
+def _compile_cost(fig: TargetFigures, weights_total: int, min_prompt: int, seq_len: int,
+                  seconds_per_gear: float | None) -> tuple[CompileCost | None, str | None]:
+    if fig.toolchain != "atc":
+        return None, (f"{fig.toolchain}: takes shape ranges, one build per graph; no ATC gear plan "
+                      f"(compile time not modelled)")
+    try:
+        from ascend_adapt.om_convert.atc import estimate_compile_cost, plan_gears
+    except ImportError as exc:  # the ATC driver is optional for the estimate
+        return None, f"ATC driver not available ({exc}); compile cost not estimated"
+    max_gears = min(fig.gear_max or 100, 100)
+    lo = max(1, min(min_prompt, seq_len))
+    gears = plan_gears(lo, seq_len, max_gears=max_gears, soc_version=fig.soc_version) if seq_len > lo else [seq_len]
+    kw = {} if seconds_per_gear is None else {"seconds_per_gear": seconds_per_gear}
+    pre = estimate_compile_cost(gears, weight_bytes=weights_total, **kw)
+    dec = estimate_compile_cost([1], weight_bytes=weights_total, **kw)
+    text = (f"two OMs: prefill with {len(gears)} sequence gears (plan_gears pow2 from {lo} to {seq_len}) "
+            f"and a static decode graph, each storing the weights unless --external_weight. "
+            + pre.assumption)
+    return CompileCost(list(gears), pre.seconds + dec.seconds, pre.om_bytes + dec.om_bytes, text), None
+
+
+def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision: str = "fp16",
+             seq_len: int | None = None, batch: int = 1, *, prompt_len: int | None = None,
+             efficiency: float | Mapping[str, float] | None = None,
+             prefill_efficiency: float | None = None, group_size: int = 128, min_prompt: int = 16,
+             compile_seconds_per_gear: float | None = None) -> EstimateReport:
+    """Estimate memory, decode tokens/s, prefill latency and ATC compile cost on targets.
+
+    Args:
+        config_or_dir: an HF model directory, a config.json path, a config dict or a ModelSpec.
+            Only the config is read; no weights are needed.
+        targets: target names (default: DEFAULT_TARGETS).
+        precision: "fp16", "w8a16" or "w4a16" (see PRECISIONS).
+        seq_len: context length the static KV cache holds (default: min(2048, max_position)).
+        batch: sequences decoded together.
+        prompt_len: tokens of the prefill step (default: seq_len, the largest prefill gear).
+        efficiency: decode efficiency: one value for all targets, or {target or family: value};
+            default: DECODE_EFFICIENCY per family (calibrated where a published figure exists).
+        prefill_efficiency: fraction of the fp16 peak a prefill reaches (default 0.40, uncalibrated).
+        group_size: w4a16 group size along the input dim.
+        min_prompt: the smallest prefill gear in the ATC gear plan.
+        compile_seconds_per_gear: ATC seconds per static graph (default: the ATC driver's placeholder).
+
+    Returns:
+        EstimateReport.
+    """
+    spec, name = spec_for(config_or_dir)
+    seq_len = int(seq_len or min(2048, spec.max_position))
+    prompt_len = int(prompt_len or seq_len)
+    batch = int(batch)
+    if seq_len < 1 or batch < 1 or prompt_len < 1:
+        raise ConfigError(f"estimate: seq_len={seq_len}, batch={batch}, prompt_len={prompt_len} must be >= 1")
+    if prompt_len > seq_len:
+        raise ConfigError(f"estimate: prompt_len {prompt_len} exceeds seq_len {seq_len}",
+                          "the static KV cache must hold the prompt; raise --seq-len")
+    w = weight_bytes(spec, precision, group_size)
+    kv = spec.kv_cache_bytes(batch, seq_len, KV_BYTES)
+    ws = workspace_bytes(spec, batch, prompt_len, seq_len)
+    step_bytes = w.total - w.embedding + kv
+    flops = prefill_flops(spec, batch, prompt_len, seq_len)
+    out: list[TargetEstimate] = []
+    for tname in (targets or DEFAULT_TARGETS):
+        fig = target_figures(tname)
+        eff, basis = _efficiency_for(fig, efficiency)
+        p_eff = prefill_efficiency if prefill_efficiency is not None else PREFILL_EFFICIENCY.get(
+            fig.family, DEFAULT_PREFILL_EFFICIENCY)
+        usable = fig.usable_bytes
+        needed = w.total + kv + ws
+        # tensor parallel: weights and KV split over n chips, activations (conservatively) not
+        if ws >= usable:
+            chips = 0
+        else:
+            chips = max(1, math.ceil((w.total + kv) / (usable - ws)))
+        notes: list[str] = []
+        if chips == 0:
+            notes.append(f"the prefill workspace alone ({ws / 1e9:.2f} GB) exceeds a chip: lower --seq-len/--batch")
+            cards = 0
+            bound = dec = card_dec = prefill_ms = 0.0
+            card_chips = 0
+            pbound = "n/a"
+        else:
+            cards = math.ceil(chips / fig.chips_per_card)
+            card_chips = cards * fig.chips_per_card
+            bw = fig.bandwidth_gbps * 1e9
+            bound = batch * chips * bw / step_bytes
+            dec = bound * eff
+            card_dec = batch * card_chips * bw / step_bytes * eff
+            t_compute = flops / (chips * fig.fp16_tflops * 1e12 * p_eff)
+            t_memory = (w.total - w.embedding) / (chips * bw * eff)
+            prefill_ms = 1e3 * max(t_compute, t_memory)
+            pbound = "compute" if t_compute >= t_memory else "memory"
+            if chips > 1:
+                notes.append(f"needs {chips} chips (tensor-parallel; the per-layer all-reduce is assumed hidden)")
+        if precision != "fp16" and fig.toolchain == "atc" and fig.family in ("Ascend310", "Ascend310B"):
+            notes.append("weight-only int8/int4 is a msModelSlim/MindIE scheme; ATC on this chip has AMCT "
+                         "W8A8 only: the figure assumes a dequantizing kernel exists")
+        weak = sorted(k for k in ("memory_bandwidth_gbps", "memory_bytes", "fp16_tflops")
+                      if fig.confidence.get(k) == "M")
+        if weak:
+            notes.append(f"unconfirmed [M] figures: {', '.join(weak)}")
+        cc, cnote = (None, None) if chips == 0 else _compile_cost(
+            fig, w.total, min_prompt, seq_len, compile_seconds_per_gear)
+        if cnote:
+            notes.append(cnote)
+        out.append(TargetEstimate(
+            target=fig.name, family=fig.family, toolchain=fig.toolchain, memory_bytes=fig.memory_bytes,
+            usable_bytes=usable, bandwidth_gbps=fig.bandwidth_gbps, fp16_tflops=fig.fp16_tflops,
+            chips_per_card=fig.chips_per_card, needed_bytes=needed, fits_one_chip=chips == 1,
+            chips_needed=chips, cards_needed=cards, decode_bound_tok_s=bound, efficiency=eff,
+            efficiency_basis=basis, decode_tok_s=dec, card_chips=card_chips, card_decode_tok_s=card_dec,
+            prefill_ms=prefill_ms, prefill_bound=pbound, compile=cc, notes=notes,
+            confidence={k: fig.confidence.get(k, "?") for k in
+                        ("memory_bytes", "memory_bandwidth_gbps", "fp16_tflops", "chips_per_card")}))
+    formulas = {
+        "weights": w.scheme,
+        "kv_cache": f"2 · layers · batch · seq_len · kv_dim · 2 B = 2·{spec.num_layers}·{batch}·{seq_len}·"
+                    f"{spec.kv_dim}·2",
+        "workspace": "2·B·T·(2H + q_dim + 2·kv_dim + 2I) + 6·B·heads·T·S + 4·B·vocab "
+                     "(one layer's fp16 activations, fp16 scores + fp32 softmax, fp32 last logits)",
+        "fits": "chips = ceil((weights + kv) / (usable − workspace)); usable = the data file's usable "
+                f"memory, else {DEFAULT_RESERVE:.0%} of the memory",
+        "decode_bound": "batch · chips · bandwidth ÷ (weights − embedding + kv_cache)",
+        "decode_expected": "decode_bound · efficiency(target family)",
+        "prefill": "max(FLOPs ÷ (chips · fp16 peak · prefill_eff), weights ÷ (chips · bandwidth · eff)); "
+                   "FLOPs = 2·linear_params·B·T + 4·L·B·T·S·q_dim",
+    }
+    assumptions = [
+        "figures are estimates from the target data files (confidence marks per target), not measurements",
+        "decode reads every weight once per step and the whole static KV cache (ATC graphs are static)",
+        f"prefill efficiency {prefill_efficiency if prefill_efficiency is not None else DEFAULT_PREFILL_EFFICIENCY:.2f}"
+        " of the fp16 peak (no published prefill figure to calibrate on)",
+        "w8a16 / w4a16 compute in fp16 after dequantization: the fp16 peak applies",
+    ]
+    return EstimateReport(
+        model=name, arch=spec.arch, params=spec.param_count(), precision=precision, seq_len=seq_len,
+        batch=batch, prompt_len=prompt_len, weights_bytes=w.total, weights=w, kv_cache_bytes=kv,
+        workspace_bytes=ws, total_bytes=w.total + kv + ws, decode_bytes_per_step=step_bytes,
+        prefill_flops=flops, targets=out, formulas=formulas, assumptions=assumptions)
+
+
+# -------------------------------------------------------------------------------- formatting
+def _gb(n: float) -> str:
+    if abs(n) < 1e8:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e9:.2f} GB"
+
+
+def _dur(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
+
+
+def format_report(r: EstimateReport) -> str:
+    """A plain-text report: the model's footprint, one table row per target, then the notes."""
+    w = r.weights
+    lines = [
+        f"estimate: {r.model} ({r.arch}, {r.params / 1e9:.2f} B params), {r.precision}, "
+        f"batch {r.batch}, seq_len {r.seq_len}, prompt {r.prompt_len}",
+        f"  weights    {_gb(r.weights_bytes)}"
+        + (f"  (quantized {_gb(w.quantized)} + scales {_gb(w.scales)} = +{w.overhead_pct:.2f}%, "
+           f"fp16 {_gb(w.fp16)})" if w.quantized else ""),
+        f"             {w.scheme}",
+        f"  kv cache   {_gb(r.kv_cache_bytes)}   {r.formulas['kv_cache']}",
+        f"  workspace  {_gb(r.workspace_bytes)}   {r.formulas['workspace']}",
+        f"  total      {_gb(r.total_bytes)};  bytes read per decode step {_gb(r.decode_bytes_per_step)};"
+        f"  prefill {r.prefill_flops / 1e12:.1f} TFLOP",
+        "",
+    ]
+    head = ["target", "usable/chip", "fits 1 chip", "chips (cards)", "bound tok/s", "eff",
+            "expected tok/s", "card tok/s", "prefill ms", "ATC gears / compile"]
+    rows = []
+    for t in r.targets:
+        cc = t.compile
+        comp = f"{len(cc.prefill_gears)}+1 / {_dur(cc.seconds)}" if cc else "-"
+        rows.append([
+            t.target, _gb(t.usable_bytes), "yes" if t.fits_one_chip else "no",
+            f"{t.chips_needed} ({t.cards_needed})" if t.chips_needed else "-",
+            f"{t.decode_bound_tok_s:.1f}", f"{t.efficiency:.2f}", f"{t.decode_tok_s:.1f}",
+            f"{t.card_decode_tok_s:.1f} ({t.card_chips} chips)" if t.card_chips else "-",
+            f"{t.prefill_ms:.0f} ({t.prefill_bound})" if t.chips_needed else "-", comp])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = "  ".join("{:<%d}" % wd for wd in widths)
+    lines.append(fmt.format(*head))
+    lines.append(fmt.format(*["-" * wd for wd in widths]))
+    lines += [fmt.format(*row) for row in rows]
+    lines.append("")
+    lines.append("efficiency factors:")
+    seen = set()
+    for t in r.targets:
+        if t.family not in seen:
+            seen.add(t.family)
+            lines.append(f"  {t.family}: {t.efficiency:.2f}, {t.efficiency_basis}")
+    notes = [(t.target, n) for t in r.targets for n in t.notes]
+    if notes:
+        lines.append("notes:")
+        lines += [f"  {tg}: {n}" for tg, n in notes]
+    lines.append("formulas:")
+    lines += [f"  {k}: {v}" for k, v in r.formulas.items() if k not in ("weights", "kv_cache", "workspace")]
+    cc = next((t.compile for t in r.targets if t.compile), None)
+    if cc:
+        lines.append(f"  atc compile: {cc.assumption}")
+    lines.append("assumptions:")
+    lines += [f"  - {a}" for a in r.assumptions]
+    return "\n".join(lines)
