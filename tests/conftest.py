@@ -32,18 +32,22 @@ def shared_asset(shared_assets):
     return get
 
 
-def unit_head_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
+def unit_head_weights(arch: str, seed: int = 0, untied: bool = False) -> dict[str, np.ndarray]:
     """Random canonical weights of the tiny `arch` whose logits are O(1–10).
 
     `random_canonical_weights` draws an N(0, 1) output head, which gives logits of ~40–70, where
     one fp32 ulp is already ~4e-6; scaling the head by 0.1 keeps a 1e-5 absolute tolerance
     meaningful (several ulps) for cache-vs-recompute checks. (ChatGLM's tied embedding is scaled
     with it; its first LayerNorm undoes the scale.)
+
+    `untied`: a ChatGLM config with `tie_word_embeddings: false`. A random *tied* ChatGLM greedily
+    repeats its input token (the α·LN(x) residual keeps the token's own embedding dominant), so
+    tests that need varied greedy tokens use the untied variant.
     """
     from ascend_adapt.model_zoo.base import ADAPTERS
     from ascend_adapt.model_zoo.tiny import random_canonical_weights, tiny_config
 
-    spec = ADAPTERS.get(arch).spec_from_config(tiny_config(arch))
+    spec = ADAPTERS.get(arch).spec_from_config(tiny_config(arch, **_untied(untied)))
     w = random_canonical_weights(spec, seed)
     w["lm_head.weight"] = (w["lm_head.weight"] * 0.1).astype(np.float32)
     if spec.tie_word_embeddings:
@@ -51,21 +55,26 @@ def unit_head_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
     return w
 
 
+def _untied(untied: bool) -> dict:
+    return {"tie_word_embeddings": False} if untied else {}
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    """tiny_dir(arch, layout="safetensors", seed=0, dtype="float32", unit_head=False) -> a cached
-    tiny checkpoint directory (made once per session)."""
+    """tiny_dir(arch, layout="safetensors", seed=0, dtype="float32", unit_head=False, untied=False)
+    -> a cached tiny checkpoint directory (made once per session; see `unit_head_weights`)."""
     from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
 
     cache: dict[tuple, Path] = {}
 
     def make(arch: str, layout: str = "safetensors", seed: int = 0, dtype: str = "float32",
-             unit_head: bool = False) -> Path:
-        key = (arch, layout, seed, dtype, unit_head)
+             unit_head: bool = False, untied: bool = False) -> Path:
+        key = (arch, layout, seed, dtype, unit_head, untied)
         if key not in cache:
             d = tmp_path_factory.mktemp(f"{arch}-{layout}") / "model"
-            weights = unit_head_weights(arch, seed) if unit_head else None
-            cache[key] = make_tiny_checkpoint(d, arch, layout, seed=seed, dtype=dtype, weights=weights)
+            weights = unit_head_weights(arch, seed, untied) if unit_head else None
+            cache[key] = make_tiny_checkpoint(d, arch, layout, seed=seed, dtype=dtype, weights=weights,
+                                              config_overrides=_untied(untied))
         return cache[key]
 
     return make
@@ -73,15 +82,16 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_dir):
-    """tiny_backend(arch, dtype="float32") -> a cached torch backend on the unit-head tiny model."""
+    """tiny_backend(arch, dtype="float32", untied=False) -> a cached torch backend on the unit-head
+    tiny model."""
     from ascend_adapt.runtime.torch_backend import TorchBackend
 
     cache: dict[tuple, object] = {}
 
-    def get(arch: str, dtype: str = "float32"):
-        if (arch, dtype) not in cache:
-            cache[(arch, dtype)] = TorchBackend(tiny_dir(arch, unit_head=True), dtype=dtype)
-        return cache[(arch, dtype)]
+    def get(arch: str, dtype: str = "float32", untied: bool = False):
+        if (arch, dtype, untied) not in cache:
+            cache[(arch, dtype, untied)] = TorchBackend(tiny_dir(arch, unit_head=True, untied=untied), dtype=dtype)
+        return cache[(arch, dtype, untied)]
 
     return get
 
