@@ -1,0 +1,222 @@
+"""Open any weight artifact the MindSpore route reads: an HF / Meta checkpoint or a port output.
+
+A port output directory (written by `ascend_adapt.port.convert.port_to_mindspore`) holds
+`ascend_adapt_port.json` (the manifest: spec, naming, format, dtype, per-tensor CRC32, source
+files), the weights (`model.ckpt`, or `model.safetensors` / shards + index), and the source's
+config.json and tokenizer files.
+
+Namings of a port output:
+- "ours": the canonical tensor names (`embed.weight`, `layers.{i}.attn.q.weight`, …;
+  `model_zoo/base.py`), the names of our MindSpore cells' parameters;
+- "mindformers": MindFormers' checkpoint names, the adapter's "mindformers" weight table
+  (reference model_architectures.md §4.1 Llama, §4.2 GLM).
+
+`open_weights(path)` returns a `Weights` whose `iter_canonical()` streams (canonical name, array)
+one source tensor at a time; `preflight()` checks every tensor's presence and shape first,
+without reading data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ascend_adapt.errors import CheckpointError, ConfigError, ShapeMismatchError
+
+MANIFEST_NAME = "ascend_adapt_port.json"
+MANIFEST_VERSION = 1
+NAMINGS = ("ours", "mindformers")
+FORMATS = ("ckpt", "safetensors")
+
+
+def read_manifest(path) -> dict | None:
+    """The port manifest of directory `path`, or None when it is not a port output."""
+    f = Path(path) / MANIFEST_NAME
+    if not f.is_file():
+        return None
+    try:
+        m = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CheckpointError(f"{f}: not valid JSON ({exc})", "re-run the port to rewrite it") from None
+    if not isinstance(m, dict) or m.get("format_version") != MANIFEST_VERSION:
+        raise CheckpointError(f"{f}: unknown manifest version {m.get('format_version') if isinstance(m, dict) else m!r}",
+                              f"this ascend-adapt reads version {MANIFEST_VERSION}; re-run the port")
+    return m
+
+
+def tensor_crc32(array: np.ndarray) -> str:
+    """CRC32 of a tensor's bytes, as 8 hex digits."""
+    a = np.ascontiguousarray(array)
+    return f"{zlib.crc32(memoryview(a.reshape(-1).view(np.uint8))):08x}"
+
+
+def ours_entries(adapter, spec) -> list:
+    """The "ours" naming as weight entries: one per canonical tensor, in checkpoint order."""
+    from ascend_adapt.model_zoo.base import WeightEntry
+
+    return [WeightEntry((c,), c, None, e.optional) for e in adapter.entries(spec, "hf") for c in e.canonical]
+
+
+def layout_entries(adapter, spec, layout: str) -> list:
+    """Weight entries of a layout: "ours", or one of the adapter's tables ("hf", "meta", "mindformers")."""
+    return ours_entries(adapter, spec) if layout == "ours" else adapter.entries(spec, layout)
+
+
+def expected_shapes(adapter, spec, layout: str) -> dict[str, tuple[int, ...]]:
+    if layout == "ours":
+        return spec.canonical_shapes()
+    return adapter.source_shapes(spec, layout)
+
+
+@dataclass
+class Weights:
+    """One opened weight artifact.
+
+    Attributes:
+        path: the directory.
+        config: config.json (or params.json) as a dict.
+        adapter, spec: the architecture and its `ModelSpec`.
+        reader: `CheckpointReader` or `CkptReader` (infos() / get()).
+        layout: the naming of the tensors: "hf", "meta", "ours" or "mindformers".
+        manifest: the port manifest (None for an HF / Meta checkpoint).
+    """
+
+    path: Path
+    config: dict
+    adapter: object
+    spec: object
+    reader: object
+    layout: str
+    manifest: dict | None = None
+
+    def entries(self) -> list:
+        return layout_entries(self.adapter, self.spec, self.layout)
+
+    def preflight(self, strict: bool = True) -> dict[str, str]:
+        """Check every tensor's presence and shape against the spec without reading data.
+
+        Returns:
+            canonical name → dtype of the tensor that holds it, for the tensors present.
+
+        Raises:
+            CheckpointError: a tensor is missing (naming it and its layer) or (with `strict`)
+                the checkpoint holds tensors this architecture does not have.
+            ShapeMismatchError: a tensor's shape does not match the config (name, expected, actual).
+        """
+        infos = self.reader.infos()
+        entries = self.entries()
+        expected = expected_shapes(self.adapter, self.spec, self.layout)
+        known = {e.source for e in entries}
+        if strict:
+            unexpected = [n for n in infos if n not in known and not self.adapter.is_ignored(n)]
+            if unexpected:
+                raise CheckpointError(
+                    f"{self.path}: {len(unexpected)} tensors are not part of a {self.adapter.name} model "
+                    f"({self.layout} names), e.g. '{unexpected[0]}'",
+                    "check that config.json's architecture and layer count match the weights")
+        dtypes: dict[str, str] = {}
+        for e in entries:
+            info = infos.get(e.source)
+            if info is None:
+                if e.optional:
+                    continue
+                layer = re.search(r"\.(\d+)\.", e.source)
+                where = f" (layer {layer.group(1)})" if layer else ""
+                raise CheckpointError(
+                    f"{self.path}: tensor '{e.source}'{where} is missing",
+                    f"config.json says {self.spec.num_layers} layers; check the shards and the index")
+            if tuple(info.shape) != tuple(expected[e.source]):
+                raise ShapeMismatchError(e.source, expected[e.source], info.shape, Path(info.file).name)
+            for c in e.canonical:
+                dtypes[c] = info.dtype
+        return dtypes
+
+    def iter_canonical(self, verify: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+        """Stream (canonical name, array), one source tensor in memory at a time.
+
+        Args:
+            verify: for a port output, check each tensor's CRC32 against the manifest.
+        """
+        reader = self.reader
+        if verify and self.manifest is not None:
+            reader = _VerifyingReader(reader, self.manifest.get("tensors", {}))
+        if self.layout != "ours":
+            yield from self.adapter.iter_canonical(reader, self.spec, layout=self.layout)
+            return
+        self.preflight()
+        infos = reader.infos()
+        for e in self.entries():
+            if e.source in infos:
+                yield e.source, reader.get(e.source)
+
+
+class _VerifyingReader:
+    """Reader proxy that checks each tensor's CRC32 against the port manifest."""
+
+    def __init__(self, reader, tensors: dict):
+        self._r, self._tensors = reader, tensors
+        self.path, self.config, self.layout = reader.path, reader.config, reader.layout
+
+    def infos(self):
+        return self._r.infos()
+
+    def get(self, name: str) -> np.ndarray:
+        arr = self._r.get(name)
+        want = (self._tensors.get(name) or {}).get("crc32")
+        if want is not None and tensor_crc32(arr) != want:
+            raise CheckpointError(
+                f"{self.path}: tensor '{name}' does not match the CRC32 recorded in {MANIFEST_NAME} "
+                f"(got {tensor_crc32(arr)}, expected {want})",
+                "the weights file is corrupt or was replaced; re-run the port, or pass --no-verify "
+                "if you changed the weights on purpose")
+        return arr
+
+
+def weights_reader(path: Path, manifest: dict, config: dict):
+    """The reader of a port output's weights file(s)."""
+    from ascend_adapt.checkpoint import open_checkpoint
+
+    from .ckpt import CkptReader
+
+    files = manifest.get("weights_files") or []
+    for f in files:
+        if not (path / f).is_file():
+            raise CheckpointError(f"{path}: weights file '{f}' named in {MANIFEST_NAME} is missing",
+                                  "copy the whole port directory, or re-run the port")
+    if manifest["format"] == "ckpt":
+        return CkptReader(path / files[0], config, directory=path)
+    reader = open_checkpoint(path, require_config=False)
+    reader.config = config
+    return reader
+
+
+def open_weights(path) -> Weights:
+    """Open an HF / Meta checkpoint directory or a port output directory."""
+    from ascend_adapt.checkpoint import open_checkpoint
+    from ascend_adapt.model_zoo.base import ADAPTERS, adapter_for_config
+    from ascend_adapt.model_zoo.spec import ModelSpec
+
+    path = Path(path)
+    manifest = read_manifest(path) if path.is_dir() else None
+    if manifest is None:
+        reader = open_checkpoint(path)
+        adapter = adapter_for_config(reader.config, str(path / "config.json"))
+        spec = adapter.spec_from_config(reader.config)
+        layout = "meta" if reader.layout == "meta" else "hf"
+        return Weights(path, reader.config, adapter, spec, reader, layout)
+    naming = manifest.get("naming")
+    if naming not in NAMINGS or manifest.get("format") not in FORMATS:
+        raise ConfigError(f"{path / MANIFEST_NAME}: naming {naming!r} / format {manifest.get('format')!r} unknown",
+                          f"namings: {', '.join(NAMINGS)}; formats: {', '.join(FORMATS)}")
+    spec = ModelSpec.from_dict(manifest["spec"])
+    adapter = ADAPTERS.get(spec.arch)
+    cfg_file = path / manifest.get("config_file", "config.json")
+    config = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
+    reader = weights_reader(path, manifest, config)
+    return Weights(path, config, adapter, spec, reader, naming, manifest)

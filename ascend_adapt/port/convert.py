@@ -1,0 +1,347 @@
+"""Streamed weight conversion HF ↔ MindSpore, about one tensor in memory.
+
+HF (or Meta) checkpoint → `port_to_mindspore` → directory with `model.ckpt` (MindSpore's
+protobuf checkpoint, written record by record by `CkptWriter`) or `model.safetensors` (declared
+up front, written tensor by tensor by `SafetensorsWriter`), named "ours" (canonical names, what
+our MindSpore cells load) or "mindformers" (MindFormers' names, reference §4.1 / §4.2), plus
+config.json, tokenizer files and `ascend_adapt_port.json`.
+
+`port_to_hf` goes back: the port output → HF names and layout in (sharded) safetensors. With the
+source dtype kept (no `dtype=`), HF → MindSpore → HF is bit-exact for every parameter tensor
+(buffers the adapters ignore, e.g. ChatGLM-6B's recomputed rotary `inv_freq`, are dropped).
+
+Both directions check every tensor's presence and shape against the config before writing
+anything, and write into a temporary directory renamed only when complete: a bad input leaves no
+output behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ascend_adapt import __version__
+from ascend_adapt.errors import CheckpointError, ConfigError, UnsupportedError
+from ascend_adapt.fsutil import atomic_output, check_output
+
+from .artifact import (FORMATS, MANIFEST_NAME, MANIFEST_VERSION, NAMINGS, Weights, expected_shapes,
+                       layout_entries, open_weights, tensor_crc32)
+
+DTYPE_ALIASES = {"fp16": "float16", "float16": "float16", "half": "float16", "fp32": "float32",
+                 "float32": "float32", "float": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+HF_SHARD_BYTES = 5 * 1024**3
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".mindir")
+
+
+def normalize_dtype(name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:
+        return DTYPE_ALIASES[str(name).lower()]
+    except KeyError:
+        raise ConfigError(f"unknown dtype '{name}'", "use fp16, bf16 or fp32 (or leave it out to keep the source's)") from None
+
+
+def _cast(arr: np.ndarray, dtype: str | None) -> np.ndarray:
+    if dtype is None or arr.dtype.kind not in "fV" or str(arr.dtype) == dtype:
+        return arr
+    from ascend_adapt.checkpoint import numpy_dtype
+
+    return arr.astype(numpy_dtype(dtype))
+
+
+def regroup(canonical: Iterable[tuple[str, np.ndarray]], targets: list, adapter, spec,
+            dtype: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Canonical stream → the target layout's tensors, emitted as soon as each is complete.
+
+    A target tensor fused from several canonical ones (ChatGLM's QKV) is merged when its last
+    part arrives; the tables list parts together, so at most one fused group is buffered.
+    """
+    wanted = {c: e for e in targets for c in e.canonical}
+    buf: dict[str, np.ndarray] = {}
+    for name, arr in canonical:
+        e = wanted.get(name)
+        if e is None:
+            continue
+        buf[name] = _cast(arr, dtype)
+        if all(c in buf for c in e.canonical):
+            parts = [buf.pop(c) for c in e.canonical]
+            yield e.source, np.ascontiguousarray(adapter.merge(e, parts, spec))
+    if buf:
+        raise CheckpointError(f"conversion left parts of fused tensors unwritten: {sorted(buf)}")
+
+
+def plan_targets(weights: Weights, present: dict[str, str], layout: str, dtype: str | None):
+    """Target entries (those whose canonical tensors are all present) and their (name, shape, dtype)."""
+    entries, specs = [], []
+    shapes = expected_shapes(weights.adapter, weights.spec, layout)
+    for e in layout_entries(weights.adapter, weights.spec, layout):
+        have = [c for c in e.canonical if c in present]
+        if not have:
+            if e.optional:
+                continue
+            raise CheckpointError(f"{weights.path}: nothing provides '{e.source}' ({', '.join(e.canonical)})")
+        if len(have) != len(e.canonical):
+            missing = sorted(set(e.canonical) - set(have))
+            raise CheckpointError(f"{weights.path}: '{e.source}' needs {missing}, which the source lacks")
+        src_dtype = present[e.canonical[0]]
+        out_dtype = dtype if (dtype and src_dtype in ("float16", "float32", "bfloat16", "float64")) else src_dtype
+        entries.append(e)
+        specs.append((e.source, tuple(shapes[e.source]), out_dtype))
+    return entries, specs
+
+
+def side_files(directory: Path, exclude: Iterable[str] = ()) -> list[Path]:
+    """config.json, tokenizer files, remote code… everything in `directory` that is not weights."""
+    skip = set(exclude)
+    out = []
+    for p in sorted(Path(directory).iterdir()):
+        if not p.is_file() or p.name.startswith(".") or p.name in skip:
+            continue
+        if p.name.endswith(_WEIGHT_SUFFIXES) or p.name.endswith(".index.json"):
+            continue
+        out.append(p)
+    return out
+
+
+def _source_record(weights: Weights) -> dict:
+    files = []
+    for f in getattr(weights.reader, "shards", None) or []:
+        st = Path(f).stat()
+        files.append({"name": Path(f).name, "size_bytes": st.st_size, "mtime": int(st.st_mtime)})
+    cfg = weights.path / "config.json"
+    return {
+        "path": str(weights.path.resolve()),
+        "layout": getattr(weights.reader, "layout", None),
+        "naming": weights.layout,
+        "files": files,
+        "total_bytes": sum(i.nbytes for i in weights.reader.infos().values()),
+        "config_sha256": hashlib.sha256(cfg.read_bytes()).hexdigest() if cfg.is_file() else None,
+        "torch_dtype": weights.spec.torch_dtype,
+    }
+
+
+class _Progress:
+    def __init__(self, total_bytes: int, desc: str, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                            dynamic_ncols=True, leave=False)
+
+    def update(self, name: str, nbytes: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(name[-40:], refresh=False)
+            self.bar.update(nbytes)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _nbytes(specs) -> int:
+    from ascend_adapt.checkpoint.dtypes import ITEMSIZE
+
+    return sum(int(np.prod(s, dtype=np.int64)) * ITEMSIZE[d] for _, s, d in specs)
+
+
+class _SafetensorsSink:
+    """Sharded safetensors output with every tensor declared up front (+ HF index when sharded)."""
+
+    def __init__(self, directory: Path, specs: list, max_shard_bytes: int | None, metadata: dict,
+                 prefix: str = "model"):
+        from ascend_adapt.checkpoint import SafetensorsWriter, plan_shards, shard_file_names
+
+        shards = plan_shards(specs, max_shard_bytes) if max_shard_bytes else [specs]
+        self.files = shard_file_names(prefix, len(shards), "safetensors")
+        self.directory = directory
+        self._writers, self._where = [], {}
+        for fname, shard in zip(self.files, shards):
+            self._writers.append(SafetensorsWriter(directory / fname, shard, metadata=metadata))
+            for name, _, _ in shard:
+                self._where[name] = len(self._writers) - 1
+        self._total = _nbytes(specs)
+
+    def write(self, name: str, arr: np.ndarray) -> None:
+        self._writers[self._where[name]].write(name, arr)
+
+    def close(self) -> None:
+        for w in self._writers:
+            w.close()
+        if len(self.files) > 1:
+            wmap = {n: self.files[i] for n, i in self._where.items()}
+            (self.directory / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": self._total}, "weight_map": wmap}, indent=2))
+
+    def abort(self) -> None:
+        for w in self._writers:
+            w.abort()
+
+
+class _CkptSink:
+    def __init__(self, file: Path, specs: list):
+        from .ckpt import CkptWriter
+
+        self.files = [file.name]
+        self._writer = CkptWriter(file)
+        self._expected = {n for n, _, _ in specs}
+
+    def write(self, name: str, arr: np.ndarray) -> None:
+        self._writer.write(name, arr)
+
+    def close(self) -> None:
+        self._writer.close()
+        missing = self._expected - set(self._writer.names)
+        if missing:
+            raise CheckpointError(f"{len(missing)} planned tensors were never written, e.g. '{sorted(missing)[0]}'")
+
+    def abort(self) -> None:
+        self._writer.close()
+
+
+def _stream_into(sink, weights: Weights, entries: list, dtype: str | None, progress: _Progress,
+                 verify: bool = True) -> dict:
+    """Write the target tensors; returns {name: {shape, dtype, crc32}}."""
+    record = {}
+    try:
+        for name, arr in regroup(weights.iter_canonical(verify=verify), entries, weights.adapter,
+                                 weights.spec, dtype):
+            sink.write(name, arr)
+            record[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "crc32": tensor_crc32(arr)}
+            progress.update(name, arr.nbytes)
+            del arr
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        progress.close()
+    return record
+
+
+def port_to_mindspore(src, out, *, naming: str = "ours", fmt: str = "ckpt", dtype: str | None = None,
+                      force: bool = False, progress: bool = True, max_shard_bytes: int | None = None) -> Path:
+    """Convert an HF (or Meta) checkpoint directory into a MindSpore checkpoint directory.
+
+    Args:
+        src: the HF / Meta model directory.
+        out: the output directory (written under a temporary name, renamed when complete).
+        naming: "ours" (canonical names) or "mindformers" (MindFormers' checkpoint names).
+        fmt: "ckpt" (one `model.ckpt`) or "safetensors" (`model.safetensors`, or shards + index
+            with `max_shard_bytes`).
+        dtype: cast floating tensors to "float16" / "bfloat16" / "float32" (default: keep).
+        force: replace an existing `out`.
+        progress: show a tqdm bar (bytes).
+        max_shard_bytes: safetensors only: largest shard.
+
+    Returns:
+        The output directory.
+    """
+    if naming not in NAMINGS:
+        raise ConfigError(f"unknown naming '{naming}'", f"use one of: {', '.join(NAMINGS)}")
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format '{fmt}'", f"use one of: {', '.join(FORMATS)}")
+    if fmt == "ckpt" and max_shard_bytes:
+        raise ConfigError("sharding is only supported for --format safetensors",
+                          "MindSpore loads one .ckpt per model (per rank)")
+    dtype = normalize_dtype(dtype)
+    check_output(out, force)
+    weights = open_weights(src)
+    if weights.manifest is not None:
+        raise ConfigError(f"{src} is already a MindSpore port ({MANIFEST_NAME})",
+                          "to go back to Hugging Face use `ascend-adapt port <dir> --to hf`")
+    if naming == "mindformers" and "mindformers" not in weights.adapter.weight_tables:
+        raise UnsupportedError(f"{weights.adapter.name}: no MindFormers naming table",
+                               f"use --naming ours; tables: {', '.join(weights.adapter.weight_tables)}")
+    present = weights.preflight()
+    entries, specs = plan_targets(weights, present, naming, dtype)
+    with atomic_output(out, force=force, is_dir=True) as tmp:
+        if fmt == "ckpt":
+            sink = _CkptSink(tmp / "model.ckpt", specs)
+        else:
+            sink = _SafetensorsSink(tmp, specs, max_shard_bytes, {"format": "ms"})
+        bar = _Progress(_nbytes(specs), f"port → mindspore ({fmt})", progress)
+        tensors = _stream_into(sink, weights, entries, dtype, bar)
+        copied = []
+        for f in side_files(weights.path):
+            shutil.copy2(f, tmp / f.name)
+            copied.append(f.name)
+        manifest = {
+            "format_version": MANIFEST_VERSION,
+            "tool": f"ascend-adapt {__version__}",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "direction": "hf->mindspore",
+            "arch": weights.spec.arch,
+            "naming": naming,
+            "format": fmt,
+            "dtype": dtype or "source",
+            "weights_files": sink.files,
+            "config_file": "config.json" if (weights.path / "config.json").is_file() else "params.json",
+            "spec": weights.spec.to_dict(),
+            "source": _source_record(weights),
+            "copied_files": copied,
+            "tensors": tensors,
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+    return Path(out)
+
+
+def port_to_hf(src, out, *, force: bool = False, progress: bool = True, verify: bool = True,
+               max_shard_bytes: int | None = HF_SHARD_BYTES) -> Path:
+    """Convert a port output back into an HF checkpoint directory (HF names, safetensors).
+
+    Args:
+        src: a directory written by `port_to_mindspore`.
+        out: the output directory (atomic).
+        force: replace an existing `out`.
+        progress: show a tqdm bar.
+        verify: check each tensor's CRC32 against the manifest.
+        max_shard_bytes: largest safetensors shard (HF's default 5 GiB); None = one file.
+
+    Returns:
+        The output directory.
+    """
+    check_output(out, force)
+    weights = open_weights(src)
+    m = weights.manifest
+    if m is None:
+        raise ConfigError(f"{src} is not a MindSpore port output (no {MANIFEST_NAME})",
+                          "pass a directory written by `ascend-adapt port <hf-dir> --to mindspore`")
+    if m.get("config_file") != "config.json" or not (weights.path / "config.json").is_file():
+        raise UnsupportedError(f"{src}: has no config.json (the port was made from Meta's consolidated layout)",
+                               "convert the Meta checkpoint to HF with transformers' convert_llama_weights_to_hf "
+                               "first, then port that")
+    present = weights.preflight()
+    entries, specs = plan_targets(weights, present, "hf", None)
+    with atomic_output(out, force=force, is_dir=True) as tmp:
+        sink = _SafetensorsSink(tmp, specs, max_shard_bytes, {"format": "pt"})
+        bar = _Progress(_nbytes(specs), "port → hf (safetensors)", progress)
+        _stream_into(sink, weights, entries, None, bar, verify=verify)
+        for f in side_files(weights.path, exclude=[MANIFEST_NAME]):
+            shutil.copy2(f, tmp / f.name)
+        dtypes = {d for _, _, d in specs if d in ("float16", "float32", "bfloat16")}
+        cfg_path = tmp / "config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if len(dtypes) == 1 and cfg.get("torch_dtype", next(iter(dtypes))) != next(iter(dtypes)):
+            cfg["torch_dtype"] = next(iter(dtypes))  # the port cast the weights (--dtype)
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+    return Path(out)
+
+
+def convert(src, out, *, to: str, **options) -> Path:
+    """`port_to_mindspore` (to="mindspore") or `port_to_hf` (to="hf")."""
+    if to == "mindspore":
+        return port_to_mindspore(src, out, **options)
+    if to == "hf":
+        return port_to_hf(src, out, **options)
+    raise ConfigError(f"unknown target '{to}'", "use --to mindspore or --to hf")
+
+
+__all__ = ["port_to_mindspore", "port_to_hf", "convert", "regroup", "side_files", "normalize_dtype"]

@@ -1,0 +1,230 @@
+"""MindSpore building blocks shared by the model files (`model_zoo/<family>/ms_model.py`).
+
+Everything here follows the torch references' numerics (golden = fp32 torch on CPU):
+
+- norms compute in fp32 whatever the compute dtype (HF Llama RMSNorm casts back *before* the
+  weight multiply; torch LayerNorm on fp16 accumulates in fp32, weight and bias included);
+- attention scores are formed in the compute dtype, masked there, then soft-maxed in fp32 and
+  cast back (`cached_attention`);
+- rotary tables are numpy constants computed once (`rotary_table`, `glm_rotary_table`) and
+  gathered per token by position, so positions are graph *inputs* and a graph compiles once per
+  shape, not per position.
+
+The KV cache is static: per layer K and V of shape [max_len, B, kv_heads, head_dim] (seq-first,
+so a step's K/V are written with one `scatter_nd_update` on the leading axis). Attention is a
+pure function of (cache before this step, this step's K/V, mask over [cache slots ⊕ step]); who
+writes the cache — a session's `Parameter`s or the host behind an exported graph — is the
+caller's business (see `ms_backend.CachedStep` and `ascend_adapt.port.mindir`).
+
+Names of parameters match the canonical tensor names (`embed.weight`, `layers.0.attn.q.weight`,
+…, see `model_zoo/base.py`) so a canonical stream or an "ours"-named checkpoint loads by name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import initializer
+
+COMPUTE_DTYPES = {"float32": ms.float32, "float16": ms.float16}
+_CONFIGURED: dict = {}
+
+
+def configure_cpu(mode: str = "graph", threads: int | None = None) -> None:
+    """Put MindSpore on the CPU with the settings that make LLM decoding fast there.
+
+    Measured facts (../shared/reference/python_environment.md): `runtime_num_threads` must be
+    set explicitly; PyNative needs `launch_blocking()` (the async launch pipeline dominates on a
+    small CPU: 1.4 → 10 tok/s). Graph mode is entered per cell with `ms.jit`, never globally.
+
+    Args:
+        mode: "graph" or "pynative".
+        threads: runtime threads (default: the number of CPUs, at most 16).
+    """
+    if not _CONFIGURED:
+        ms.set_device("CPU")
+        ms.set_context(runtime_num_threads=threads or min(os.cpu_count() or 2, 16))
+        _CONFIGURED["cpu"] = True
+    if mode == "pynative" and "blocking" not in _CONFIGURED:
+        ms.runtime.launch_blocking()
+        _CONFIGURED["blocking"] = True
+
+
+def compute_dtype(name: str):
+    try:
+        return COMPUTE_DTYPES[name]
+    except KeyError:
+        from ascend_adapt.errors import ConfigError
+
+        raise ConfigError(f"mindspore: unknown compute dtype '{name}'",
+                          f"use one of: {', '.join(COMPUTE_DTYPES)} (bfloat16 MatMul is not supported on CPU)") from None
+
+
+def _zeros(shape, dtype) -> Parameter:
+    # lazily initialised: the memory is allocated when real weights are set (or on first use)
+    return Parameter(initializer("zeros", tuple(shape), dtype))
+
+
+# ---- layers --------------------------------------------------------------------------------------
+class Linear(nn.Dense):
+    """torch-style Linear: weight [out, in] (as `nn.Dense` stores it), optional bias."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype):
+        super().__init__(in_features, out_features, weight_init="zeros",
+                         bias_init="zeros", has_bias=bias, dtype=dtype)
+
+
+class Embedding(nn.Cell):
+    """Token embedding with a parameter named `weight` [vocab, H]."""
+
+    def __init__(self, vocab: int, hidden: int, dtype):
+        super().__init__()
+        self.weight = _zeros((vocab, hidden), dtype)
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)
+
+
+class RMSNorm(nn.Cell):
+    """HF Llama RMSNorm: x·rsqrt(mean(x²)+eps) in fp32, cast to the input dtype, then × weight."""
+
+    def __init__(self, hidden: int, eps: float, dtype):
+        super().__init__()
+        self.weight = _zeros((hidden,), dtype)
+        self.eps = float(eps)
+
+    def construct(self, x):
+        x32 = ops.cast(x, ms.float32)
+        var = ops.mean(ops.square(x32), -1, keep_dims=True)
+        y = x32 * ops.rsqrt(var + self.eps)
+        return self.weight * ops.cast(y, x.dtype)
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm with bias over the last axis, computed in fp32 (weight and bias included)."""
+
+    def __init__(self, hidden: int, eps: float, dtype):
+        super().__init__()
+        self.weight = _zeros((hidden,), dtype)
+        self.bias = _zeros((hidden,), dtype)
+        self.eps = float(eps)
+
+    def construct(self, x):
+        x32 = ops.cast(x, ms.float32)
+        mean = ops.mean(x32, -1, keep_dims=True)
+        d = x32 - mean
+        var = ops.mean(ops.square(d), -1, keep_dims=True)
+        y = d * ops.rsqrt(var + self.eps) * ops.cast(self.weight, ms.float32) + ops.cast(self.bias, ms.float32)
+        return ops.cast(y, x.dtype)
+
+
+def scalar_mul(x, s: float):
+    """x·s as torch computes `tensor * python_float`: in fp32, rounded once to x's dtype."""
+    return ops.cast(ops.cast(x, ms.float32) * s, x.dtype)
+
+
+def scalar_div(x, s: float):
+    """x / s as torch computes `tensor / python_float`: in fp32, rounded once to x's dtype."""
+    return ops.cast(ops.cast(x, ms.float32) / s, x.dtype)
+
+
+def gelu_tanh(x):
+    """0.5·x·(1 + tanh(0.7978845608028654·x·(1 + 0.044715·x²))), op by op in x's dtype."""
+    return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
+
+
+# ---- rotary --------------------------------------------------------------------------------------
+def rotary_table(num_positions: int, dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """HF Llama's cos/sin [num_positions, dim] in fp32 (emb = cat(freqs, freqs))."""
+    inv_freq = (1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))).astype(np.float32)
+    freqs = np.multiply.outer(np.arange(num_positions, dtype=np.float32), inv_freq).astype(np.float32)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
+def glm_rotary_table(num_positions: int, rotary_dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
+    """ChatGLM-6B's cos/sin [num_positions, rotary_dim] with the original fp16 rounding (§1.5).
+
+    inv_freq computed in fp32 and cast to fp16, positions created in fp16, fp16 outer product,
+    cos/sin of the fp16 angles kept in fp16 — the table the model was trained with.
+    """
+    exponent = np.arange(0, rotary_dim, 2, dtype=np.float32) / np.float32(rotary_dim)
+    inv_freq = (np.float32(1.0) / (np.float32(base) ** exponent)).astype(np.float32).astype(np.float16)
+    t = np.arange(num_positions).astype(np.float16)
+    freqs = np.multiply.outer(t, inv_freq).astype(np.float16)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return np.cos(emb).astype(np.float16), np.sin(emb).astype(np.float16)
+
+
+def rotate_half(x):
+    """NeoX half-split rotation over the last axis: [x1, x2] → [-x2, x1]."""
+    half = x.shape[-1] // 2
+    return ops.cat((-x[..., half:], x[..., :half]), -1)
+
+
+def apply_rotary(x, cos, sin):
+    """x·cos + rotate_half(x)·sin; x [B, heads, S, d], cos/sin broadcastable [B, 1, S, d]."""
+    return x * cos + rotate_half(x) * sin
+
+
+def gather_rotary(table: Tensor, positions):
+    """Rows of a [P, d] table for positions [B, S] → [B, 1, S, d]."""
+    return ops.expand_dims(ops.gather(table, positions, 0), 1)
+
+
+# ---- attention -----------------------------------------------------------------------------------
+_BMM_T = ops.BatchMatMul(transpose_b=True)
+_BMM = ops.BatchMatMul()
+
+
+def cached_attention(q, k_new, v_new, k_cache, v_cache, mask, score_scale: float = 1.0,
+                     softmax_scale: float = 1.0, fill: float = float("-inf")):
+    """Attention of this step's queries over [cache slots ⊕ this step's tokens].
+
+    Args:
+        q: [B, heads, S, D] in the compute dtype (already scaled if the family pre-scales it).
+        k_new, v_new: [B, kv_heads, S, D] this step's keys (post-rotary) and values.
+        k_cache, v_cache: [M, B, kv_heads, D] the cache as it was before this step.
+        mask: [B, S, M + S] bool, True = may attend (`StepInputs.split_visible`, concatenated).
+        score_scale: multiplies q·kᵀ in the compute dtype (Llama: 1/√D).
+        softmax_scale: multiplies the fp32 scores before softmax (ChatGLM-6B: layer + 1).
+        fill: value of masked scores, written in the compute dtype (ChatGLM-6B: −10000).
+
+    Returns:
+        context [B, S, heads·D] in the compute dtype.
+
+    GQA: query head h uses KV head h // group; q is viewed as [B, kv_heads, group·S, D] so K/V are
+    never repeated.
+    """
+    B, H, S, D = q.shape
+    KV = k_new.shape[1]
+    k = ops.cat((ops.transpose(k_cache, (1, 2, 0, 3)), k_new), 2)   # [B, KV, M+S, D]
+    v = ops.cat((ops.transpose(v_cache, (1, 2, 0, 3)), v_new), 2)
+    T = k.shape[2]
+    scores = _BMM_T(ops.reshape(q, (B, KV, (H // KV) * S, D)), k)
+    scores = ops.reshape(scores, (B, H, S, T))
+    if score_scale != 1.0:
+        scores = scalar_mul(scores, score_scale)
+    scores = ops.masked_fill(scores, ops.logical_not(ops.expand_dims(mask, 1)),
+                             ops.cast(fill, scores.dtype))
+    scores = ops.cast(scores, ms.float32)
+    if softmax_scale != 1.0:
+        scores = scores * softmax_scale
+    probs = ops.cast(ops.softmax(scores, -1), q.dtype)
+    ctx = _BMM(ops.reshape(probs, (B, KV, (H // KV) * S, T)), v)  # [B, KV, G·S, D]
+    ctx = ops.transpose(ops.reshape(ctx, (B, H, S, D)), (0, 2, 1, 3))
+    return ops.reshape(ctx, (B, S, H * D))
+
+
+def split_heads(x, heads: int, head_dim: int):
+    """[B, S, heads·D] → [B, heads, S, D]."""
+    B, S, _ = x.shape
+    return ops.transpose(ops.reshape(x, (B, S, heads, head_dim)), (0, 2, 1, 3))
+
+
+def default_score_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)
