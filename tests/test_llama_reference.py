@@ -14,13 +14,13 @@ from ascend_adapt.runtime.generate import greedy_tokens  # noqa: E402
 from ascend_adapt.runtime.torch_backend import TorchBackend  # noqa: E402
 
 
-def _hf_logits(model_dir, ids, mask=None):
+def _hf_logits(model_dir, ids, mask=None, dtype=torch.float32):
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    model = LlamaForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=dtype).eval()
     with torch.no_grad():
         kw = {} if mask is None else {"attention_mask": torch.from_numpy(mask)}
-        return model(input_ids=torch.from_numpy(ids), **kw).logits.numpy()
+        return model(input_ids=torch.from_numpy(ids), **kw).logits.float().numpy()
 
 
 def test_adapter_path_reproduces_transformers_bit_exactly(tiny_dir):
@@ -93,11 +93,24 @@ def test_layer_outputs(tiny_backend):
     np.testing.assert_allclose(normed, outs["final_norm"], atol=1e-5)
 
 
-def test_fp16_compute_runs_close_to_fp32(tiny_dir):
-    be16 = TorchBackend(tiny_dir("llama", unit_head=True), dtype="float16")
+def test_fp16_compute_matches_transformers_fp16(tiny_dir):
+    d = tiny_dir("llama", unit_head=True)
+    be16 = TorchBackend(d, dtype="float16")
     assert next(be16.model.parameters()).dtype == torch.float16
+    assert be16.model.model.rotary_emb.inv_freq.dtype == torch.float32  # as from_pretrained keeps it
     ids = np.array(tiny_prompts(be16.spec)[:1])
     l16 = be16.full_logits(ids)
-    l32 = TorchBackend(tiny_dir("llama", unit_head=True)).full_logits(ids)
     assert l16.dtype == np.float32 and np.isfinite(l16).all()
+    assert np.array_equal(l16, _hf_logits(d, ids, dtype=torch.float16))
+    l32 = TorchBackend(d).full_logits(ids)
     assert np.abs(l16 - l32).max() < 0.05 * np.abs(l32).max()
+
+
+def test_backend_from_in_memory_canonical_weights(tiny_dir):
+    from ascend_adapt.checkpoint import open_checkpoint
+
+    on_disk = TorchBackend(tiny_dir("llama"))
+    canon = dict(on_disk.adapter.iter_canonical(open_checkpoint(tiny_dir("llama")), on_disk.spec))
+    in_mem = TorchBackend.from_canonical(on_disk.spec, canon)
+    ids = np.array(tiny_prompts(on_disk.spec)[:1])
+    assert np.array_equal(in_mem.full_logits(ids), on_disk.full_logits(ids))

@@ -73,7 +73,11 @@ def build_hf_model(spec: ModelSpec, canonical: Iterable[tuple[str, np.ndarray]],
     model.load_state_dict(state, strict=True)
     if spec.tie_word_embeddings:
         model.tie_weights()
-    return model.to(_DTYPES[dtype]).eval()
+    # cast parameters only: the rotary inv_freq buffer stays fp32, as from_pretrained(dtype=…) keeps it
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.to(_DTYPES[dtype])
+    return model.eval()
 
 
 def _hidden(out) -> torch.Tensor:
