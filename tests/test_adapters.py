@@ -218,8 +218,11 @@ def exercise_tiny_model(name: str, out_dir) -> None:
     adapter = ADAPTERS.get(name)
     spec = adapter.spec_from_config(adapter.tiny_config())
     assert spec.arch == name
+    from ascend_adapt.runtime.session import LMBackend, LMSession
+
     d = make_tiny_checkpoint(out_dir, name)
     be = TorchBackend(d)
+    assert isinstance(be, LMBackend) and isinstance(be.new_session(1, 8), LMSession)
     ids = [5, 6, 7, 8]
     if spec.rotary == "glm2d":
         ids += [be.spec.gmask_token_id, be.spec.bos_token_id]
