@@ -178,10 +178,22 @@ class MindSporeSession(StaticCacheSession):
         if max_len > backend.num_positions:
             raise ConfigError(f"max_len {max_len} exceeds the rotary table ({backend.num_positions} positions)",
                               "lower --max-len, or build the backend with num_positions=…")
-        plain, graph = _step_cell_classes()
+        self.backend = backend
         self.graph = backend.mode == "graph"
-        self.cell = (graph if self.graph else plain)(backend.model, batch, max_len)
+        self.cell = backend._acquire_cell(batch, max_len)
         self.pad_id = int(backend.spec.pad_token_id or 0)
+
+    def close(self) -> None:
+        """Give the step cell (and its compiled graphs) back to the backend for the next session."""
+        cell, self.cell = getattr(self, "cell", None), None
+        if cell is not None:
+            self.backend._release_cell(self.batch, self.max_len, cell)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
 
     def step(self, inputs: StepInputs) -> np.ndarray:
         from mindspore import Tensor
@@ -233,6 +245,7 @@ class MindSporeBackend:
         self.num_positions = num_positions or self.spec.max_position + 1
         self.model = build_model(self.spec, dtype, self.num_positions)
         load_canonical(self.model, weights.iter_canonical(), self.spec)
+        self._free_cells: dict[tuple, list] = {}
 
     @classmethod
     def from_canonical(cls, spec, canonical, dtype: str = "float32", mode: str = "graph",
@@ -246,11 +259,28 @@ class MindSporeBackend:
         self.num_positions = num_positions or spec.max_position + 1
         self.model = build_model(spec, dtype, self.num_positions)
         load_canonical(self.model, canonical.items() if hasattr(canonical, "items") else canonical, spec)
+        self._free_cells = {}
         return self
 
     def new_session(self, batch: int, max_len: int) -> MindSporeSession:
-        """An `LMSession` for `batch` rows over a cache of `max_len` slots."""
+        """An `LMSession` for `batch` rows over a cache of `max_len` slots.
+
+        Step cells (cache Parameters + compiled graphs) are pooled per (batch, max_len): a session
+        that is closed or garbage-collected hands its cell to the next session of that shape, so
+        graphs compile once per shape, not once per session. Stale cache contents are harmless:
+        a slot becomes visible only in the step that writes it.
+        """
         return MindSporeSession(self, batch, max_len)
+
+    def _acquire_cell(self, batch: int, max_len: int):
+        pool = self._free_cells.setdefault((batch, max_len), [])
+        if pool:
+            return pool.pop()
+        plain, graph = _step_cell_classes()
+        return (graph if self.mode == "graph" else plain)(self.model, batch, max_len)
+
+    def _release_cell(self, batch: int, max_len: int, cell) -> None:
+        self._free_cells.setdefault((batch, max_len), []).append(cell)
 
     def _full_inputs(self, input_ids, attention_mask):
         from mindspore import Tensor

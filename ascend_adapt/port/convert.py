@@ -22,7 +22,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -227,7 +227,8 @@ def _stream_into(sink, weights: Weights, entries: list, dtype: str | None, progr
 
 
 def port_to_mindspore(src, out, *, naming: str = "ours", fmt: str = "ckpt", dtype: str | None = None,
-                      force: bool = False, progress: bool = True, max_shard_bytes: int | None = None) -> Path:
+                      force: bool = False, progress: bool = True, max_shard_bytes: int | None = None,
+                      after: Callable[[Path], None] | None = None) -> Path:
     """Convert an HF (or Meta) checkpoint directory into a MindSpore checkpoint directory.
 
     Args:
@@ -240,6 +241,9 @@ def port_to_mindspore(src, out, *, naming: str = "ours", fmt: str = "ckpt", dtyp
         force: replace an existing `out`.
         progress: show a tqdm bar (bytes).
         max_shard_bytes: safetensors only: largest shard.
+        after: called with the (temporary) output directory once the weights and the manifest
+            are written, before the rename (the CLI exports MindIR there), so its failure also
+            leaves no output.
 
     Returns:
         The output directory.
@@ -290,6 +294,8 @@ def port_to_mindspore(src, out, *, naming: str = "ours", fmt: str = "ckpt", dtyp
             "tensors": tensors,
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+        if after is not None:
+            after(tmp)
     return Path(out)
 
 

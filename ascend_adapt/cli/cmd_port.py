@@ -1,0 +1,79 @@
+"""`ascend-adapt port`: weights HF <-> MindSpore, streamed (light: no mindspore / torch at import)."""
+
+from __future__ import annotations
+
+import click
+
+
+def _parse_size(text: str | None) -> int | None:
+    if not text:
+        return None
+    t = text.strip().upper().replace("IB", "").replace("B", "")
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    mult = units.get(t[-1:], 1)
+    num = t[:-1] if t[-1:] in units else t
+    try:
+        return int(float(num) * mult)
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a size (e.g. 5GB, 500MB)") from None
+
+
+@click.command("port")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--to", "to", type=click.Choice(["mindspore", "hf"]), required=True,
+              help="mindspore: HF/Meta checkpoint -> MindSpore; hf: a port output -> HF safetensors.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output directory.")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32", "float16", "bfloat16", "float32"]),
+              default=None, help="Cast floating weights (default: keep the source's dtype; round trips are bit-exact).")
+@click.option("--naming", type=click.Choice(["ours", "mindformers"]), default="ours", show_default=True,
+              help="Tensor names: ours = canonical names (our MindSpore cells); mindformers = MindFormers' names.")
+@click.option("--format", "fmt", type=click.Choice(["ckpt", "safetensors"]), default="ckpt", show_default=True,
+              help="MindSpore checkpoint format.")
+@click.option("--max-shard-size", default=None, help="Shard safetensors outputs (e.g. 5GB). --to hf defaults to 5GB.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")
+@click.option("--no-verify", is_flag=True, help="--to hf: skip the per-tensor CRC32 check against the manifest.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--mindir", is_flag=True, help="--to mindspore: also export prefill/decode MindIR graphs into OUT/mindir.")
+@click.option("--seq-len", type=int, default=None, help="MindIR prefill length (prompts padded to it).")
+@click.option("--max-len", type=int, default=None, help="MindIR KV-cache slots (default 2 x --seq-len).")
+def port_cmd(src, to, out, dtype, naming, fmt, max_shard_size, force, no_verify, no_progress, mindir,
+             seq_len, max_len):
+    """Convert weights between Hugging Face and MindSpore, one tensor in memory at a time.
+
+    \b
+    ascend-adapt port llama-2-7b-hf --to mindspore -o llama-ms --dtype fp16 --naming mindformers
+    ascend-adapt port chatglm-6b --to mindspore -o glm-ms --format safetensors --mindir --seq-len 128
+    ascend-adapt port llama-ms --to hf -o llama-hf-again
+
+    The output directory keeps config.json, the tokenizer files and ascend_adapt_port.json (spec,
+    naming, format, dtype, per-tensor CRC32, source files); it is written under a temporary name
+    and renamed when complete, so a failed conversion leaves nothing behind.
+    """
+    from ascend_adapt.errors import ConfigError
+    from ascend_adapt.port import port_to_hf, port_to_mindspore
+
+    shard = _parse_size(max_shard_size)
+    if to == "hf":
+        if mindir or dtype or naming != "ours" or fmt != "ckpt":
+            raise ConfigError("--to hf takes the naming, format and dtype from the port manifest",
+                              "drop --dtype / --naming / --format / --mindir")
+        path = port_to_hf(src, out, force=force, progress=not no_progress, verify=not no_verify,
+                          **({"max_shard_bytes": shard} if shard else {}))
+        click.echo(f"wrote Hugging Face checkpoint to {path}")
+        return
+    after = None
+    if mindir:
+        if not seq_len:
+            raise ConfigError("--mindir needs --seq-len N (the static prefill length)")
+        compute = "float16" if dtype in ("fp16", "float16") else "float32"
+
+        def after(tmp):
+            from ascend_adapt.port.mindir import export_mindir
+
+            export_mindir(tmp, tmp / "mindir", seq_len=seq_len, max_len=max_len, dtype=compute)
+    elif seq_len or max_len:
+        raise ConfigError("--seq-len / --max-len only apply with --mindir")
+    path = port_to_mindspore(src, out, naming=naming, fmt=fmt, dtype=dtype, force=force,
+                             progress=not no_progress, max_shard_bytes=shard, after=after)
+    click.echo(f"wrote MindSpore checkpoint ({fmt}, {naming} names) to {path}"
+               + (f" with MindIR graphs in {path}/mindir" if mindir else ""))
