@@ -1,0 +1,488 @@
+"""Numerics of the Ascend precision modes, emulated by rewriting the ONNX graph.
+
+How the card computes under each mode (reference sheet §1.1; CANN `--precision_mode` docs):
+
+- `must_keep_origin_dtype` / `origin`: every op in the graph's own dtypes (fp32 stays fp32).
+- `force_fp16` / `fp16`: every op that has an fp16 kernel runs in fp16: tensors are *stored* in
+  fp16 between ops, weights are converted to fp16 once, graph inputs are cast to fp16 on entry
+  and outputs back to their dtype. Cube ops (MatMul, Gemm, Conv) read fp16 and accumulate in fp32.
+- `allow_fp32_to_fp16`: Cube ops in fp16 (fp16 in, fp16 out); vector ops keep fp32.
+- `cube_fp16in_fp32out` (= `force_fp32`): Cube ops read fp16 inputs and write fp32; vector fp32.
+- `allow_mix_precision[_fp16]` / `mixed_float16`: white-list ops in fp16, black-list ops in
+  fp32, grey-list ops follow their producer; `--modify_mixlist` edits the lists.
+- `--keep_dtype` (node names or `OpType::<Type>`) keeps ops in their original dtype in every
+  mode but must_keep_origin_dtype (where everything is kept anyway).
+
+How we emulate it: for every op the mode runs in fp16 (or bf16), each fp32 input not already
+fp16-exact is rounded through a `Cast(to=float16) → Cast(to=float32)` pair, and each fp32
+output is rounded the same way (fp16 overflow → ±inf, as on the card). The op itself still runs
+in fp32 in onnxruntime. Consequences:
+
+- Cube ops: inputs are exact fp16 values, products are exact in fp32 and accumulation is fp32,
+  output rounded to fp16: this matches the Cube unit up to the summation order.
+- Vector ops (Add, Mul, Exp, Softmax, reductions, ...): the card computes natively in fp16
+  (with its own Exp / Tanh / Erf approximations); we compute in fp32 and round the result once.
+  Our result is the correctly rounded one, so per-op error is ≤ the card's and NOT bit-exact.
+  Reductions and Softmax accumulate in fp32 here; a sum of fp16 values whose *partial* sums
+  exceed 65504 but whose result does not overflows on a card that accumulates in fp16 and not
+  here. An *output* above 65504 overflows here too.
+- Weights are rounded once when the session is built (ATC converts them at compile time).
+- Ops that exist only in fp16 on a chip (e.g. Conv2D on older chips under must_keep) are not
+  modelled: must_keep_origin_dtype here always runs fp32.
+
+The rewritten graph runs in onnxruntime with every graph optimization disabled
+(`ORT_DISABLE_ALL`), so no pass folds or fuses the rounding casts away. must_keep_origin_dtype
+runs the unmodified graph with the same options as the plain onnxruntime runner, so its results
+are bit-identical to it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .graph import CUBE_OPS, MOVE_OPS, TensorInfo, infer_tensor_infos, load_model, node_label
+from .settings import SimSettings
+
+LOW = "low"          # inputs and outputs rounded to the low dtype
+LOW_IN = "low_in"    # inputs rounded, outputs fp32 (Cube ops under cube_fp16in_fp32out)
+ORIGIN = "origin"    # untouched
+
+# allow_mix_precision default lists. The card's lists come from each op's `precision_reduce`
+# flag in the installed op-info library, which we cannot read: ASSUMED here (confidence M):
+# white = Cube ops; black = ops whose fp16 evaluation overflows or loses precision in LLMs;
+# everything else grey (follows its producer).
+MIX_WHITE = frozenset(CUBE_OPS)
+MIX_BLACK = frozenset({"Exp", "Log", "Pow", "Softmax", "LogSoftmax", "ReduceSum", "ReduceMean",
+                       "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp", "LayerNormalization",
+                       "Sqrt", "Reciprocal", "Div", "Erf", "CumSum"})
+
+# float inputs that are parameters, not data (never rounded)
+_NON_DATA_INPUTS = {"Resize": {1, 2}, "Upsample": {1}, "Range": {0, 1, 2}, "Dropout": {1}}
+_LOW_ONNX = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
+_SUFFIX = "__sim"
+
+
+def _round_array(a: np.ndarray, low: str) -> np.ndarray:
+    if low == "bfloat16":
+        import ml_dtypes
+
+        return a.astype(ml_dtypes.bfloat16).astype(np.float32)
+    with np.errstate(over="ignore"):
+        return a.astype(np.float16).astype(np.float32)
+
+
+class _KeepMatcher:
+    """--keep_dtype entries: node names, or `OpType::<Type>` with an ONNX or Ascend IR type."""
+
+    def __init__(self, entries: Iterable[str], target: Any = None):
+        self.names: set[str] = set()
+        self.types: set[str] = set()
+        for e in entries:
+            if e.startswith("OpType::"):
+                self.types.add(e[len("OpType::"):])
+            else:
+                self.names.add(e)
+        self.target = target
+        self.hits: set[str] = set()
+
+    def __call__(self, node: onnx.NodeProto, label: str) -> bool:
+        hit = None
+        if label in self.names or (node.name and node.name in self.names):
+            hit = label if label in self.names else node.name
+        elif node.op_type in self.types:
+            hit = f"OpType::{node.op_type}"
+        elif self.target is not None and self.types:
+            ge = self.target.ge_op_type(node.op_type, node.domain or "ai.onnx")
+            if ge and ge in self.types:
+                hit = f"OpType::{ge}"
+        if hit:
+            self.hits.add(hit)
+        return hit is not None
+
+    def unmatched(self) -> list[str]:
+        all_ = self.names | {f"OpType::{t}" for t in self.types}
+        return sorted(all_ - self.hits)
+
+
+def _mix_lists(settings: SimSettings, target: Any) -> tuple[set[str], set[str]]:
+    white, black = set(MIX_WHITE), set(MIX_BLACK)
+    ml = settings.modify_mixlist or {}
+
+    def edit(s: set[str], key: str):
+        for op in ml.get(key, {}).get("to-remove", []):
+            s.discard(op)
+        s.update(ml.get(key, {}).get("to-add", []))
+
+    edit(white, "white-list")
+    edit(black, "black-list")
+    gray = ml.get("gray-list", {})
+    for op in gray.get("to-add", []):
+        white.discard(op)
+        black.discard(op)
+    return white, black
+
+
+def _in_list(node: onnx.NodeProto, ops: set[str], target: Any) -> bool:
+    if node.op_type in ops:
+        return True
+    if target is not None:
+        ge = target.ge_op_type(node.op_type, node.domain or "ai.onnx")
+        return bool(ge) and ge in ops
+    return False
+
+
+def _float_inputs(node: onnx.NodeProto, infos: Mapping[str, TensorInfo]) -> list[int]:
+    skip = _NON_DATA_INPUTS.get(node.op_type, ())
+    return [i for i, n in enumerate(node.input)
+            if n and i not in skip and n in infos and infos[n].elem_type == TensorProto.FLOAT]
+
+
+def _float_outputs(node: onnx.NodeProto, infos: Mapping[str, TensorInfo]) -> list[int]:
+    return [i for i, n in enumerate(node.output) if n and n in infos and infos[n].elem_type == TensorProto.FLOAT]
+
+
+@dataclass
+class PrecisionPlan:
+    """Per-node decision of a precision mode.
+
+    Attributes:
+        modes: {node index: LOW | LOW_IN | ORIGIN} for the top-level graph's nodes.
+        low_dtype: "float16" / "bfloat16" / None.
+        kept: labels of the nodes kept in fp32 by --keep_dtype.
+        unmatched_keep: keep_dtype entries that matched no node (ATC ignores them with a warning).
+    """
+
+    modes: dict[int, str]
+    low_dtype: str | None
+    kept: list[str] = field(default_factory=list)
+    unmatched_keep: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        c: dict[str, int] = defaultdict(int)
+        for m in self.modes.values():
+            c[m] += 1
+        return dict(c)
+
+
+def plan_precision(model: onnx.ModelProto, settings: SimSettings, *, target: Any = None,
+                   infos: Mapping[str, TensorInfo] | None = None) -> PrecisionPlan:
+    """Decide, for every node of the top-level graph, the dtype the card computes it in.
+
+    Nodes without a float32 input or output are ORIGIN (nothing to round). Subgraph bodies
+    (If / Loop) are not rewritten: they run in their original dtypes.
+
+    Args:
+        model: the ONNX model (weights not needed).
+        settings: precision mode, keep_dtype, modify_mixlist.
+        target: the target (maps ONNX types to Ascend IR types for OpType:: / mixlist entries).
+        infos: tensor infos (computed when omitted).
+    """
+    infos = infos if infos is not None else infer_tensor_infos(model)
+    policy, low = settings.policy, settings.low_dtype
+    modes: dict[int, str] = {}
+    if policy == "origin":
+        return PrecisionPlan({i: ORIGIN for i in range(len(model.graph.node))}, None)
+    keep = _KeepMatcher(settings.keep_dtype, target)
+    white, black = _mix_lists(settings, target) if policy == "mixed" else (set(), set())
+    low_produced: set[str] = set()
+    kept: list[str] = []
+    for i, node in enumerate(model.graph.node):
+        label = node_label(node, i)
+        fin, fout = _float_inputs(node, infos), _float_outputs(node, infos)
+        if not fin and not fout:
+            modes[i] = ORIGIN
+            continue
+        if keep(node, label):
+            modes[i] = ORIGIN
+            kept.append(label)
+            continue
+        cube = _in_list(node, set(CUBE_OPS), target)
+        if policy == "force":
+            mode = LOW
+        elif policy == "cube":
+            mode = LOW if cube else ORIGIN
+        elif policy == "cube_in":
+            mode = LOW_IN if cube else ORIGIN
+        else:  # mixed
+            if _in_list(node, white, target):
+                mode = LOW
+            elif _in_list(node, black, target):
+                mode = ORIGIN
+            else:  # grey: follow the producer of a float input
+                mode = LOW if any(node.input[j] in low_produced for j in fin) else ORIGIN
+        modes[i] = mode
+        if mode == LOW:
+            low_produced.update(node.output[j] for j in fout)
+    return PrecisionPlan(modes, low, kept, keep.unmatched())
+
+
+@dataclass
+class EmulationStats:
+    """What `emulate_precision` did."""
+
+    low_nodes: int = 0
+    low_in_nodes: int = 0
+    fp32_nodes: int = 0
+    rounding_pairs: int = 0
+    rounded_initializers: int = 0
+    kept: list[str] = field(default_factory=list)
+    unmatched_keep: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def emulate_precision(model: onnx.ModelProto, settings: SimSettings, *, target: Any = None,
+                      infos: Mapping[str, TensorInfo] | None = None,
+                      plan: PrecisionPlan | None = None) -> tuple[onnx.ModelProto, EmulationStats]:
+    """Rewrite `model` so that onnxruntime computes it as the card does under `settings`.
+
+    The input model must have its weights loaded (initializers are rounded in the copy). Tensor
+    names of the original graph keep their meaning: each holds the value as the card stores it.
+
+    Returns:
+        (the rewritten copy, statistics). For must_keep_origin_dtype the copy is unchanged.
+    """
+    infos = infos if infos is not None else infer_tensor_infos(model)
+    plan = plan or plan_precision(model, settings, target=target, infos=infos)
+    stats = EmulationStats(kept=list(plan.kept), unmatched_keep=list(plan.unmatched_keep))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if plan.low_dtype is None:
+        stats.fp32_nodes = len(model.graph.node)
+        return out, stats
+    low_t = _LOW_ONNX[plan.low_dtype]
+    g = out.graph
+    nodes = []
+    for n in g.node:  # detached copies: the repeated field is rebuilt below
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        nodes.append(c)
+
+    # which float initializers are read by rounding nodes, and by others
+    low_readers: dict[str, int] = defaultdict(int)
+    other_readers: dict[str, int] = defaultdict(int)
+    for i, node in enumerate(nodes):
+        fin = set(_float_inputs(node, infos))
+        for j, name in enumerate(node.input):
+            if plan.modes[i] in (LOW, LOW_IN) and j in fin:
+                low_readers[name] += 1
+            elif name:
+                other_readers[name] += 1
+    for o in g.output:
+        other_readers[o.name] += 1
+
+    exact: set[str] = set()          # tensors whose values are exact in the low dtype
+    rounded: dict[str, str] = {}     # tensor -> name of its rounded copy
+    new_inits: list[onnx.TensorProto] = []
+    for init in g.initializer:
+        if init.data_type != TensorProto.FLOAT or not low_readers.get(init.name):
+            continue
+        arr = _round_array(numpy_helper.to_array(init), plan.low_dtype)
+        stats.rounded_initializers += 1
+        if other_readers.get(init.name):
+            t = numpy_helper.from_array(arr, f"{init.name}{_SUFFIX}_{plan.low_dtype}")
+            new_inits.append(t)
+            rounded[init.name] = t.name
+            exact.add(t.name)
+        else:
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+            exact.add(init.name)
+    g.initializer.extend(new_inits)
+    # Constant nodes holding float32 tensors read by rounding nodes: round in place when only
+    # rounding nodes read them (the common case), else let the input pair do it.
+    for node in nodes:
+        if node.op_type == "Constant" and node.output and low_readers.get(node.output[0]) \
+                and not other_readers.get(node.output[0]):
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
+                    arr = _round_array(numpy_helper.to_array(a.t), plan.low_dtype)
+                    a.t.CopyFrom(numpy_helper.from_array(arr, a.t.name))
+                    exact.add(node.output[0])
+
+    counter = [0]
+
+    def pair(src: str, dst: str) -> list[onnx.NodeProto]:
+        counter[0] += 1
+        mid = f"{dst}{_SUFFIX}_{plan.low_dtype}"
+        stats.rounding_pairs += 1
+        return [helper.make_node("Cast", [src], [mid], to=low_t, name=f"{_SUFFIX}_to_low_{counter[0]}"),
+                helper.make_node("Cast", [mid], [dst], to=TensorProto.FLOAT, name=f"{_SUFFIX}_to_f32_{counter[0]}")]
+
+    new_nodes: list[onnx.NodeProto] = []
+    for i, node in enumerate(nodes):
+        mode = plan.modes[i]
+        if mode == ORIGIN:
+            stats.fp32_nodes += 1
+            new_nodes.append(node)
+            continue
+        if mode == LOW:
+            stats.low_nodes += 1
+        else:
+            stats.low_in_nodes += 1
+        for j in _float_inputs(node, infos):
+            src = node.input[j]
+            if src in exact:
+                continue
+            if src not in rounded:
+                dst = f"{src}{_SUFFIX}_rounded"
+                new_nodes.extend(pair(src, dst))
+                rounded[src] = dst
+                exact.add(dst)
+            node.input[j] = rounded[src]
+        fout = _float_outputs(node, infos)
+        if mode == LOW and node.op_type in MOVE_OPS:
+            new_nodes.append(node)
+            exact.update(node.output[j] for j in fout)
+            continue
+        post: list[onnx.NodeProto] = []
+        if mode == LOW:
+            for j in fout:
+                name = node.output[j]
+                raw = f"{name}{_SUFFIX}_raw"
+                node.output[j] = raw
+                post.extend(pair(raw, name))
+                exact.add(name)
+        new_nodes.append(node)
+        new_nodes.extend(post)
+    g.ClearField("node")
+    g.node.extend(new_nodes)
+    return out, stats
+
+
+def _session_options(optimize: bool, threads: int | None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return so
+
+
+def expose_all_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """Add `names` as graph outputs (no type: onnxruntime infers it) to `model` in place."""
+    have = {o.name for o in model.graph.output}
+    for n in names:
+        if n and n not in have:
+            model.graph.output.append(onnx.ValueInfoProto(name=n))
+            have.add(n)
+    return model
+
+
+_PROTO_LIMIT = 1_800_000_000
+
+
+class SimSession:
+    """An onnxruntime session computing a graph as the card does under `settings`.
+
+    Args:
+        model: path to an .onnx file (external data beside it) or a ModelProto (with weights, or
+            with external references resolved against `base_dir`).
+        settings: the precision settings.
+        target: the target (for OpType:: / mixlist entries given as Ascend IR types).
+        dump: expose every intermediate tensor of the original graph as an output; `run`
+            returns them all (name → array), for layer-wise comparison.
+        base_dir: directory of the external data when `model` is a ModelProto.
+        threads: onnxruntime intra-op threads (None = its default).
+
+    Attributes:
+        stats: EmulationStats of the rewrite.
+        plan: the PrecisionPlan.
+        input_names / output_names: what `run` takes and returns (outputs in graph order).
+    """
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, settings: SimSettings, *, target: Any = None,
+                 dump: bool = False, base_dir: str | os.PathLike | None = None, threads: int | None = None,
+                 infos: Mapping[str, TensorInfo] | None = None):
+        import onnxruntime as ort
+
+        self.settings = settings
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        path = None if isinstance(model, onnx.ModelProto) else Path(model)
+        if path is not None and base_dir is None:
+            base_dir = path.parent
+        light = load_model(model)  # weights external
+        infos = infos if infos is not None else infer_tensor_infos(light)
+        self.plan = plan_precision(light, settings, target=target, infos=infos)
+        originals = [o for n in light.graph.node for o in n.output if o]
+        if settings.keeps_origin and not dump and path is not None:
+            self.stats = EmulationStats(fp32_nodes=len(light.graph.node))
+            # the unmodified file with the plain runner's options: bit-identical to it
+            self._sess = ort.InferenceSession(str(path), _session_options(True, threads),
+                                              providers=["CPUExecutionProvider"])
+        else:
+            full = self._with_weights(model, light, base_dir)
+            rewritten, self.stats = emulate_precision(full, settings, target=target, infos=infos, plan=self.plan)
+            if dump:
+                expose_all_outputs(rewritten, [i.name for i in light.graph.input] + originals)
+            self._sess = self._make_session(rewritten, _session_options(settings.keeps_origin, threads))
+        self.input_names = [i.name for i in self._sess.get_inputs()]
+        self.output_names = [o.name for o in self._sess.get_outputs()]
+
+    @staticmethod
+    def _with_weights(model, light: onnx.ModelProto, base_dir) -> onnx.ModelProto:
+        from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+        if isinstance(model, onnx.ModelProto):
+            m = onnx.ModelProto()
+            m.CopyFrom(model)
+        else:
+            m = onnx.ModelProto()
+            m.CopyFrom(light)
+        if any(uses_external_data(t) for t in m.graph.initializer):
+            if base_dir is None:
+                raise ValueError("the model keeps its weights in external data: pass base_dir")
+            load_external_data_for_model(m, str(base_dir))
+        return m
+
+    def _make_session(self, model: onnx.ModelProto, so):
+        import onnxruntime as ort
+
+        if model.ByteSize() < _PROTO_LIMIT:
+            return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self._tmp = tempfile.TemporaryDirectory(prefix="ascend-adapt-sim-")
+        p = Path(self._tmp.name) / "sim.onnx"
+        onnx.save_model(model, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="sim.weights")
+        return ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one inference; returns {output name: array} (every tensor with dump=True)."""
+        vals = self._sess.run(self.output_names, {k: v for k, v in feeds.items() if k in self.input_names})
+        return dict(zip(self.output_names, vals))
+
+    def input_metadata(self) -> dict[str, tuple[np.dtype, tuple]]:
+        return {i.name: (_ort_dtype(i.type), tuple(d if isinstance(d, int) else None for d in i.shape))
+                for i in self._sess.get_inputs()}
+
+    def close(self) -> None:
+        self._sess = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+              "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
+              "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_}
+
+
+def _ort_dtype(t: str) -> np.dtype:
+    if t == "tensor(bfloat16)":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(_ORT_TYPES.get(t, np.float32))
