@@ -181,6 +181,17 @@ class GraphBuilder:
         self.initializers.append(t)
         return name
 
+    def rename(self, tensor: str, new_name: str) -> str:
+        """Rename a node output that nothing consumes yet (e.g. to `layers.3`)."""
+        for n in reversed(self.nodes):
+            if tensor in n.output:
+                if any(tensor in m.input for m in self.nodes):
+                    raise ValueError(f"cannot rename '{tensor}': it is already consumed")
+                n.output[list(n.output).index(tensor)] = self._claim_tensor(new_name)
+                self._tensor_names.discard(tensor)
+                return new_name
+        raise ValueError(f"no node produces '{tensor}'")
+
     def constant_tensor(self, name: str, array) -> str:
         """A named constant: external data through `external_sink` when it is big, else inline."""
         arr = np.ascontiguousarray(array)

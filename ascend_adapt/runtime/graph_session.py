@@ -1,0 +1,112 @@
+"""An LM session over the static prefill / decode graphs, for any executor.
+
+`GraphLMSession` does on the host what the card's runner does: it left-pads the prompt to the
+graph's prefill length S (the extra slots are just invalid), builds the feeds of the graph
+contract (`ascend_adapt.om_convert.builder.contract`) from the shared step bookkeeping
+(`lm_inputs.prefill_inputs` / `decode_inputs`, `StepInputs.split_visible`), keeps the KV cache
+[L, B, KVH, M, D] in numpy and writes each step's present K/V into its slots.
+
+The executors are plain callables over numpy dicts — `run_prefill(feeds) -> {output name: array}`
+and `run_decode(feeds) -> {…}` — so onnxruntime, the simulator and pyACL plug in the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ascend_adapt.errors import ConfigError
+from ascend_adapt.model_zoo.spec import ModelSpec
+from ascend_adapt.om_convert.builder.contract import decode_feeds, prefill_feeds
+
+from .lm_inputs import StepInputs, decode_inputs, prefill_inputs
+from .session import StaticCacheSession
+
+Executor = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+class GraphLMSession(StaticCacheSession):
+    """One batch in flight over a static prefill graph (length S) and decode graph (M slots).
+
+    Args:
+        spec: the model.
+        run_prefill: executor of prefill.onnx (feeds → outputs dict with logits, present_*).
+        run_decode: executor of decode.onnx.
+        batch: B of the graphs (the session's batch must be exactly it).
+        max_len: M, the graphs' cache slots.
+        prefill_len: S, the prefill graph's length (prompts up to S tokens; shorter ones are
+            left-padded, which costs S - len(prompt) slots of the M).
+        pad_id: id written into padding positions (never attended to).
+
+    Attributes:
+        cache_k, cache_v: float32 [L, B, KVH, M, D] host cache (post-rotary keys / values).
+        last_outputs: the executor's outputs of the latest step.
+    """
+
+    def __init__(self, spec: ModelSpec, run_prefill: Executor, run_decode: Executor, batch: int, max_len: int,
+                 prefill_len: int, pad_id: int | None = None):
+        super().__init__(spec, batch, max_len)
+        if prefill_len > max_len:
+            raise ConfigError(f"prefill length {prefill_len} exceeds the cache of {max_len} slots")
+        self.run_prefill, self.run_decode = run_prefill, run_decode
+        self.prefill_len = prefill_len
+        self.pad_id = int(pad_id if pad_id is not None else (spec.pad_token_id or 0))
+        shape = (spec.num_layers, batch, spec.num_kv_heads, max_len, spec.head_dim)
+        self.cache_k = np.zeros(shape, np.float32)
+        self.cache_v = np.zeros(shape, np.float32)
+        self.last_outputs: Mapping[str, np.ndarray] = {}
+        self.pad = 0  # left padding added to the prompt in the latest prefill
+
+    def _left_pad(self, input_ids, attention_mask):
+        ids = np.asarray(input_ids, dtype=np.int64)
+        ids = ids[None] if ids.ndim == 1 else ids
+        mask = np.ones(ids.shape, np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
+        B, s = ids.shape
+        S = self.prefill_len
+        if B != self.batch:
+            raise ConfigError(f"the graphs were built for batch {self.batch}, got {B} prompts",
+                              f"re-export with --batch {B}, or pad the batch to {self.batch} rows")
+        if s > S:
+            raise ConfigError(f"prompt of {s} tokens exceeds the prefill graph's length {S}",
+                              f"re-export with --seq-len {s} or more, or shorten the prompt")
+        self.pad = S - s
+        if self.pad:
+            ids = np.concatenate([np.full((B, self.pad), self.pad_id, np.int64), ids], 1)
+            mask = np.concatenate([np.zeros((B, self.pad), np.int64), mask], 1)
+        return ids, mask
+
+    def prefill(self, input_ids, attention_mask=None) -> np.ndarray:
+        """Run the prompt ([B, s ≤ S], left-padded); return float32 logits [B, vocab] of the last position."""
+        return self.prefill_all(input_ids, attention_mask)[:, -1]
+
+    def prefill_all(self, input_ids, attention_mask=None) -> np.ndarray:
+        """Like `prefill`, returning logits of every prompt position [B, s, vocab] (no padding)."""
+        ids, mask = self._left_pad(input_ids, attention_mask)
+        inputs, self.state = prefill_inputs(self.spec, ids, mask, self.max_len)
+        logits = self._run(inputs, self.run_prefill, prefill_feeds(inputs))
+        return logits[:, self.pad:]
+
+    def decode(self, token_ids) -> np.ndarray:
+        if self.state is None:
+            raise RuntimeError("decode() before prefill()")
+        inputs = decode_inputs(self.state, token_ids)
+        return self._run(inputs, self.run_decode, decode_feeds(inputs, self.cache_k, self.cache_v))[:, -1]
+
+    def step(self, inputs: StepInputs) -> np.ndarray:
+        """`StaticCacheSession.step`: route a prefill (start slot 0) or a decode step."""
+        if inputs.start_slot == 0 and inputs.seq_len == self.prefill_len:
+            return self._run(inputs, self.run_prefill, prefill_feeds(inputs))
+        return self._run(inputs, self.run_decode, decode_feeds(inputs, self.cache_k, self.cache_v))
+
+    def _run(self, inputs: StepInputs, executor: Executor, feeds) -> np.ndarray:
+        out = executor(feeds)
+        missing = [n for n in ("logits", "present_keys", "present_values") if n not in out]
+        if missing:
+            raise ConfigError(f"the graph executor returned no {', '.join(missing)}",
+                              "the executor must return a dict of the graph's outputs by name")
+        s0, S = inputs.start_slot, inputs.seq_len
+        self.cache_k[:, :, :, s0:s0 + S] = out["present_keys"]
+        self.cache_v[:, :, :, s0:s0 + S] = out["present_values"]
+        self.last_outputs = out
+        return np.asarray(out["logits"], dtype=np.float32)

@@ -1,0 +1,80 @@
+"""The I/O contract of the LLM graphs (prefill.onnx / decode.onnx): names, shapes, dtypes, the
+mask fill, and the host-side feeds. Pure numpy: the onnxruntime session, the simulator, the om
+converter and the pyACL runner all build their feeds here. Documented in docs/graph_contract.md.
+
+prefill.onnx (S = prefill length, padded on the left; M = cache slots):
+    input_ids        int32   [B, S]
+    position_ids     int32   [B, S]        (ChatGLM-6B: [B, 2, S] = positions, block ids)
+    attention_mask   float32 [B, 1, S, S]  additive: 0 visible, MASK_FILL hidden
+  → logits           float32 [B, S, V]
+    present_keys     float32 [L, B, KVH, S, D]  (post-rotary)
+    present_values   float32 [L, B, KVH, S, D]
+
+decode.onnx:
+    input_ids        int32   [B, 1]
+    position_ids     int32   [B, 1]        (ChatGLM-6B: [B, 2, 1])
+    attention_mask   float32 [B, 1, 1, M + 1]  cache slots ⊕ the new token
+    past_keys        float32 [L, B, KVH, M, D]
+    past_values      float32 [L, B, KVH, M, D]
+  → logits           float32 [B, 1, V]
+    present_keys     float32 [L, B, KVH, 1, D]  (the host writes them into slot `start_slot`)
+    present_values   float32 [L, B, KVH, 1, D]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Additive-mask fill for hidden positions: finite in fp16 (no overflow when a graph runs its
+# activations in fp16), and exp(fill + score - max) underflows to exactly 0 in the fp32 softmax
+# for any realistic score; a query always sees its own slot, so no row is fully hidden.
+# It is also ChatGLM-6B's masked_fill value.
+MASK_FILL = -10000.0
+
+PREFILL_INPUTS = ("input_ids", "position_ids", "attention_mask")
+DECODE_INPUTS = ("input_ids", "position_ids", "attention_mask", "past_keys", "past_values")
+OUTPUTS = ("logits", "present_keys", "present_values")
+
+
+def layer_output_names(num_layers: int) -> list[str]:
+    """Intermediate tensors named for a layer-wise compare with the torch golden's layer outputs."""
+    return ["embed"] + [f"layers.{i}" for i in range(num_layers)] + ["final_norm", "logits"]
+
+
+def io_spec(spec, kind: str, batch: int, seq_len: int, max_len: int) -> dict:
+    """{"inputs": [(name, shape, dtype)], "outputs": [...]} of graph `kind` ("prefill" / "decode")."""
+    B, M, L, KVH, D, V = batch, max_len, spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.vocab_size
+    S = seq_len if kind == "prefill" else 1
+    pos = [B, 2, S] if spec.rotary == "glm2d" else [B, S]
+    T = S if kind == "prefill" else M + 1
+    inputs = [("input_ids", [B, S], "int32"), ("position_ids", pos, "int32"),
+              ("attention_mask", [B, 1, S, T], "float32")]
+    if kind == "decode":
+        inputs += [("past_keys", [L, B, KVH, M, D], "float32"), ("past_values", [L, B, KVH, M, D], "float32")]
+    elif kind != "prefill":
+        raise ValueError(f"graph kind must be 'prefill' or 'decode', got {kind!r}")
+    outputs = [("logits", [B, S, V], "float32"), ("present_keys", [L, B, KVH, S, D], "float32"),
+               ("present_values", [L, B, KVH, S, D], "float32")]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def additive(visible: np.ndarray, fill: float = MASK_FILL) -> np.ndarray:
+    """bool visibility → float32 additive mask (0 visible, `fill` hidden)."""
+    return np.where(visible, np.float32(0.0), np.float32(fill)).astype(np.float32)
+
+
+def prefill_feeds(step) -> dict[str, np.ndarray]:
+    """Feeds of prefill.onnx from the prefill `StepInputs` (start_slot 0, S = the graph's length)."""
+    _, new = step.split_visible()  # [B, S, S] among this step's tokens (the cache is empty)
+    return {"input_ids": step.input_ids.astype(np.int32),
+            "position_ids": step.positions.astype(np.int32),
+            "attention_mask": additive(new)[:, None]}
+
+
+def decode_feeds(step, past_keys: np.ndarray, past_values: np.ndarray) -> dict[str, np.ndarray]:
+    """Feeds of decode.onnx from a decode `StepInputs` and the host cache [L, B, KVH, M, D]."""
+    past, new = step.split_visible()  # [B, 1, M] earlier slots, [B, 1, 1] the new token
+    return {"input_ids": step.input_ids.astype(np.int32),
+            "position_ids": step.positions.astype(np.int32),
+            "attention_mask": additive(np.concatenate([past, new], -1))[:, None],
+            "past_keys": past_keys, "past_values": past_values}
