@@ -1,0 +1,424 @@
+"""`compare(a, b)`: run two artifacts on the same inputs and compare them, Polygraphy style.
+
+For every output (and with `layerwise` every intermediate tensor matched by name) it reports
+max / mean absolute error, max relative error, cosine similarity, p90 / p99 of the absolute
+error, the minimum atol and rtol that would have passed, the first tensor (and layer) that
+diverges, and PASSED / FAILED with the full command. `a` is the reference.
+
+When the comparison fails at graph level and one side is the simulator in a reduced precision
+(force_fp16, mixed, ...) while the other is an fp32 run of the same graph, the failure is
+diagnosed as an fp16 range / precision problem where it is one (`fp16fix`): the ops to keep in
+fp32 are proposed, `keep_dtype.cfg` / `modify_mixlist.json` are written and the simulator
+re-checks the graph with them. An LM-level comparison against an `.omsim` does the same on the
+artifact's prefill graph with the feeds the host built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ascend_adapt.errors import ConfigError
+
+from .fp16fix import FixProposal, propose_fix
+from .metrics import TensorStats, layer_of, tensor_stats
+from .sources import GraphSide, LMSide, compare_level, graph_feeds, parse_spec
+
+
+@dataclass
+class CompareReport:
+    """Result of `compare`.
+
+    Attributes:
+        a, b: the sides as given (a = reference).
+        label_a, label_b: the runners used. precision_a, precision_b: how each side computed.
+        level: "graph" or "lm". atol, rtol: the tolerances.
+        outputs: stats per compared output (graph outputs, or logits).
+        tensors: stats per matched intermediate tensor (layerwise), in execution order.
+        first_divergent: the first tensor (in order) outside the tolerance; None when all pass.
+        first_divergent_layer: the layer it belongs to ("layers.3").
+        passed: every compared tensor within tolerance.
+        only_in_a / only_in_b: layerwise names present on one side only.
+        min_atol / min_rtol: the tolerances every compared tensor would have passed with.
+        inputs: what was fed (names and shapes, or the token ids).
+        fix: the fp16 diagnosis and re-check, when one ran.
+        command: the full command line (CLI) or the call (library).
+        plot: the PNG written, if any.
+    """
+
+    a: str
+    b: str
+    label_a: str
+    label_b: str
+    precision_a: str
+    precision_b: str
+    level: str
+    atol: float
+    rtol: float
+    layerwise: bool
+    outputs: list[TensorStats]
+    tensors: list[TensorStats]
+    first_divergent: str | None
+    first_divergent_layer: str | None
+    passed: bool
+    only_in_a: list[str]
+    only_in_b: list[str]
+    min_atol: float
+    min_rtol: float
+    inputs: dict
+    fix: FixProposal | None = None
+    command: str = ""
+    plot: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def per_layer(self) -> list[tuple[str, float, float]]:
+        """(layer, max abs error, min cosine) per layer in order (layerwise tensors grouped)."""
+        rows: dict[str, list[float]] = {}
+        for s in self.tensors or self.outputs:
+            lay = layer_of(s.name)
+            r = rows.setdefault(lay, [0.0, 1.0])
+            r[0] = max(r[0], s.max_abs if math.isfinite(s.max_abs) else float("inf"))
+            r[1] = min(r[1], s.cosine if math.isfinite(s.cosine) else 0.0)
+        return [(k, v[0], v[1]) for k, v in rows.items()]
+
+    def to_dict(self) -> dict:
+        def f(x):
+            return x if (not isinstance(x, float) or math.isfinite(x)) else str(x)
+
+        return {
+            "a": self.a, "b": self.b, "label_a": self.label_a, "label_b": self.label_b,
+            "precision_a": self.precision_a, "precision_b": self.precision_b, "level": self.level,
+            "atol": self.atol, "rtol": self.rtol, "layerwise": self.layerwise,
+            "passed": self.passed, "verdict": "PASSED" if self.passed else "FAILED",
+            "min_atol": f(self.min_atol), "min_rtol": f(self.min_rtol),
+            "first_divergent": self.first_divergent, "first_divergent_layer": self.first_divergent_layer,
+            "outputs": [s.to_dict() for s in self.outputs], "tensors": [s.to_dict() for s in self.tensors],
+            "per_layer": [{"layer": k, "max_abs": f(m), "min_cosine": f(c)} for k, m, c in self.per_layer()],
+            "only_in_a": self.only_in_a, "only_in_b": self.only_in_b, "inputs": self.inputs,
+            "fix": None if self.fix is None else self.fix.to_dict(), "command": self.command,
+            "plot": self.plot, "notes": self.notes,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ------------------------------------------------------------------------------------ inputs
+def load_inputs(inputs: Any) -> Any:
+    """`inputs` as given: None, a dict of arrays, an .npz / .npy path, or token ids "1,2,3"."""
+    if inputs is None or isinstance(inputs, Mapping):
+        return inputs
+    if isinstance(inputs, (list, tuple, np.ndarray)):
+        return np.asarray(inputs)
+    s = str(inputs)
+    p = Path(s)
+    if p.suffix == ".npz" and p.is_file():
+        with np.load(p) as z:
+            return {k: z[k] for k in z.files}
+    if p.suffix == ".npy" and p.is_file():
+        return np.load(p)
+    try:
+        return np.array([[int(t) for t in s.replace(" ", "").split(",") if t]], dtype=np.int64)
+    except ValueError:
+        raise ConfigError(f"compare: cannot read --inputs '{s}'",
+                          "give an .npz (arrays by input name), an .npy of token ids, or ids like 1,15,27") from None
+
+
+def _lm_inputs(sides, inputs, seed: int):
+    batch, lens, vocab = 1, [], None
+    for s in sides:
+        if getattr(s.backend, "batch", None):
+            batch = int(s.backend.batch)
+        if s.prefill_len:
+            lens.append(int(s.prefill_len))
+        if s.model_spec is not None:
+            vocab = s.model_spec.vocab_size
+    if isinstance(inputs, Mapping):
+        ids = np.asarray(inputs["input_ids"], np.int64)
+        mask = inputs.get("attention_mask")
+        return ids, (None if mask is None else np.asarray(mask, np.int64))
+    if inputs is not None:
+        ids = np.asarray(inputs, np.int64)
+        ids = ids[None] if ids.ndim == 1 else ids
+        if ids.shape[0] == 1 and batch > 1:
+            ids = np.repeat(ids, batch, 0)
+        return ids, None
+    n = min([8] + lens)
+    rng = np.random.default_rng(seed)
+    lo = 3 if (vocab or 0) > 8 else 0  # skip unk/bos/eos of Llama-style vocabularies
+    return rng.integers(lo, vocab or 32, size=(batch, n)).astype(np.int64), None
+
+
+# ------------------------------------------------------------------------------------ compare
+def _compare_dicts(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], order, outputs,
+                   atol: float, rtol: float, layerwise: bool):
+    out_stats = [tensor_stats(n, ref[n], got[n], atol, rtol) for n in outputs if n in ref and n in got]
+    tens = []
+    only_a, only_b = [], []
+    if layerwise:
+        names = [n for n in order if n in ref]
+        names += [n for n in ref if n not in set(names)]
+        for n in names:
+            if n not in got:
+                only_a.append(n)
+                continue
+            ra, gb = ref[n], got[n]
+            if not (np.issubdtype(np.asarray(ra).dtype, np.number) and np.issubdtype(np.asarray(gb).dtype, np.number)):
+                continue
+            tens.append(out_stats[[s.name for s in out_stats].index(n)] if n in outputs and n in
+                        [s.name for s in out_stats] else tensor_stats(n, ra, gb, atol, rtol))
+        only_b = [n for n in got if n not in ref]
+    return out_stats, tens, only_a, only_b
+
+
+def _summary(outs, tens):
+    allst = tens or outs
+    first = next((s for s in allst if not s.passed), None)
+    passed = all(s.passed for s in outs) and all(s.passed for s in tens)
+    min_atol = max((s.min_atol for s in allst), default=0.0)
+    min_rtol = max((s.min_rtol for s in allst), default=0.0)
+    return first, passed, min_atol, min_rtol
+
+
+def compare(a: str | os.PathLike, b: str | os.PathLike, *, inputs: Any = None, atol: float = 1e-3,
+            rtol: float = 1e-3, layerwise: bool = False, target: str | None = None,
+            precision_mode: str | None = None, keep_dtype=None, seed: int = 0, fix: bool = True,
+            fix_dir: str | os.PathLike | None = None, command: str = "", plot: str | os.PathLike | None = None,
+            dtype: str = "float32") -> CompareReport:
+    """Compare artifact `b` against the reference `a` on the same inputs.
+
+    Args:
+        a, b: artifacts (see `sources` for what each can be).
+        inputs: None (deterministic random), a dict / .npz of arrays by input name, or token ids
+            (LM level: "1,15,27", a list, or an .npy).
+        atol, rtol: pass when |b − a| ≤ atol + rtol·|a| everywhere.
+        layerwise: also compare every intermediate tensor matched by name (graph level: every
+            node output; LM level: embed, layers.{i}, final_norm, logits).
+        target: simulator target for `sim:FILE.onnx` sides (an .omsim names its own).
+        precision_mode / keep_dtype: override the simulator side's precision settings.
+        seed: seed of the random inputs.
+        fix: diagnose an fp16-only failure and re-check with the proposed keep_dtype.
+        fix_dir: where to write keep_dtype.cfg / modify_mixlist.json (default: beside b).
+        command: the command line to echo in the report.
+        plot: write a PNG of the error per layer here.
+        dtype: compute dtype of torch / MindSpore sides.
+
+    Returns:
+        CompareReport.
+    """
+    sa, sb = parse_spec(os.fspath(a)), parse_spec(os.fspath(b))
+    level = compare_level(sa, sb)
+    loaded = load_inputs(inputs)
+    notes: list[str] = []
+    fixp = None
+    if level == "graph":
+        sides = []
+        for s in (sa, sb):
+            if s.kind not in ("onnx", "sim", "acl"):
+                raise ConfigError(f"compare: '{s.text}' ({s.kind}) cannot be compared with a graph",
+                                  "compare two graphs (.onnx, sim:FILE.onnx, DIR.omsim#graph), or two "
+                                  "model-level artifacts (HF dir, export dir, .omsim, ...)")
+            sim_over = dict(target=target, precision_mode=precision_mode, keep_dtype=keep_dtype) if s.kind == "sim" else {}
+            sides.append(GraphSide(s, layerwise=True if (fix or layerwise) else False, **sim_over))
+        A, B = sides
+        try:
+            A.activate()
+            B.activate()
+            if isinstance(loaded, Mapping):
+                feeds = {k: np.asarray(v) for k, v in loaded.items()}
+            elif loaded is not None:
+                feeds = {"input_ids": np.asarray(loaded)}
+            else:
+                feeds = graph_feeds(A.input_metadata(), seed, _vocab_near(A.model_path))
+            ref = A.run(feeds)
+            got = B.run(feeds)
+            order = A.order()
+            pos = {n: i for i, n in enumerate(order)}
+            outputs = sorted(A.output_names(), key=lambda n: pos.get(n, len(pos)))
+            out_stats, tens, only_a, only_b = _compare_dicts(ref, got, order, outputs, atol, rtol, layerwise)
+            first, passed, min_atol, min_rtol = _summary(out_stats, tens)
+            if not layerwise:
+                # we dumped for the fix: find the first failing tensor for it, report outputs only
+                _, dump_tens, _, _ = _compare_dicts(ref, got, order, outputs, atol, rtol, True)
+                first_dump = next((s for s in dump_tens if not s.passed), None)
+            else:
+                first_dump = first
+            fixp = _maybe_fix(A, B, feeds, ref, outputs, atol, rtol, passed, fix, fix_dir,
+                              first_dump.name if first_dump else None, notes)
+            label_a, label_b = A.label, B.label
+            prec_a, prec_b = A.precision, B.precision
+            in_desc = {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in feeds.items()}
+        finally:
+            A.close()
+            B.close()
+    else:
+        A = LMSide(sa, layerwise=layerwise, dtype=dtype)
+        B = LMSide(sb, layerwise=layerwise, dtype=dtype, keep_dtype=keep_dtype if sb.kind == "sim" else None,
+                   precision_mode=precision_mode if sb.kind == "sim" else None)
+        try:
+            A.activate()
+            B.activate()
+            ids, mask = _lm_inputs((A, B), loaded, seed)
+            ref = A.run(ids, mask)
+            got = B.run(ids, mask)
+            order = list(ref)
+            out_stats, tens, only_a, only_b = _compare_dicts(ref, got, order, ["logits"], atol, rtol, layerwise)
+            first, passed, min_atol, min_rtol = _summary(out_stats, tens)
+            label_a, label_b = A.label, B.label
+            prec_a, prec_b = A.precision, B.precision
+            in_desc = {"input_ids": ids.tolist()}
+            if mask is not None:
+                in_desc["attention_mask"] = mask.tolist()
+            if not passed and fix and B.simulated:
+                fixp = _lm_sim_fix(B, ids, mask, atol, rtol, fix_dir, notes)
+        finally:
+            A.close()
+            B.close()
+    report = CompareReport(
+        str(a), str(b), label_a, label_b, str(prec_a), str(prec_b), level, atol, rtol, layerwise, out_stats,
+        tens, first.name if first else None, layer_of(first.name) if first else None, passed, only_a, only_b,
+        min_atol, min_rtol, in_desc, fixp, command, None, notes)
+    if plot:
+        from .plot import plot_report
+
+        report.plot = plot_report(report, plot)
+    return report
+
+
+def _vocab_near(model_path) -> int | None:
+    for d in (Path(model_path).parent, Path(model_path).parent.parent):
+        f = d / "export.json"
+        if f.is_file():
+            try:
+                return int(json.loads(f.read_text())["spec"]["vocab_size"])
+            except (KeyError, ValueError, json.JSONDecodeError):
+                return None
+    return None
+
+
+def _fp32_reference(side) -> bool:
+    if side.spec.kind == "onnx":
+        return True
+    s = side.settings
+    return s is not None and s.keeps_origin
+
+
+def _low_precision_sim(side) -> bool:
+    s = side.settings
+    return side.spec.kind == "sim" and s is not None and not s.keeps_origin
+
+
+def _maybe_fix(A, B, feeds, ref, outputs, atol, rtol, passed, fix, fix_dir, first_failing, notes):
+    if passed or not fix:
+        return None
+    if not (_low_precision_sim(B) and _fp32_reference(A)):
+        if _low_precision_sim(A) and _fp32_reference(B):
+            notes.append("the simulated fp16 side is A: put the fp32 reference first to get a keep_dtype proposal")
+        return None
+    if Path(A.model_path).resolve() != Path(B.model_path).resolve() and A.order() != B.order():
+        notes.append("no fp16 diagnosis: the two sides are different graphs")
+        return None
+    kw = dict(target=B.settings.target, precision_mode=B.settings.precision_mode, graph=getattr(B, "graph", None),
+              keep_dtype=list(B.settings.keep_dtype), graph_file=B.model_path, settings=B.settings)
+    src = B.spec.path
+    out_dir = Path(fix_dir) if fix_dir else Path(src).with_name(Path(src).stem.replace(".omsim", "") + ".fp16fix")
+    return propose_fix(src, kw, feeds, ref, outputs, atol, rtol, out_dir=out_dir, first_failing=first_failing)
+
+
+def _lm_sim_fix(B: LMSide, ids, mask, atol, rtol, fix_dir, notes):
+    """LM-level failure of a simulated artifact: diagnose its prefill graph, fed as the host feeds it,
+    against an fp32 onnxruntime run of the same graph."""
+    from ascend_adapt.runtime.runners import OrtRunner
+
+    be = B.backend
+    pre = getattr(be, "runners", {}).get("prefill")
+    if pre is None:
+        notes.append("no fp16 diagnosis for this simulator backend")
+        return None
+    captured: dict = {}
+    from ascend_adapt.runtime.graph_session import GraphLMSession
+
+    def run(feeds):
+        captured.update(feeds)
+        return pre.infer(feeds)
+
+    GraphLMSession(be.spec, run, run, be.batch, be.max_len, be.seq_len).prefill_all(ids, mask)
+    graph_file = pre.model_path if pre.artifact is None else pre.artifact.graph_path("prefill")
+    with OrtRunner(str(graph_file), dump=True, optimize=False) as r:
+        ref = r.infer(captured)
+    s = pre.settings
+    src = be.path if pre.artifact is not None else graph_file
+    kw = dict(target=s.target, precision_mode=s.precision_mode, keep_dtype=list(s.keep_dtype),
+              graph_file=graph_file, settings=s)
+    if pre.artifact is not None:
+        kw["graph"] = "prefill"
+    out_dir = Path(fix_dir) if fix_dir else Path(be.path).with_name(Path(be.path).stem + ".fp16fix")
+    notes.append("fp16 diagnosis ran on the artifact's prefill graph against its own fp32 run "
+                 "(same host-built feeds)")
+    return propose_fix(src, kw, captured, ref, ["logits"], atol, rtol, out_dir=out_dir)
+
+
+# ------------------------------------------------------------------------------------ output
+def _g(x: float) -> str:
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def format_report(r: CompareReport) -> str:
+    """Polygraphy-style text: per tensor stats, first divergence, min tolerances, verdict, command."""
+    lines = [f"[I] compare ({r.level} level): A = {r.a} [{r.label_a}, {r.precision_a}]",
+             f"[I]                  B = {r.b} [{r.label_b}, {r.precision_b}]",
+             f"[I] inputs: " + ", ".join(f"{k} {v[0]} {v[1]}" if isinstance(v, list) and len(v) == 2
+                                          and isinstance(v[0], list) and isinstance(v[1], str)
+                                          else f"{k}={v}" for k, v in r.inputs.items())]
+    def row(s: TensorStats, tag: str) -> str:
+        if s.shape_mismatch:
+            return f"[E] {tag} {s.name}: shape {list(s.shape)} vs {list(s.got_shape or ())} FAILED"
+        nf = f" | non-finite ref {s.nonfinite_ref} / got {s.nonfinite_got} (mismatch {s.nonfinite_mismatch})" \
+            if (s.nonfinite_got or s.nonfinite_ref) else ""
+        verdict = "PASSED" if s.passed else "FAILED"
+        return (f"[{'I' if s.passed else 'E'}] {tag} {s.name} {list(s.shape)}: max abs {_g(s.max_abs)} | mean abs "
+                f"{_g(s.mean_abs)} | max rel {_g(s.max_rel)} | p90 {_g(s.p90_abs)} | p99 {_g(s.p99_abs)} | cosine "
+                f"{s.cosine:.6f}{nf} | min atol {_g(s.min_atol)}, min rtol {_g(s.min_rtol)} -> {verdict}")
+    if r.layerwise:
+        lines.append(f"[I] layer-wise: {len(r.tensors)} tensors matched by name"
+                     + (f", {len(r.only_in_a)} only in A, {len(r.only_in_b)} only in B"
+                        if r.only_in_a or r.only_in_b else ""))
+        lines += [row(s, "   ") for s in r.tensors]
+    lines.append("[I] outputs:")
+    lines += [row(s, "   ") for s in r.outputs]
+    if r.first_divergent:
+        lines.append(f"[E] first divergence: {r.first_divergent} (layer {r.first_divergent_layer})")
+    lines.append(f"[I] minimum tolerance that would have passed: atol {_g(r.min_atol)} (rtol 0) OR "
+                 f"rtol {_g(r.min_rtol)} (atol {r.atol:g})")
+    for n in r.notes:
+        lines.append(f"[W] {n}")
+    if r.fix is not None:
+        f = r.fix
+        if f.keep_nodes:
+            lines.append(f"[W] cause: {f.cause}; keep in fp32 ({len(f.keep_nodes)} ops, {', '.join(f.keep_types)}):")
+            lines += [f"[W]   {n}: {why}" for n, why in f.reasons.items()]
+            if f.keep_dtype_file:
+                lines.append(f"[I] wrote {f.keep_dtype_file} and {f.mixlist_file}")
+                lines.append(f"[I] ATC: {f.atc_flags}")
+            verdict = "PASSED" if f.recheck_passed else "FAILED"
+            lines.append(f"[{'I' if f.recheck_passed else 'E'}] re-check on the simulator with keep_dtype: {verdict}"
+                         + ("" if not f.recheck_outputs else " (" + ", ".join(
+                             f"{s.name} max abs {_g(s.max_abs)}" for s in f.recheck_outputs) + ")"))
+            if f.mixlist_recheck_passed is not None:
+                lines.append(f"[I] re-check with allow_mix_precision + modify_mixlist: "
+                             f"{'PASSED' if f.mixlist_recheck_passed else 'FAILED'}")
+        else:
+            lines.append("[W] not an fp16 range / precision problem the simulator can pin to ops")
+    if r.plot:
+        lines.append(f"[I] plot: {r.plot}")
+    lines.append(f"[{'I' if r.passed else 'E'}] {'PASSED' if r.passed else 'FAILED'} | atol {r.atol:g} rtol {r.rtol:g} | "
+                 f"Command: {r.command or '(library call)'}")
+    return "\n".join(lines)
