@@ -77,6 +77,15 @@ class GraphBuilder:
             self._scope.pop()
 
     @contextlib.contextmanager
+    def root_scope(self, name: str) -> Iterator[None]:
+        """Like `scope`, from the top level (for nodes shared by every layer, e.g. rotary tables)."""
+        saved, self._scope = self._scope, [name]
+        try:
+            yield
+        finally:
+            self._scope = saved
+
+    @contextlib.contextmanager
     def op_tag(self, op_name: str) -> Iterator[None]:
         """Nodes created inside carry metadata `ascend_adapt.op = op_name` (innermost wins)."""
         self._tag.append(op_name)

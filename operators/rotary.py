@@ -106,7 +106,7 @@ class Rotary(OperatorSpec):
             b.memo[tkey] = (b.constant_tensor(f"{tag}.cos", cos.astype(b.act_dtype)),
                             b.constant_tensor(f"{tag}.sin", sin.astype(b.act_dtype)))
         cos_t, sin_t = b.memo[tkey]
-        with b.scope("rotary_tables"):
+        with b.root_scope("rotary_tables"):  # shared by every layer: not under layers.0/
             pos = positions
             if index is not None:
                 pos = b.node("Gather", [positions, b.const(np.int32(index))], name=f"Positions{index}", axis=1)

@@ -115,7 +115,7 @@ def test_node_names_and_layer_output_tensors(export, arch):
     assert len(names) == len(set(names))
     assert f"layers.{L - 1}/attn/q_proj/MatMul" in names and "layers.0/attn/sdpa/Softmax" in names
     prefixes = {n.split("/")[0] for n in names}
-    assert prefixes <= {"inputs", "embed", "final_norm", "lm_head", "outputs"} | {f"layers.{i}" for i in range(L)}
+    assert prefixes <= {"inputs", "embed", "rotary_tables", "final_norm", "lm_head", "outputs"} | {f"layers.{i}" for i in range(L)}
     tagged = {p.value for n in m.graph.node for p in n.metadata_props if p.key == "ascend_adapt.op"}
     assert {"attention", "rotary"} <= tagged
 
