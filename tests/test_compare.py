@@ -127,3 +127,10 @@ def test_builtin_png_writer(tiny, tmp_path):
 def test_levels_do_not_mix(tiny):
     with pytest.raises(ConfigError, match="cannot be compared with a graph"):
         compare(tiny / "golden", tiny / "big_export" / "prefill.onnx")
+
+
+def test_matplotlib_plot_when_installed(tiny, tmp_path):
+    pytest.importorskip("matplotlib")
+    r = compare(tiny / "golden", tiny / "perturbed1", layerwise=True)
+    desc = plot_report(r, tmp_path / "m.png")
+    assert "matplotlib" in desc and (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
