@@ -387,11 +387,39 @@ class TorchRunner(Runner):
         self.device = device
         self.model = None
 
+    _backend_src: Any = None
+    _layer_outputs = False
+
+    @classmethod
+    def from_backend(cls, backend: Any, *, layer_outputs: bool = True, dtype: str = "float32",
+                     name: str | None = None) -> "TorchRunner":
+        """The golden backend's full forward (no cache) as a runner, for layer-wise compare.
+
+        Feeds: {"input_ids": [B, S] ints, "attention_mask": [B, S] (optional, 1 = real token)}.
+        Outputs: {"logits": float32 [B, S, V]} plus, with `layer_outputs`, "embed",
+        "layers.{i}", "final_norm" ([B, S, H]), the names the ONNX graphs give those tensors.
+
+        Args:
+            backend: a `TorchBackend`, or a checkpoint directory (loaded in activate).
+            dtype: compute dtype when loading from a directory.
+        """
+        r = cls(None, name=name or "torch-golden")
+        r._backend_src, r._layer_outputs, r._dtype = backend, layer_outputs, dtype
+        return r
+
     def activate_impl(self) -> None:
         from ascend_adapt._optional import require
 
         torch = require("torch", purpose="the torch runner")
         self._torch = torch
+        if self._backend_src is not None:
+            src = self._backend_src
+            if isinstance(src, (str, os.PathLike)):
+                from .torch_backend import TorchBackend
+
+                src = TorchBackend(src, dtype=self._dtype)
+            self.backend = src
+            return
         self.model = self._model_src() if self._loader else self._model_src
         if hasattr(self.model, "eval"):
             self.model.eval()
@@ -404,6 +432,14 @@ class TorchRunner(Runner):
             super()._check_inputs(feeds)
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._backend_src is not None:
+            out = self.backend.full_logits(feeds["input_ids"], feeds.get("attention_mask"),
+                                           layer_outputs=self._layer_outputs)
+            if self._layer_outputs:
+                logits, layers = out
+                return {**{k: np.asarray(v, np.float32) for k, v in layers.items()},
+                        "logits": np.asarray(logits, np.float32)}
+            return {"logits": np.asarray(out, np.float32)}
         torch = self._torch
         args = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()}
         with torch.inference_mode():
@@ -412,6 +448,7 @@ class TorchRunner(Runner):
 
     def deactivate_impl(self) -> None:
         self.model = None
+        self.backend = None
 
 
 def _outputs_to_numpy(out: Any, names: Sequence[str], to_np: Callable[[Any], np.ndarray]) -> dict[str, np.ndarray]:

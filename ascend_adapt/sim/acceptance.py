@@ -234,6 +234,10 @@ def _check_shapes(model: onnx.ModelProto, settings: SimSettings, target: Any, gr
                                "(a lo~hi range)")
             elif -1 in p and settings.gears is None:
                 dynamic.append(f"{name}:{','.join(map(str, p))} (-1 without gears)")
+            elif dims is not None and any(isinstance(d, int) and isinstance(q, int) and q > 0 and d != q
+                                          for d, q in zip(dims, p)):
+                warnings.append(f"--input_shape {name}:{','.join(map(str, p))} overrides the graph's static "
+                                f"shape {list(dims)}; ATC re-infers every shape from it")
             continue
         if dims is None:
             dynamic.append(f"{name} (unknown rank)")
@@ -259,7 +263,7 @@ def _check_ops(model: onnx.ModelProto, settings: SimSettings, target: Any, graph
     out: list[Problem] = []
     opsets = {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import}
     ddso = target.op_table.data_dependent_shape_ops
-    for idx, (node, prefix) in enumerate(iter_nodes(model.graph)):
+    for node, prefix, idx in iter_nodes(model.graph):
         domain = node.domain or "ai.onnx"
         opset = opsets.get(domain, opsets.get("ai.onnx", 0))
         label = prefix + node_label(node, idx)
@@ -286,7 +290,8 @@ def _check_ops(model: onnx.ModelProto, settings: SimSettings, target: Any, graph
         if no_parser:
             hint = (f"re-export at an opset {target.name}'s ATC parses ({lo}-{hi}), rewrite {node.op_type} with the "
                     "om_convert rewrite rules, or register a custom ONNX plugin")
-            out.append(Problem("E19010", _format("E19010", label, optype) + f" ({v.reason})", hint, "op",
+            why = "" if v.reason.startswith("no ") else f" ({v.reason})"
+            out.append(Problem("E19010", _format("E19010", label, optype) + why, hint, "op",
                                label, node.op_type, graph))
         elif node.op_type in ddso and "dynamic shape" in v.reason:
             out.append(Problem("E10055", _format("E10055", v.reason),

@@ -125,7 +125,9 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external: str | Non
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     if external:
-        onnx.save_model(model, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # onnx.save_model moves the caller's tensors to external data otherwise
+        onnx.save_model(copy, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=external, size_threshold=0)
     else:
         onnx.save_model(model, str(p))

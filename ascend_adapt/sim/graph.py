@@ -80,16 +80,17 @@ def opset_of(model: onnx.ModelProto, domain: str = "") -> int | None:
     return None
 
 
-def iter_nodes(graph: onnx.GraphProto, prefix: str = "") -> Iterator[tuple[onnx.NodeProto, str]]:
-    """Every node, subgraphs included; yields (node, path of the enclosing node or "")."""
-    for node in graph.node:
-        yield node, prefix
+def iter_nodes(graph: onnx.GraphProto, prefix: str = "") -> Iterator[tuple[onnx.NodeProto, str, int]]:
+    """Every node, subgraphs included; yields (node, path of the enclosing nodes or "", index of
+    the node in its own graph)."""
+    for i, node in enumerate(graph.node):
+        yield node, prefix, i
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_nodes(attr.g, f"{prefix}{node.name or node.op_type}/")
+                yield from iter_nodes(attr.g, f"{prefix}{node_label(node, i)}/")
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    yield from iter_nodes(g, f"{prefix}{node.name or node.op_type}/")
+                    yield from iter_nodes(g, f"{prefix}{node_label(node, i)}/")
 
 
 def node_label(node: onnx.NodeProto, index: int | None = None) -> str:
