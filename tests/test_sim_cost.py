@@ -96,3 +96,41 @@ def test_unknown_shapes_are_probed_with_feeds():
     r = estimate_cost(m, "Ascend310P3", s(), feeds={"x": x})
     (mm,) = [o for o in r.ops if o.name == "mm"]
     assert mm.flops == 2 * 16 * 16 * 16 and mm.shape_known
+
+
+def test_custom_op_cost_comes_from_the_operators_registry_hook():
+    from onnx import TensorProto, helper
+
+    from ascend_adapt.operators.registry import OPERATORS, OperatorSpec
+
+    class Fused(OperatorSpec):
+        name = "sim_test_fused"
+        doc = "test op"
+
+    op = Fused()
+    op.sim_cost = lambda shapes: (1e9 * shapes["inputs"][0][0][0], 4096)
+    OPERATORS.register(Fused.name, op)
+    try:
+        node = helper.make_node("sim_test_fused", ["x"], ["y"], name="f", domain="npu")
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 8])])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("npu", 1)])
+        (c,) = estimate_cost(m, "Ascend310P3", s()).ops
+        assert (c.flops, c.bytes) == (3e9, 4096)
+    finally:
+        OPERATORS.unregister(Fused.name)
+
+
+def test_llm_decode_cost_groups_by_operator_and_grows_with_the_cache(tiny_dir, tmp_path):
+    from ascend_adapt.om_convert.builder import build_llm_onnx
+
+    costs = {}
+    for m in (32, 128):
+        r = build_llm_onnx(tiny_dir("llama"), tmp_path / f"e{m}", seq_len=4, max_len=m, progress=False)
+        shapes = {i["name"]: tuple(i["shape"]) for i in r.manifest["graphs"]["decode"]["inputs"]}
+        costs[m] = estimate_cost(r.decode_path, "Ascend310P3", s(input_shape=shapes), graph_name="decode")
+    small, big = costs[32], costs[128]
+    assert {"attention", "rms_norm"} <= set(small.by_operator())
+    assert big.memory.kv_cache_bytes == 4 * small.memory.kv_cache_bytes > 0
+    assert big.total_bytes > small.total_bytes and big.total_ms > small.total_ms
+    assert "by operator:" in small.to_text()

@@ -83,6 +83,7 @@ class OpCost:
         time_ms: max(compute, memory) + launch.
         bound: "compute", "memory", "launch" or "free".
         shape_known: False when shapes were not inferred (cost counted as launch only).
+        operator: the operators-registry op that emitted the node (`ascend_adapt.op` tag), or "".
     """
 
     name: str
@@ -97,6 +98,7 @@ class OpCost:
     time_ms: float
     bound: str
     shape_known: bool = True
+    operator: str = ""
 
 
 @dataclass
@@ -193,12 +195,21 @@ class CostReport:
             out[o.op_type] = out.get(o.op_type, 0.0) + o.time_ms
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
+    def by_operator(self) -> dict[str, float]:
+        """Time per operators-registry op (nodes without a tag under their op type), sorted."""
+        out: dict[str, float] = {}
+        for o in self.ops:
+            key = o.operator or o.op_type
+            out[key] = out.get(key, 0.0) + o.time_ms
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
     def to_dict(self) -> dict:
         return {"simulated": True, "graph": self.graph, "target": self.target, "soc_version": self.soc_version,
                 "precision_mode": self.precision_mode,
                 "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
                 "total_ms": self.total_ms, "total_flops": self.total_flops, "total_bytes": self.total_bytes,
                 "memory": self.memory.to_dict(), "by_op_type_ms": self.by_op_type(),
+                "by_operator_ms": self.by_operator(),
                 "ops": [asdict(o) for o in self.ops], "assumptions": list(self.assumptions),
                 "warnings": list(self.warnings)}
 
@@ -230,6 +241,8 @@ class CostReport:
                          f"{o.dtype:>8} {o.flops / 1e9:9.4g} {o.bytes / 2**20:9.4g}  {o.op_type} / {o.name}")
         if len(self.ops) > top:
             lines.append(f"  ... {len(self.ops) - top} more ops")
+        by_op = list(self.by_operator().items())[:8]
+        lines.append("  by operator: " + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in by_op))
         lines.append("  " + self.memory.to_text())
         for w in self.warnings:
             lines.append(f"  warning: {w}")
@@ -407,21 +420,44 @@ def _peak_flops(target: Any, unit: str, dtype: str) -> float:
     return vec if dtype in ("float16", "bfloat16") else vec / 2
 
 
+def _operator_tag(node: onnx.NodeProto) -> str:
+    """The operators-registry name an emission stamped on the node (`ascend_adapt.op`), or ""."""
+    for p in node.metadata_props:
+        if p.key == "ascend_adapt.op":
+            return p.value
+    return ""
+
+
 def _custom_cost(node: onnx.NodeProto, infos: Mapping[str, TensorInfo]):
-    """The operators registry's `sim_cost` hook for this op type, if any (custom ops)."""
+    """(flops, bytes) from the operators registry's `sim_cost` hook for a custom-domain node.
+
+    The hook takes `{"inputs": [(shape, dtype), …], "outputs": [(shape, dtype), …], "attrs": {…}}`
+    (docs/operators.md); the operator is the node's `ascend_adapt.op` tag, else its op type.
+    """
     try:
-        from ascend_adapt.operators.registry import OPERATORS  # type: ignore
+        from ascend_adapt.operators.registry import OPERATORS
     except Exception:  # noqa: BLE001 - the registry is optional here
         return None
+    name = _operator_tag(node) or node.op_type
     try:
-        entry = OPERATORS.get(node.op_type) if node.op_type in OPERATORS else None
+        entry = OPERATORS.get(name) if name in OPERATORS else None
     except Exception:  # noqa: BLE001
         return None
     hook = getattr(entry, "sim_cost", None) if entry is not None else None
     if hook is None:
         return None
+    from .graph import attrs_of
+
+    def desc(names):
+        out = []
+        for n in names:
+            i = infos.get(n) if n else None
+            out.append((None if i is None else i.shape, None if i is None else i.elem_type))
+        return out
+
     try:
-        return hook(node, infos)
+        flops, nbytes = hook({"inputs": desc(node.input), "outputs": desc(node.output), "attrs": attrs_of(node)})
+        return float(flops), float(nbytes)
     except Exception:  # noqa: BLE001 - a broken hook falls back to the generic estimate
         return None
 
@@ -437,22 +473,22 @@ def op_costs(model: onnx.ModelProto, target: Any, plan: PrecisionPlan, infos: Ma
         dtype = _compute_dtype(node, infos, mode, plan.low_dtype)
         custom = _custom_cost(node, infos) if node.domain not in ("", "ai.onnx") else None
         if custom is not None:
-            flops, nbytes = float(custom[0]), float(custom[1])
-            unit = custom[2] if len(custom) > 2 else unit
+            flops, nbytes = custom
             known = True
         else:
             flops, k1 = _flops(node, infos)
             nbytes, k2 = _bytes(node, infos, mode, plan.low_dtype)
             known = k1 and k2
         if unit == "view":
-            out.append(OpCost(node_label(node, i), node.op_type, unit, dtype, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "free"))
+            out.append(OpCost(node_label(node, i), node.op_type, unit, dtype, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "free",
+                              True, _operator_tag(node)))
             continue
         c_ms = flops / _peak_flops(target, unit, dtype) * 1e3 if flops else 0.0
         m_ms = nbytes / bw * 1e3
         t = max(c_ms, m_ms) + launch_ms
         bound = "launch" if launch_ms >= max(c_ms, m_ms) else ("compute" if c_ms >= m_ms else "memory")
         out.append(OpCost(node_label(node, i), node.op_type, unit, dtype, flops, nbytes, c_ms, m_ms, launch_ms,
-                          t, bound, known))
+                          t, bound, known, _operator_tag(node)))
     return out
 
 
