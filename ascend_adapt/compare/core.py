@@ -247,6 +247,9 @@ def compare(a: str | os.PathLike, b: str | os.PathLike, *, inputs: Any = None, a
                 # we dumped for the fix: find the first failing tensor for it, report outputs only
                 _, dump_tens, _, _ = _compare_dicts(ref, got, order, outputs, atol, rtol, True)
                 first_dump = next((s for s in dump_tens if not s.passed), None)
+                if first_dump is not None and (first is None or first_dump.name != first.name):
+                    notes.append(f"first intermediate tensor outside the tolerance (from the dump): {first_dump.name} "
+                                 f"(layer {layer_of(first_dump.name)}); --layerwise shows every tensor")
             else:
                 first_dump = first
             fixp = _maybe_fix(A, B, feeds, ref, outputs, atol, rtol, passed, fix, fix_dir,
@@ -399,12 +402,15 @@ def format_report(r: CompareReport) -> str:
     lines.append(f"[I] minimum tolerance that would have passed: atol {_g(r.min_atol)} (rtol 0) OR "
                  f"rtol {_g(r.min_rtol)} (atol {r.atol:g})")
     for n in r.notes:
-        lines.append(f"[W] {n}")
+        lines.append(f"[I] {n}" if n.startswith("first intermediate") else f"[W] {n}")
     if r.fix is not None:
         f = r.fix
         if f.keep_nodes:
             lines.append(f"[W] cause: {f.cause}; keep in fp32 ({len(f.keep_nodes)} ops, {', '.join(f.keep_types)}):")
-            lines += [f"[W]   {n}: {why}" for n, why in f.reasons.items()]
+            items = list(f.reasons.items())
+            lines += [f"[W]   {n}: {why}" for n, why in items[:8]]
+            if len(items) > 8:
+                lines.append(f"[W]   ... and {len(items) - 8} more (all listed in the keep_dtype file)")
             if f.keep_dtype_file:
                 lines.append(f"[I] wrote {f.keep_dtype_file} and {f.mixlist_file}")
                 lines.append(f"[I] ATC: {f.atc_flags}")
