@@ -13,9 +13,11 @@ Model (per decode step of `batch` sequences at context `seq_len`):
     bytes/step   = weights − embedding table (only `batch` rows are gathered) + kv_cache
                    (ATC graphs are static: the whole seq_len cache is read each step)
     decode bound = chips · bandwidth ÷ bytes/step · batch           [tokens/s]
-    expected     = bound · efficiency(target family)
+    expected     = min(bound · efficiency(target family), launch cap)
+    launch cap   = batch ÷ (layers · LAUNCHES_PER_LAYER · launch overhead): per-kernel dispatch
+                   bounds tiny models (it never binds for 7B-class ones)
     prefill      = max(FLOPs ÷ (chips · fp16 peak · prefill efficiency),
-                       weight bytes ÷ (chips · bandwidth · efficiency))
+                       weight bytes ÷ (chips · bandwidth · efficiency), launch time)
     FLOPs        = 2 · linear params · batch · prompt_len + 4 · layers · batch · prompt_len · seq_len · q_dim
 """
 
@@ -47,6 +49,9 @@ PRECISIONS: dict[str, tuple[int, str]] = {
 ACT_BYTES = 2  # fp16 activations on the NPU (force_fp16 / a16 schemes)
 KV_BYTES = 2  # fp16 KV cache
 DEFAULT_RESERVE = 0.90  # usable fraction of device memory when the data file gives no usable figure
+# kernels launched per decoder layer and step after ATC fusion (norms, QKV, rotary, attention,
+# MLP, residuals): an assumption [M], only used for the launch cap
+LAUNCHES_PER_LAYER = 40
 
 _QUANT_SUFFIXES = (".attn.q.weight", ".attn.k.weight", ".attn.v.weight", ".attn.o.weight",
                    ".mlp.gate.weight", ".mlp.up.weight", ".mlp.down.weight")
@@ -111,6 +116,7 @@ class TargetFigures:
     bandwidth_gbps: float
     chips_per_card: int
     gear_max: int | None
+    launch_overhead_us: float
     confidence: Mapping[str, str]
     products: str = ""
 
@@ -129,7 +135,7 @@ def target_figures(name: str) -> TargetFigures:
         name=t.name, family=t.family, toolchain=t.toolchain, soc_version=t.soc_version,
         fp16_tflops=t.fp16_tflops, memory_bytes=t.memory_bytes, usable_memory_bytes=t.usable_memory_bytes,
         bandwidth_gbps=t.memory_bandwidth_gbps, chips_per_card=t.chips_per_card, gear_max=t.gear_max,
-        confidence=conf, products=t.products)
+        launch_overhead_us=t.launch_overhead_us, confidence=conf, products=t.products)
 
 
 # ------------------------------------------------------------------------------ model figures
@@ -246,6 +252,7 @@ class TargetEstimate:
     efficiency: float
     efficiency_basis: str
     decode_tok_s: float
+    launch_cap_tok_s: float
     card_chips: int
     card_decode_tok_s: float
     prefill_ms: float
@@ -379,7 +386,7 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
         if chips == 0:
             notes.append(f"the prefill workspace alone ({ws / 1e9:.2f} GB) exceeds a chip: lower --seq-len/--batch")
             cards = 0
-            bound = dec = card_dec = prefill_ms = 0.0
+            bound = dec = card_dec = prefill_ms = cap = 0.0
             card_chips = 0
             pbound = "n/a"
         else:
@@ -387,12 +394,18 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
             card_chips = cards * fig.chips_per_card
             bw = fig.bandwidth_gbps * 1e9
             bound = batch * chips * bw / step_bytes
-            dec = bound * eff
-            card_dec = batch * card_chips * bw / step_bytes * eff
+            cap = batch / (spec.num_layers * LAUNCHES_PER_LAYER * fig.launch_overhead_us * 1e-6)
+            dec = min(bound * eff, cap)
+            card_dec = min(batch * card_chips * bw / step_bytes * eff, cap)
+            if bound * eff > cap:
+                notes.append(f"launch-bound: {spec.num_layers} layers x {LAUNCHES_PER_LAYER} kernels x "
+                             f"{fig.launch_overhead_us:g} us caps decode at {cap:.0f} tok/s")
             t_compute = flops / (chips * fig.fp16_tflops * 1e12 * p_eff)
             t_memory = (w.total - w.embedding) / (chips * bw * eff)
-            prefill_ms = 1e3 * max(t_compute, t_memory)
-            pbound = "compute" if t_compute >= t_memory else "memory"
+            t_launch = spec.num_layers * LAUNCHES_PER_LAYER * fig.launch_overhead_us * 1e-6
+            times = {"compute": t_compute, "memory": t_memory, "launch": t_launch}
+            pbound = max(times, key=times.get)
+            prefill_ms = 1e3 * times[pbound]
             if chips > 1:
                 notes.append(f"needs {chips} chips (tensor-parallel; the per-layer all-reduce is assumed hidden)")
         if precision != "fp16" and fig.toolchain == "atc" and fig.family in ("Ascend310", "Ascend310B"):
@@ -411,7 +424,7 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
             usable_bytes=usable, bandwidth_gbps=fig.bandwidth_gbps, fp16_tflops=fig.fp16_tflops,
             chips_per_card=fig.chips_per_card, needed_bytes=needed, fits_one_chip=chips == 1,
             chips_needed=chips, cards_needed=cards, decode_bound_tok_s=bound, efficiency=eff,
-            efficiency_basis=basis, decode_tok_s=dec, card_chips=card_chips, card_decode_tok_s=card_dec,
+            efficiency_basis=basis, decode_tok_s=dec, launch_cap_tok_s=cap, card_chips=card_chips, card_decode_tok_s=card_dec,
             prefill_ms=prefill_ms, prefill_bound=pbound, compile=cc, notes=notes,
             confidence={k: fig.confidence.get(k, "?") for k in
                         ("memory_bytes", "memory_bandwidth_gbps", "fp16_tflops", "chips_per_card")}))
@@ -424,8 +437,10 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
         "fits": "chips = ceil((weights + kv) / (usable − workspace)); usable = the data file's usable "
                 f"memory, else {DEFAULT_RESERVE:.0%} of the memory",
         "decode_bound": "batch · chips · bandwidth ÷ (weights − embedding + kv_cache)",
-        "decode_expected": "decode_bound · efficiency(target family)",
-        "prefill": "max(FLOPs ÷ (chips · fp16 peak · prefill_eff), weights ÷ (chips · bandwidth · eff)); "
+        "decode_expected": "min(decode_bound · efficiency(target family), launch cap = batch ÷ "
+                           f"(layers · {LAUNCHES_PER_LAYER} kernels · launch overhead))",
+        "prefill": "max(FLOPs ÷ (chips · fp16 peak · prefill_eff), weights ÷ (chips · bandwidth · eff), "
+                   f"layers · {LAUNCHES_PER_LAYER} kernels · launch overhead); "
                    "FLOPs = 2·linear_params·B·T + 4·L·B·T·S·q_dim",
     }
     assumptions = [
@@ -449,6 +464,10 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+
+
 def _dur(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
@@ -461,7 +480,7 @@ def format_report(r: EstimateReport) -> str:
     """A plain-text report: the model's footprint, one table row per target, then the notes."""
     w = r.weights
     lines = [
-        f"estimate: {r.model} ({r.arch}, {r.params / 1e9:.2f} B params), {r.precision}, "
+        f"estimate: {r.model} ({r.arch}, {_count(r.params)} params), {r.precision}, "
         f"batch {r.batch}, seq_len {r.seq_len}, prompt {r.prompt_len}",
         f"  weights    {_gb(r.weights_bytes)}"
         + (f"  (quantized {_gb(w.quantized)} + scales {_gb(w.scales)} = +{w.overhead_pct:.2f}%, "
@@ -484,7 +503,7 @@ def format_report(r: EstimateReport) -> str:
             f"{t.chips_needed} ({t.cards_needed})" if t.chips_needed else "-",
             f"{t.decode_bound_tok_s:.1f}", f"{t.efficiency:.2f}", f"{t.decode_tok_s:.1f}",
             f"{t.card_decode_tok_s:.1f} ({t.card_chips} chips)" if t.card_chips else "-",
-            f"{t.prefill_ms:.0f} ({t.prefill_bound})" if t.chips_needed else "-", comp])
+            f"{t.prefill_ms:.3g} ({t.prefill_bound})" if t.chips_needed else "-", comp])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = "  ".join("{:<%d}" % wd for wd in widths)
     lines.append(fmt.format(*head))
