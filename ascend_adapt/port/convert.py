@@ -20,7 +20,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import queue
 import shutil
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -206,13 +208,57 @@ class _CkptSink:
         self._writer.close()
 
 
+def read_ahead(items: Iterator, depth: int = 1) -> Iterator:
+    """Iterate `items` in a thread, `depth` items ahead, so reading the next tensor from disk
+    overlaps casting / checksumming / writing this one (file reads, zlib.crc32 and numpy copies
+    release the GIL). At most depth + 2 items are alive at once."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for it in items:
+                if not put((True, it)):
+                    return
+            put((True, end))
+        except BaseException as exc:  # re-raised in the consumer
+            put((False, exc))
+
+    t = threading.Thread(target=work, name="port-read-ahead", daemon=True)
+    t.start()
+    try:
+        while True:
+            ok, it = q.get()
+            if not ok:
+                raise it
+            if it is end:
+                return
+            yield it
+            del it
+    finally:
+        stop.set()
+        t.join()
+
+
 def _stream_into(sink, weights: Weights, entries: list, dtype: str | None, progress: _Progress,
-                 verify: bool = True) -> dict:
+                 verify: bool = True, overlap: bool = True) -> dict:
     """Write the target tensors; returns {name: {shape, dtype, crc32}}."""
     record = {}
+    canonical = weights.iter_canonical(verify=verify)
+    if overlap:
+        canonical = read_ahead(canonical)
     try:
-        for name, arr in regroup(weights.iter_canonical(verify=verify), entries, weights.adapter,
-                                 weights.spec, dtype):
+        for name, arr in regroup(canonical, entries, weights.adapter, weights.spec, dtype):
             sink.write(name, arr)
             record[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "crc32": tensor_crc32(arr)}
             progress.update(name, arr.nbytes)
