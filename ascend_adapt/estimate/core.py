@@ -459,6 +459,8 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
 
 # -------------------------------------------------------------------------------- formatting
 def _gb(n: float) -> str:
+    if abs(n) < 1e6:
+        return f"{n / 1e3:.1f} kB"
     if abs(n) < 1e8:
         return f"{n / 1e6:.2f} MB"
     return f"{n / 1e9:.2f} GB"
@@ -503,7 +505,8 @@ def format_report(r: EstimateReport) -> str:
             f"{t.chips_needed} ({t.cards_needed})" if t.chips_needed else "-",
             f"{t.decode_bound_tok_s:.1f}", f"{t.efficiency:.2f}", f"{t.decode_tok_s:.1f}",
             f"{t.card_decode_tok_s:.1f} ({t.card_chips} chips)" if t.card_chips else "-",
-            f"{t.prefill_ms:.3g} ({t.prefill_bound})" if t.chips_needed else "-", comp])
+            (f"{t.prefill_ms:.0f}" if t.prefill_ms >= 10 else f"{t.prefill_ms:.2g}") + f" ({t.prefill_bound})"
+            if t.chips_needed else "-", comp])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = "  ".join("{:<%d}" % wd for wd in widths)
     lines.append(fmt.format(*head))
