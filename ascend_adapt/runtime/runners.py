@@ -260,7 +260,8 @@ class SimRunner(Runner):
         if isinstance(model, (str, os.PathLike)) and is_omsim(model):
             self.artifact = read_omsim(model)
             self.model_path: Any = self.artifact.graph_path(graph)
-            base = self.artifact.settings(graph)
+            # explicit settings (e.g. the sim backend's overridden ones) win over the manifest's
+            base = settings if settings is not None else self.artifact.settings(graph)
             graph = graph or self.artifact.graph_names[0]
         else:
             if isinstance(model, (str, os.PathLike)) and Path(model).suffix == ".om":
