@@ -22,8 +22,10 @@ import click
 @click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-stream", is_flag=True, help="Print each answer when it is complete.")
+@click.option("--precision-mode", default=None,
+              help="Simulator only: override the artifact's precision mode (force_fp16, must_keep_origin_dtype, …).")
 def generate_cmd(model_dir, prompts, backend, dtype, max_new_tokens, max_len, chat, do_sample, temperature,
-                 top_k, top_p, repetition_penalty, seed, no_stream):
+                 top_k, top_p, repetition_penalty, seed, no_stream, precision_mode):
     """Generate text from MODEL_DIR (an HF checkpoint or a converted artifact) on a backend.
 
     The tokenizer is loaded from MODEL_DIR. With one prompt, tokens stream to stdout as they come.
@@ -32,9 +34,15 @@ def generate_cmd(model_dir, prompts, backend, dtype, max_new_tokens, max_len, ch
     from ascend_adapt.runtime.backends import get_backend
     from ascend_adapt.runtime.generate import GenerationConfig, generate
 
+    from ascend_adapt.om_convert.convert import resolve_artifact
+
     tokenizer = load_tokenizer(model_dir)
     options = {"dtype": dtype} if dtype else {}
-    runner = get_backend(backend, model_dir, **options)
+    if precision_mode:
+        if backend != "sim":
+            raise click.UsageError("--precision-mode applies to --backend sim")
+        options["precision_mode"] = precision_mode
+    runner = get_backend(backend, resolve_artifact(model_dir, backend), **options)
     texts = [tokenizer.build_chat_prompt(p) if chat else p for p in prompts]
     stream = len(texts) == 1 and not no_stream
 
@@ -45,6 +53,11 @@ def generate_cmd(model_dir, prompts, backend, dtype, max_new_tokens, max_len, ch
                            top_k=top_k, top_p=top_p, seed=seed, repetition_penalty=repetition_penalty,
                            stream=on_token if stream else None, max_len=max_len)
     results = generate(runner, tokenizer, texts, cfg)
+    if backend == "sim":
+        cost = runner.cost_summary()
+        click.echo(f"[simulated on {cost['target']} ({cost['precision_mode']}): "
+                   f"{cost['decode_ms_per_token']:.3f} ms/token, prefill {cost['prefill_ms']:.3f} ms — "
+                   "an estimate, not a measurement]", err=True)
     if stream:
         click.echo()
         return

@@ -28,10 +28,15 @@ def inspect_cmd(model_dir, as_json):
               default="safetensors", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--untied", is_flag=True,
+              help="Distinct embedding and output matrices (tie_word_embeddings=false in config.json). "
+                   "A random model whose head is tied to its embedding mostly repeats its last input token.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
-def make_tiny_cmd(out_dir, arch, layout, dtype, seed, force):
+def make_tiny_cmd(out_dir, arch, layout, dtype, seed, untied, force):
     """Write a tiny random checkpoint in the real on-disk layout (with a trained tiny tokenizer)."""
     from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
 
-    path = make_tiny_checkpoint(out_dir, arch, layout, seed=seed, dtype=dtype, force=force)
+    overrides = {"tie_word_embeddings": False} if untied else None
+    path = make_tiny_checkpoint(out_dir, arch, layout, seed=seed, dtype=dtype, force=force,
+                                config_overrides=overrides)
     click.echo(f"wrote tiny {arch} checkpoint ({layout}, {dtype}) to {path}")
