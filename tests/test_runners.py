@@ -151,6 +151,22 @@ def test_mindspore_runner():
         assert np.allclose(r.infer({"x": X})["y"], 3 * X)
 
 
+@pytest.mark.mindspore
+def test_mindspore_runner_over_the_mindspore_backend():
+    pytest.importorskip("mindspore")
+    from ascend_adapt.model_zoo.base import ADAPTERS
+    from ascend_adapt.model_zoo.ms_backend import MindSporeBackend
+    from ascend_adapt.model_zoo.tiny import random_canonical_weights, tiny_config
+    from ascend_adapt.runtime.runners import MindSporeRunner
+
+    spec = ADAPTERS.get("llama").spec_from_config(tiny_config("llama"))
+    be = MindSporeBackend.from_canonical(spec, random_canonical_weights(spec, 0), mode="pynative")
+    ids = np.array([[1, 20, 30, 40]], np.int64)
+    with MindSporeRunner.from_backend(be, layer_outputs=False) as r:
+        out = r.infer({"input_ids": ids})
+    assert set(out) == {"logits"} and np.array_equal(out["logits"], be.full_logits(ids))
+
+
 def test_no_heavy_imports_for_the_backend_modules():
     code = ("import sys, ascend_adapt.runtime.runners, ascend_adapt.runtime.sim_backend, "
             "ascend_adapt.runtime.acl_backend, ascend_adapt.sim, ascend_adapt.om_convert.artifact\n"

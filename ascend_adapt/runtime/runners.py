@@ -434,13 +434,7 @@ class TorchRunner(Runner):
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._backend_src is not None:
-            out = self.backend.full_logits(feeds["input_ids"], feeds.get("attention_mask"),
-                                           layer_outputs=self._layer_outputs)
-            if self._layer_outputs:
-                logits, layers = out
-                return {**{k: np.asarray(v, np.float32) for k, v in layers.items()},
-                        "logits": np.asarray(logits, np.float32)}
-            return {"logits": np.asarray(out, np.float32)}
+            return _full_forward(self.backend, feeds, self._layer_outputs)
         torch = self._torch
         args = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()}
         with torch.inference_mode():
@@ -450,6 +444,15 @@ class TorchRunner(Runner):
     def deactivate_impl(self) -> None:
         self.model = None
         self.backend = None
+
+
+def _full_forward(backend: Any, feeds: Mapping[str, np.ndarray], layer_outputs: bool) -> dict[str, np.ndarray]:
+    """An LM backend's `full_logits` as runner outputs (logits + the named layer outputs)."""
+    out = backend.full_logits(feeds["input_ids"], feeds.get("attention_mask"), layer_outputs=layer_outputs)
+    if layer_outputs:
+        logits, layers = out
+        return {**{k: np.asarray(v, np.float32) for k, v in layers.items()}, "logits": np.asarray(logits, np.float32)}
+    return {"logits": np.asarray(out, np.float32)}
 
 
 def _outputs_to_numpy(out: Any, names: Sequence[str], to_np: Callable[[Any], np.ndarray]) -> dict[str, np.ndarray]:
@@ -471,20 +474,53 @@ class MindSporeRunner(Runner):
         model: the Cell, or a zero-argument loader returning one with `loader=True` (for example
             the MindSpore backend's model; mindspore is imported in activate only).
         input_metadata / output_names: as for TorchRunner.
+        device: "CPU" puts MindSpore on the CPU (the project's default, with its fast settings);
+            None leaves MindSpore's device as the caller set it (e.g. Ascend on an NPU host).
     """
 
     def __init__(self, model: Any, *, input_metadata: Metadata | None = None,
-                 output_names: Sequence[str] | None = None, name: str | None = None, loader: bool = False):
+                 output_names: Sequence[str] | None = None, name: str | None = None, loader: bool = False,
+                 device: str | None = "CPU"):
         super().__init__(name or "mindspore")
+        self.device = device
         self._model_src, self._loader = model, loader
         self._meta = dict(input_metadata or {})
         self.output_names = list(output_names or [])
         self.model = None
 
+    _backend_src: Any = None
+    _layer_outputs = False
+
+    @classmethod
+    def from_backend(cls, backend: Any, *, layer_outputs: bool = True, dtype: str = "float32", mode: str = "graph",
+                     name: str | None = None) -> "MindSporeRunner":
+        """The MindSpore backend's full forward as a runner (same feeds / outputs as
+        `TorchRunner.from_backend`).
+
+        Args:
+            backend: a `MindSporeBackend` (ascend_adapt.model_zoo.ms_backend), or a checkpoint
+                directory (loaded in activate with `dtype` and `mode`).
+        """
+        r = cls(None, name=name or "mindspore-full")
+        r._backend_src, r._layer_outputs, r._dtype, r._mode = backend, layer_outputs, dtype, mode
+        return r
+
     def activate_impl(self) -> None:
         from ascend_adapt._optional import require
 
         self._ms = require("mindspore", purpose="the MindSpore runner")
+        if self.device == "CPU":
+            from ascend_adapt.model_zoo.ms_layers import configure_cpu
+
+            configure_cpu("pynative")  # once per process, before any kernel runs (MindSpore requires it)
+        if self._backend_src is not None:
+            src = self._backend_src
+            if isinstance(src, (str, os.PathLike)):
+                from ascend_adapt.model_zoo.ms_backend import MindSporeBackend
+
+                src = MindSporeBackend(src, dtype=self._dtype, mode=self._mode)
+            self.backend = src
+            return
         self.model = self._model_src() if self._loader else self._model_src
         if hasattr(self.model, "set_train"):
             self.model.set_train(False)
@@ -497,6 +533,8 @@ class MindSporeRunner(Runner):
             super()._check_inputs(feeds)
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._backend_src is not None:
+            return _full_forward(self.backend, feeds, self._layer_outputs)
         ms = self._ms
         args = {k: ms.Tensor(np.ascontiguousarray(v)) for k, v in feeds.items()}
         out = self.model(**args)
@@ -504,6 +542,7 @@ class MindSporeRunner(Runner):
 
     def deactivate_impl(self) -> None:
         self.model = None
+        self.backend = None
 
 
 def __getattr__(name: str):

@@ -22,15 +22,14 @@ installed, else the same wording kept here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import onnx
 
 from ascend_adapt.errors import UnsupportedError
 
-from .graph import TensorInfo, attrs_of, graph_inputs, infer_tensor_infos, iter_nodes, load_model, node_label, opset_of
+from .graph import TensorInfo, attrs_of, graph_inputs, infer_tensor_infos, iter_nodes, load_model, node_label
 from .settings import SimSettings
 
 SIMULATED = "simulated"
