@@ -99,6 +99,16 @@ class SimLMBackend:
                                         cost=cost, threads=threads)
         for r in self.runners.values():
             r.activate()  # acceptance happens here, as ATC / the load would fail
+        self.memory = None
+        if check:  # both OMs loaded side by side must fit the chip too
+            from ascend_adapt.sim.acceptance import SimulatorRejection, check_memory
+
+            pre, dec = self.runners["prefill"], self.runners["decode"]
+            problems, self.memory = check_memory([pre._light, dec._light], pre.target, [pre.settings, dec.settings],
+                                                 graphs=list(KINDS))
+            if problems:
+                self.close()
+                raise SimulatorRejection(problems, pre.target.name, "prefill + decode")
         self.last_cost = None
 
     @staticmethod
