@@ -155,12 +155,13 @@ class GraphSide:
             self.precision = None  # known after activation
         elif spec.kind == "acl":
             try:
-                from ascend_adapt.runtime.runners import AclRunner  # noqa: F401
+                from ascend_adapt.runtime.acl_backend import AclRunner
             except (ImportError, AttributeError) as exc:
                 raise MissingDependencyError("acl (pyACL / CANN runtime)", None,
                                              f"running '{spec.path}' on an Ascend card") from exc
             self.model_path = spec.path
-            self.runner = AclRunner(str(spec.path), dump=layerwise)  # type: ignore[name-defined]
+            self.runner = AclRunner(str(spec.path))
+            self.layerwise = False  # a card returns outputs only (per-layer dumps need msprobe)
             self.precision = "as compiled (card)"
         else:
             raise ConfigError(f"compare: '{spec.text}' ({spec.kind}) is not a graph",
@@ -183,6 +184,8 @@ class GraphSide:
 
     def order(self) -> list[str]:
         """Tensor names in execution order (inputs, then node outputs, topologically)."""
+        if self._order is None and Path(self.model_path).suffix != ".onnx":
+            self._order = []  # an .om: no graph to read here
         if self._order is None:
             import onnx
 
@@ -199,6 +202,9 @@ class GraphSide:
 
     def output_names(self) -> list[str]:
         import onnx
+
+        if Path(self.model_path).suffix != ".onnx":
+            return [o[0] for o in getattr(self.runner, "outputs", [])]
 
         m = onnx.load(str(self.model_path), load_external_data=False)
         return [o.name for o in m.graph.output]
