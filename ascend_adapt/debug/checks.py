@@ -256,7 +256,7 @@ def mismatch(ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> tupl
 
 @CHECKS.register("accuracy")
 class Accuracy(Check):
-    """Simulator (precision_mode, default force_fp16) vs onnxruntime fp32 beyond atol + rtol·|ref|.
+    """SimRunner (precision_mode, default force_fp16) vs OrtRunner fp32 beyond atol + rtol·|ref|.
 
     The subgraph's inputs are fed with the values the *original* model computed for them in fp32
     (one run on `feeds`, or seeded random inputs), so every candidate sees realistic data.
@@ -287,7 +287,7 @@ class Accuracy(Check):
         self.values = all_tensor_values(model, feeds)
 
     def __call__(self, model: onnx.ModelProto, path: Path | None) -> CheckOutcome:
-        from ascend_adapt.sim import SimSession, SimSettings
+        from ascend_adapt.runtime.runners import OrtRunner, SimRunner
 
         inits = {t.name for t in model.graph.initializer}
         names = [i.name for i in model.graph.input if i.name not in inits]
@@ -296,14 +296,11 @@ class Accuracy(Check):
             raise ConfigError(f"accuracy check: no reference value for subgraph input '{missing[0]}'",
                               "call prepare() with the full model first")
         feeds = {n: self.values[n] for n in names}
-        ref = dict(zip([o.name for o in model.graph.output],
-                       _ort_session(model).run([o.name for o in model.graph.output], feeds)))
-        sess = SimSession(model, SimSettings(target=self.target, precision_mode=self.precision_mode,
-                                             keep_dtype=self.keep_dtype))
-        try:
-            got = sess.run(feeds)
-        finally:
-            sess.close()
+        with OrtRunner(model, optimize=False) as r:
+            ref = r.infer(feeds, check_inputs=False)
+        with SimRunner(model, target=self.target, precision_mode=self.precision_mode,
+                       keep_dtype=self.keep_dtype or None, check=False, cost=False) as r:
+            got = r.infer(feeds, check_inputs=False)
         keys, lines = set(), []
         for name, r in ref.items():
             if not np.issubdtype(np.asarray(r).dtype, np.floating):
