@@ -304,32 +304,8 @@ class LMSide:
     def model_spec(self):
         return getattr(self.backend, "spec", None)
 
-    def _sim_full_logits(self, ids, mask):
-        """Layer outputs of the sim backend's prefill graph under its *effective* settings (the
-        overrides included), dumped by a SimRunner of our own."""
-        from ascend_adapt.runtime.graph_session import GraphLMSession
-        from ascend_adapt.runtime.runners import SimRunner
-
-        be = self.backend
-        pre = be.runners["prefill"]
-        s = pre.settings
-        src = self.spec.path if pre.artifact is not None else pre.model_path
-        runner = SimRunner(src, graph="prefill", settings=s, target=s.target, precision_mode=s.precision_mode,
-                           keep_dtype=s.keep_dtype, modify_mixlist=s.modify_mixlist, dump=True, check=False,
-                           cost=False)
-        with runner:
-            session = GraphLMSession(be.spec, runner.infer, runner.infer, be.batch, be.max_len, be.seq_len)
-            logits = session.prefill_all(ids, mask)
-            names = (be.manifest.get("layer_outputs") or [])[:-1]
-            layers = {n: np.asarray(session.last_outputs[n], np.float32)[:, session.pad:]
-                      for n in names if n in session.last_outputs}
-        return logits, layers
-
     def run(self, ids: np.ndarray, mask: np.ndarray | None) -> dict[str, np.ndarray]:
-        if self.spec.kind == "sim" and self.layerwise and hasattr(self.backend, "runners"):
-            out = self._sim_full_logits(ids, mask)
-        else:
-            out = self.backend.full_logits(ids, mask, layer_outputs=self.layerwise)
+        out = self.backend.full_logits(ids, mask, layer_outputs=self.layerwise)
         if self.layerwise:
             logits, layers = out
             d = {k: np.asarray(v) for k, v in layers.items()}
