@@ -523,8 +523,9 @@ def omsim_from_export(export_dir: str | os.PathLike, out: str | os.PathLike, tar
         atc_options: {graph: AtcOptions} to take settings and exact commands from instead.
         modify_mixlist: mixlist for allow_mix_precision modes.
     """
+    from ascend_adapt.om_convert.builder.contract import graph_input_shapes
     from ascend_adapt.om_convert.builder.llm import load_manifest
-    from ascend_adapt.sim.settings import SimSettings
+    from ascend_adapt.sim.settings import GearSpec, SimSettings
     from ascend_adapt.targets import load_target
 
     target = load_target(target) if isinstance(target, str) else target
@@ -541,9 +542,10 @@ def omsim_from_export(export_dir: str | os.PathLike, out: str | os.PathLike, tar
                 keep = keep_dtype.get(k, [])
             else:
                 keep = list(keep_dtype or [])
+            shapes, dims = graph_input_shapes(export, k, target.soc_version)
             settings[k] = SimSettings(target=target.name, soc_version=target.soc_version,
                                       precision_mode=precision_mode, keep_dtype=tuple(keep),
-                                      modify_mixlist=modify_mixlist,
-                                      input_shape={i["name"]: tuple(i["shape"]) for i in g["inputs"]})
+                                      modify_mixlist=modify_mixlist, input_shape=shapes,
+                                      gears=GearSpec("dynamic_dims", dims) if dims else None)
     return write_omsim(out, graphs, target, atc_options, settings=settings, copy_from=d, force=force, check=check,
                        cost=cost, link=link, extra={"export": export})

@@ -178,23 +178,31 @@ def _compile(report: ConvertReport, out: Path, graphs: Mapping[str, Path], optio
 # ----------------------------------------------------------------------------------------- HF
 def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precision_mode: str, seq_len: int,
                 max_len: int, batch: int, keep_dtype: list[str], weight_dtype: str, use_atc: str,
-                verify: bool, verify_tokens: int, progress: bool, on_step, on_line) -> None:
+                verify: bool, verify_tokens: int, progress: bool, on_step, on_line,
+                gears: Sequence[int] | None = None) -> None:
     from ascend_adapt.om_convert.analyze import analyze_model
     from ascend_adapt.om_convert.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
+    from ascend_adapt.om_convert.builder.contract import graph_input_shapes
     from ascend_adapt.operators.rewrites import write_keep_dtype
 
     t0 = time.perf_counter()
     exp = out / "export"
     res = build_llm_onnx(src, exp, batch=batch, seq_len=seq_len, max_len=max_len, target=target,
-                         weight_dtype=weight_dtype, progress=progress)
+                         weight_dtype=weight_dtype, progress=progress, gears=gears)
+    graphs = dict(res.paths)
+    shape_doc = (f"step.onnx with gears {res.manifest['gears']} (decode = 1; one OM, weights loaded once)"
+                 if res.manifest.get("gears") else f"prefill.onnx + decode.onnx (S={seq_len})")
     _step(report, "export", t0,
-          f"prefill.onnx + decode.onnx (B={batch}, S={seq_len}, M={max_len}), {res.num_tensors} weights "
+          f"{shape_doc}, B={batch}, M={max_len}; {res.num_tensors} weights "
           f"{res.weights_bytes / 2**20:.1f} MiB in weights.bin, ops: {', '.join(res.op_types)}", on_step)
 
     t0 = time.perf_counter()
-    graphs = {"prefill": res.prefill_path, "decode": res.decode_path}
-    analyses = {k: analyze_model(p, target, rules=False) for k, p in graphs.items()}
+    analyses = {k: analyze_model(p, target, rules=False,
+                                 input_shapes={n: [int(x) for x in d] for n, d in
+                                               graph_input_shapes(res.manifest, k)[0].items()}
+                                 if k != "step" else None)
+                for k, p in graphs.items()}
     report.analysis = {k: {"accepted": a.accepted_as_is, "blocking": a.blocking, "nodes": a.node_count}
                        for k, a in analyses.items()}
     refused = {k: a.blocking for k, a in analyses.items() if not a.accepted_as_is}
@@ -202,7 +210,7 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
         raise UnsupportedError(
             f"{target.name} refuses the built graphs: " + "; ".join(f"{k}: {', '.join(b)}" for k, b in refused.items()),
             "the builder should only emit supported ops for this target: report it with `ascend-adapt analyze`")
-    _step(report, "analyze", t0, f"both graphs accepted by {target.name} as built "
+    _step(report, "analyze", t0, f"{' and '.join(graphs)} accepted by {target.name} as built "
           f"({sum(a.node_count for a in analyses.values())} nodes)", on_step)
     report.rewrite = {"rules": "not needed: the graphs are built for the target"}
 
@@ -214,8 +222,8 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
         keep_file = out / "atc" / f"keep_dtype_{kind}.cfg"
         keep_file.parent.mkdir(exist_ok=True)
         write_keep_dtype(keep_file, keep)
-        shapes = {i["name"]: tuple(i["shape"]) for i in manifest["graphs"][kind]["inputs"]}
-        options[kind] = _atc_options(path, out / kind, target, precision_mode, keep_file, shapes)
+        shapes, dims = graph_input_shapes(manifest, kind, target.soc_version)
+        options[kind] = _atc_options(path, out / kind, target, precision_mode, keep_file, shapes, dims)
     oms = _compile(report, out, graphs, options, use_atc, on_line)
     omsim = omsim_from_export(exp, out / OMSIM, target, atc_options=options)
     report.artifact = {"omsim": OMSIM, "simulated": not oms, "om": {k: p.name for k, p in oms.items()},
@@ -402,7 +410,9 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
         precision_mode: ATC --precision_mode (force_fp16 is ATC's inference default).
         seq_len, max_len, batch: LLM prefill length S, KV-cache slots M, batch B.
         input_shape: ONNX input: ATC --input_shape text or {name: dims} (-1 = gear-bound dim).
-        gears: ONNX input: --dynamic_dims gears (one tuple per gear, a value per -1).
+        gears: ONNX input: --dynamic_dims gears (one tuple per gear, a value per -1). HF input:
+            prefill lengths; the LLM is then built as ONE step graph (decode = gear 1) compiled
+            with --dynamic_dims into one OM, so the card holds one copy of the weights.
         keep_dtype: extra ops to keep in fp32 (node names / OpType::<Type>, or a file).
         cann_version: the CANN version to check opsets against (default: the target's).
         weight_dtype: LLM export weights ("float32" or "float16").
@@ -433,12 +443,14 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
     with atomic_output(out, force=force, is_dir=True) as tmp:
         report_out = report.out
         if kind == "hf":
-            if gears or input_shape:
-                raise ConfigError("--gears / --input-shape apply to ONNX input; for an HF checkpoint use "
-                                  "--seq-len (prefill length) and --max-len (KV-cache slots)")
+            if input_shape:
+                raise ConfigError("--input-shape applies to ONNX input; for an HF checkpoint use --seq-len "
+                                  "(prefill length), --max-len (KV-cache slots) or --gears (prefill lengths)")
+            flat = [int(g[0]) if isinstance(g, (tuple, list)) else int(g) for g in gears] if gears else None
             _convert_hf(report, src, tmp, target, precision_mode=mode, seq_len=seq_len, max_len=max_len,
                         batch=batch, keep_dtype=keep, weight_dtype=weight_dtype, use_atc=use_atc, verify=verify,
-                        verify_tokens=verify_tokens, progress=progress, on_step=on_step, on_line=on_line)
+                        verify_tokens=verify_tokens, progress=progress, on_step=on_step, on_line=on_line,
+                        gears=flat)
         else:
             _convert_onnx(report, src, tmp, target, precision_mode=mode, input_shape=input_shape or {},
                           gears=gears, keep_dtype=keep, cann_version=cann_version, use_atc=use_atc,

@@ -29,8 +29,10 @@ class FakeAcl:
     specs [(name, aclDataType, dims)] and a `compute(inputs) -> outputs`; `execute` decodes the
     input buffers, computes and encodes the outputs into their buffers."""
 
-    def __init__(self, inputs=(), outputs=(), compute=None, *, om_gears=None, fail=None, loader=None):
+    def __init__(self, inputs=(), outputs=(), compute=None, *, om_gears=None, fail=None, loader=None,
+                 gear_dim_max: int = 8):
         self.loader = loader or (lambda path: (list(inputs), list(outputs), compute))
+        self.gear_dim_max = gear_dim_max  # buffer size of a gear dim: the largest gear's value
         self.om_gears, self.fail = om_gears, fail or {}
         self.models: dict[int, dict] = {}
         self.descs: dict[str, int] = {}
@@ -108,7 +110,7 @@ class FakeAcl:
         name, code, dims = spec
         if name == ACL_DYNAMIC_TENSOR_NAME:
             return 64
-        worst = [8 if d < 0 else d for d in dims]  # gear dims: the largest gear is 8
+        worst = [self.gear_dim_max if d < 0 else d for d in dims]  # a gear dim: sized for the largest gear
         return int(np.prod(worst)) * acl_dtype_to_numpy(code).itemsize
 
     def _alloc(self, size):
@@ -331,4 +333,38 @@ def test_acl_backend_runs_an_export_through_the_host_path(tiny_dir, tmp_path):
     want = greedy_tokens(get_backend("onnxruntime", exp), ids, 8)
     assert got.tolist() == want.tolist()
     assert card.calls.count("load_from_file") == 2
+    be.close()
+
+
+def test_acl_backend_runs_a_step_graph_with_gears(tiny_dir, tmp_path):
+    """A gear build: one step OM (decode = gear 1) selected per step by the host, on a fake card."""
+    ort = pytest.importorskip("onnxruntime")
+    from ascend_adapt.om_convert.builder import build_llm_onnx
+    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.runtime.generate import greedy_tokens
+    from ascend_adapt.sim.graph import dims_of, load_model
+
+    exp = tmp_path / "exp"
+    build_llm_onnx(tiny_dir("llama", unit_head=True), exp, batch=1, max_len=20, gears=[4, 8], progress=False)
+    fake_om(exp / "step.om")
+
+    def load_onnx(path):
+        onnx_path = str(path)[:-3] + ".onnx"
+        m = load_model(onnx_path)
+        code = {1: 0, 6: 3, 7: 9, 10: 1}
+        dyn = lambda vi: [d if isinstance(d, int) else -1 for d in dims_of(vi)]  # noqa: E731
+        ins = [(i.name, code[i.type.tensor_type.elem_type], dyn(i)) for i in m.graph.input]
+        ins.append((ACL_DYNAMIC_TENSOR_NAME, 9, [sum(len(d) for _, _, d in ins)]))  # as ATC appends it
+        outs = [(o.name, code[o.type.tensor_type.elem_type], dyn(o)) for o in m.graph.output]
+        sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        return ins, outs, lambda f: dict(zip([o.name for o in sess.get_outputs()], sess.run(None, dict(f))))
+
+    card = FakeAcl(loader=load_onnx, gear_dim_max=8 + 20)  # the mask's last dim: largest gear + M
+    be = get_backend("acl", exp, acl=card)
+    for n in (3, 7):  # prompts padded to gear 4 and gear 8
+        ids = np.arange(40, 40 + n, dtype=np.int64)[None]
+        got = greedy_tokens(be, ids, 6)
+        want = greedy_tokens(get_backend("onnxruntime", exp), ids, 6)
+        assert got.tolist() == want.tolist()
+    assert card.calls.count("load_from_file") == 1  # one OM serves prefill and decode
     be.close()

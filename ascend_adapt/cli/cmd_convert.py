@@ -24,7 +24,9 @@ def _gears(text):
 @click.option("--max-len", type=int, default=96, show_default=True, help="LLM KV-cache slots M.")
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--input-shape", default=None, help='ONNX input: ATC syntax, e.g. "x:1,-1;mask:1,-1" (-1 = gear dim).')
-@click.option("--gears", default=None, help='ONNX input: --dynamic_dims gears, e.g. "16;32;64" (2–100 gears).')
+@click.option("--gears", default=None,
+              help='HF input: prefill lengths, e.g. "16;32;64": one step graph, decode = gear 1, one OM that '
+                   'holds the weights once. ONNX input: --dynamic_dims profiles, e.g. "1,8;4,8".')
 @click.option("--keep-dtype", multiple=True, help="Ops kept in fp32: node names / OpType::<Type>, comma lists or a file.")
 @click.option("--cann", "cann_version", default=None, help="CANN version to check opsets against.")
 @click.option("--weight-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)

@@ -31,7 +31,9 @@ def _traced_export_available() -> bool:
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-18; ATC parses ≤ 18).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export_cmd(hf_dir, out_dir, seq_len, max_len, batch, soc, weight_dtype, opset, force, quiet):
+@click.option("--gears", default=None,
+              help='Prefill lengths, e.g. "16,32,64": build ONE step.onnx (decode = gear 1) for ATC --dynamic_dims.')
+def export_cmd(hf_dir, out_dir, seq_len, max_len, batch, soc, weight_dtype, opset, force, quiet, gears):
     """Build static prefill/decode ONNX graphs (KV cache as input) for the checkpoint HF_DIR.
 
     The graphs are built from the architecture's spec with weights streamed one tensor at a time
@@ -48,7 +50,8 @@ def export_cmd(hf_dir, out_dir, seq_len, max_len, batch, soc, weight_dtype, opse
         target = load_target(soc)
     try:
         r = build_llm_onnx(hf_dir, out_dir, batch=batch, seq_len=seq_len, max_len=max_len, target=target,
-                           opset=opset, weight_dtype=_DTYPES[weight_dtype], force=force, progress=not quiet)
+                           opset=opset, weight_dtype=_DTYPES[weight_dtype], force=force, progress=not quiet,
+                           gears=[int(g) for g in gears.replace(";", ",").split(",") if g.strip()] if gears else None)
     except UnsupportedError as exc:
         if "unsupported architecture" not in exc.message or not _traced_export_available():
             raise
@@ -64,16 +67,18 @@ def export_cmd(hf_dir, out_dir, seq_len, max_len, batch, soc, weight_dtype, opse
         click.echo(f"wrote {res.path} (traced export)")
         return
     m = r.manifest
-    click.echo(f"wrote {r.out_dir}: {m['arch']}, B={batch} S={seq_len} M={max_len}, opset {opset}, "
+    shape = f"gears {m['gears']}" if m.get("gears") else f"S={seq_len}"
+    click.echo(f"wrote {r.out_dir}: {m['arch']}, B={batch} {shape} M={max_len}, opset {opset}, "
                f"{m['weight_dtype']} weights")
-    click.echo(f"  prefill.onnx {r.proto_bytes['prefill'] / 1e3:.0f} kB, decode.onnx "
-               f"{r.proto_bytes['decode'] / 1e3:.0f} kB, weights.bin {r.weights_bytes / 1e6:.1f} MB "
+    graphs = ", ".join(f"{k}.onnx {r.proto_bytes[k] / 1e3:.0f} kB" for k in r.paths)
+    click.echo(f"  {graphs}, weights.bin {r.weights_bytes / 1e6:.1f} MB "
                f"({r.num_tensors} tensors) in {r.elapsed_s:.1f} s")
     click.echo(f"  ops: {', '.join(r.op_types)}")
     if target is not None:
         click.echo(f"  every node is in {target.name}'s ATC op table at opset {opset}")
         _analyze_summary(r, target)
-    click.echo(f"  keep_dtype candidates: {len(m['keep_dtype']['prefill'])} nodes ({m['keep_dtype_files']['prefill']})")
+    for kind in r.paths:
+        click.echo(f"  keep_dtype candidates ({kind}): {len(m['keep_dtype'][kind])} nodes ({m['keep_dtype_files'][kind]})")
 
 
 def _analyze_summary(r, target) -> None:
@@ -86,8 +91,11 @@ def _analyze_summary(r, target) -> None:
         return
     from ascend_adapt.om_convert.analyze import analyze_model
 
-    for kind, path in (("prefill", r.prefill_path), ("decode", r.decode_path)):
-        report = analyze_model(str(path), target, rules=False)
+    from ascend_adapt.om_convert.builder.contract import graph_input_shapes
+
+    for kind, path in r.paths.items():
+        shapes = None if kind == "step" else graph_input_shapes(r.manifest, kind)[0]
+        report = analyze_model(str(path), target, rules=False, input_shapes=shapes)
         click.echo(f"  analyze --soc {target.name} {kind}.onnx: {report.verdict()} "
                    f"({report.node_count} nodes, {len(report.rows)} op types)")
         for line in report.blocking:

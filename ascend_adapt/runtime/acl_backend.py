@@ -452,9 +452,13 @@ class AclLMBackend:
         from ascend_adapt.om_convert.builder.llm import load_manifest
 
         self.path = Path(path)
-        self.manifest = load_manifest(self.path)
+        # an export directory, or a convert output (OUT/export/export.json beside OUT/<graph>.om)
+        self.manifest = load_manifest(self.path if (self.path / "export.json").is_file() else self.path / "export")
         self.spec = ModelSpec.from_dict(self.manifest["spec"])
         self.batch, self.seq_len, self.max_len = (int(self.manifest[k]) for k in ("batch", "seq_len", "max_len"))
+        # a gear build has one step OM for prefill and decode (ATC --dynamic_dims over the step length)
+        self.gears = self.manifest.get("gears") or None
+        self.roles = {"prefill": "step", "decode": "step"} if self.gears else {"prefill": "prefill", "decode": "decode"}
         if engine not in ("acl", "ais_bench"):
             raise ConfigError(f"unknown engine '{engine}'", "use 'acl' or 'ais_bench'")
         self.device_id, self.engine, self._acl, self._session_cls = device_id, engine, acl, session_cls
@@ -470,11 +474,20 @@ class AclLMBackend:
         raise ConfigError(f"{self.path}: no {kind}.om (looked for {kind}.om, om/{kind}.om, {kind}_*.om)",
                           "build the OMs with ATC first (sh atc.sh in the .omsim, or ascend-adapt convert)")
 
-    def runner(self, kind: str) -> Runner:
+    def runner(self, role: str) -> Runner:
+        """The runner of the OM serving `role` ("prefill" / "decode"; both are "step" in a gear build)."""
+        kind = self.roles.get(role, role)
         if kind not in self.runners:
             om = self.om_file(kind)
             if self.engine == "ais_bench":
                 r: Runner = AisBenchRunner(om, self.device_id, session_cls=self._session_cls)
+            elif kind == "step":
+                from ascend_adapt.om_convert.builder.contract import graph_input_shapes, step_shape
+
+                shapes, dims = graph_input_shapes(self.manifest, kind)
+                outs = {i: {o["name"]: step_shape(o["shape"], g) for o in self.manifest["graphs"][kind]["outputs"]}
+                        for i, g in enumerate(self.gears)}
+                r = AclRunner(om, self.device_id, input_shape=shapes, gears=dims, output_shapes=outs, acl=self._acl)
             else:
                 outs = {o["name"]: o["shape"] for o in self.manifest["graphs"][kind].get("outputs", [])}
                 r = AclRunner(om, self.device_id, output_shapes=outs or None, acl=self._acl)
@@ -500,7 +513,7 @@ class AclLMBackend:
                               f"(asked batch {batch}, max_len {max_len})",
                               "rebuild the export and OMs with the batch / max_len you need")
         return GraphLMSession(self.spec, self.executor("prefill"), self.executor("decode"), self.batch,
-                              self.max_len, self.seq_len)
+                              self.max_len, self.gears or self.seq_len)
 
     def close(self) -> None:
         for r in self.runners.values():

@@ -12,7 +12,7 @@ and `run_decode(feeds) -> {…}` — so onnxruntime, the simulator and pyACL plu
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -45,8 +45,11 @@ class GraphLMSession(StaticCacheSession):
     """
 
     def __init__(self, spec: ModelSpec, run_prefill: Executor, run_decode: Executor, batch: int, max_len: int,
-                 prefill_len: int, pad_id: int | None = None):
+                 prefill_len: int | Sequence[int], pad_id: int | None = None):
         super().__init__(spec, batch, max_len)
+        # a step graph (built with gears) serves prefill and decode: `prefill_len` lists its gears
+        self.gears = sorted(int(g) for g in prefill_len) if not isinstance(prefill_len, (int, np.integer)) else None
+        prefill_len = self.gears[-1] if self.gears else int(prefill_len)
         if prefill_len > max_len:
             raise ConfigError(f"prefill length {prefill_len} exceeds the cache of {max_len} slots")
         self.run_prefill, self.run_decode = run_prefill, run_decode
@@ -63,13 +66,16 @@ class GraphLMSession(StaticCacheSession):
         ids = ids[None] if ids.ndim == 1 else ids
         mask = np.ones(ids.shape, np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
         B, s = ids.shape
-        S = self.prefill_len
+        # the smallest gear that holds the prompt (a step graph), else the prefill graph's length
+        S = next((g for g in self.gears if g >= s), self.prefill_len) if self.gears else self.prefill_len
         if B != self.batch:
             raise ConfigError(f"the graphs were built for batch {self.batch}, got {B} prompts",
                               f"re-export with --batch {B}, or pad the batch to {self.batch} rows")
         if s > S:
-            raise ConfigError(f"prompt of {s} tokens exceeds the prefill graph's length {S}",
-                              f"re-export with --seq-len {s} or more, or shorten the prompt")
+            raise ConfigError(f"prompt of {s} tokens exceeds the prefill graph's length {S}"
+                              + (f" (the largest of its gears {self.gears})" if self.gears else ""),
+                              f"re-export with {'a gear of' if self.gears else '--seq-len'} {s} or more, "
+                              "or shorten the prompt")
         self.pad = S - s
         if self.pad:
             ids = np.concatenate([np.full((B, self.pad), self.pad_id, np.int64), ids], 1)
@@ -84,7 +90,7 @@ class GraphLMSession(StaticCacheSession):
         """Like `prefill`, returning logits of every prompt position [B, s, vocab] (no padding)."""
         ids, mask = self._left_pad(input_ids, attention_mask)
         inputs, self.state = prefill_inputs(self.spec, ids, mask, self.max_len)
-        logits = self._run(inputs, self.run_prefill, prefill_feeds(inputs))
+        logits = self.step(inputs)
         return logits[:, self.pad:]
 
     def decode(self, token_ids) -> np.ndarray:
@@ -95,9 +101,14 @@ class GraphLMSession(StaticCacheSession):
 
     def step(self, inputs: StepInputs) -> np.ndarray:
         """`StaticCacheSession.step`: route a prefill (start slot 0) or a decode step."""
-        if inputs.start_slot == 0 and inputs.seq_len == self.prefill_len:
-            return self._run(inputs, self.run_prefill, prefill_feeds(inputs))
-        return self._run(inputs, self.run_decode, decode_feeds(inputs, self.cache_k, self.cache_v))
+        is_prefill = inputs.start_slot == 0
+        if self.gears is None:
+            if is_prefill and inputs.seq_len == self.prefill_len:
+                return self._run(inputs, self.run_prefill, prefill_feeds(inputs))
+            return self._run(inputs, self.run_decode, decode_feeds(inputs, self.cache_k, self.cache_v))
+        # a step graph: a prefill is a step whose cache slots are all hidden
+        run = self.run_prefill if is_prefill else self.run_decode
+        return self._run(inputs, run, decode_feeds(inputs, self.cache_k, self.cache_v))
 
     def _run(self, inputs: StepInputs, executor: Executor, feeds) -> np.ndarray:
         out = executor(feeds)

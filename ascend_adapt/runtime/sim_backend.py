@@ -25,6 +25,11 @@ from .backends import BACKENDS
 KINDS = ("prefill", "decode")
 
 
+def _kinds(graph_names) -> tuple[str, ...]:
+    """The graphs an LM artifact runs: ("step",) for a gear build, else ("prefill", "decode")."""
+    return ("step",) if "step" in graph_names else KINDS
+
+
 class SimLMBackend:
     """Prefill / decode graphs of an `.omsim` artifact (or an export directory) on the simulator.
 
@@ -71,28 +76,37 @@ class SimLMBackend:
                 raise ConfigError(f"{self.path}: the artifact has no export manifest (spec, B, S, M)",
                                   "write it with om_convert.artifact.omsim_from_export (or pass copy_from= "
                                   "the export directory to write_omsim)")
-            missing = [k for k in KINDS if k not in self.artifact.graph_names]
+            kinds = _kinds(self.artifact.graph_names)
+            missing = [k for k in kinds if k not in self.artifact.graph_names]
             if missing:
-                raise ConfigError(f"{self.path}: no {', '.join(missing)} graph", "the LM backend needs both graphs")
-            models = {k: self.path for k in KINDS}
-            base = {k: self.artifact.settings(k) for k in KINDS}
+                raise ConfigError(f"{self.path}: no {', '.join(missing)} graph",
+                                  "the LM backend needs prefill + decode graphs, or one step graph")
+            models = {k: self.path for k in kinds}
+            base = {k: self.artifact.settings(k) for k in kinds}
         else:
+            from ascend_adapt.om_convert.builder.contract import graph_input_shapes
             from ascend_adapt.om_convert.builder.llm import load_manifest
-            from ascend_adapt.sim.settings import SimSettings
+            from ascend_adapt.sim.settings import GearSpec, SimSettings
 
             export = load_manifest(self.path)
             tname = target or export.get("target") or "Ascend310P3"
-            models = {k: self.path / export["graphs"][k]["file"] for k in KINDS}
-            base = {k: SimSettings(target=tname, keep_dtype=tuple(export.get("keep_dtype", {}).get(k, ())),
-                                   input_shape={i["name"]: tuple(i["shape"]) for i in export["graphs"][k]["inputs"]})
-                    for k in KINDS}
+            kinds = _kinds(export["graphs"])
+            models = {k: self.path / export["graphs"][k]["file"] for k in kinds}
+            base = {}
+            for k in kinds:
+                shapes, dims = graph_input_shapes(export, k)
+                base[k] = SimSettings(target=tname, keep_dtype=tuple(export.get("keep_dtype", {}).get(k, ())),
+                                      input_shape=shapes, gears=GearSpec("dynamic_dims", dims) if dims else None)
             if keep_dtype is None:
                 keep_dtype = "export"
         self.manifest = export
         self.spec = ModelSpec.from_dict(export["spec"])
         self.batch, self.seq_len, self.max_len = (int(export[k]) for k in ("batch", "seq_len", "max_len"))
+        # roles → graphs: prefill / decode graphs, or one step graph (a gear build) for both
+        self.roles = {"prefill": kinds[0], "decode": kinds[-1]}
+        self.gears = export.get("gears") or None
         self.runners: dict[str, SimRunner] = {}
-        for k in KINDS:
+        for k in kinds:
             keep = self._keep_for(k, keep_dtype, export)
             self.runners[k] = SimRunner(models[k], target=target, precision_mode=precision_mode, keep_dtype=keep,
                                         graph=k, modify_mixlist=modify_mixlist, settings=base[k], check=check,
@@ -100,15 +114,15 @@ class SimLMBackend:
         for r in self.runners.values():
             r.activate()  # acceptance happens here, as ATC / the load would fail
         self.memory = None
-        if check:  # both OMs loaded side by side must fit the chip too
+        if check:  # every OM loaded side by side must fit the chip too (a step graph: one OM)
             from ascend_adapt.sim.acceptance import SimulatorRejection, check_memory
 
-            pre, dec = self.runners["prefill"], self.runners["decode"]
-            problems, self.memory = check_memory([pre._light, dec._light], pre.target, [pre.settings, dec.settings],
-                                                 graphs=list(KINDS))
+            rs = list(self.runners.values())
+            problems, self.memory = check_memory([r._light for r in rs], rs[0].target, [r.settings for r in rs],
+                                                 graphs=list(self.runners))
             if problems:
                 self.close()
-                raise SimulatorRejection(problems, pre.target.name, "prefill + decode")
+                raise SimulatorRejection(problems, rs[0].target.name, " + ".join(self.runners))
         self.last_cost = None
 
     @staticmethod
@@ -126,18 +140,26 @@ class SimLMBackend:
     # ------------------------------------------------------------------ settings / cost
     @property
     def settings(self) -> dict:
-        """{"prefill": SimSettings, "decode": SimSettings} in effect."""
+        """{graph name: SimSettings} in effect ("prefill" / "decode", or "step")."""
         return {k: r.settings for k, r in self.runners.items()}
 
     @property
     def target(self) -> str:
-        return self.runners["decode"].settings.target
+        return self.runner("decode").settings.target
+
+    def runner(self, role: str):
+        """The SimRunner serving `role` ("prefill" / "decode")."""
+        return self.runners[self.roles[role]]
 
     def cost(self, kind: str = "decode"):
-        """CostReport (simulated) of one step of graph `kind` at the export's shapes."""
-        r = self.runners[kind]
-        shapes = {i["name"]: tuple(i["shape"]) for i in self.manifest["graphs"][kind]["inputs"]}
-        return r.cost_for(shapes)
+        """CostReport (simulated) of one `kind` step ("prefill" / "decode") at the export's shapes
+        (a step graph: gear 1 for decode, the largest gear for prefill)."""
+        from ascend_adapt.om_convert.builder.contract import step_shape
+
+        graph = self.roles[kind]
+        gear = 1 if kind == "decode" else self.seq_len
+        shapes = {i["name"]: tuple(step_shape(i["shape"], gear)) for i in self.manifest["graphs"][graph]["inputs"]}
+        return self.runners[graph].cost_for(shapes)
 
     @property
     def per_token_ms(self) -> float:
@@ -162,7 +184,7 @@ class SimLMBackend:
 
     # ------------------------------------------------------------------ LMBackend
     def executor(self, kind: str):
-        r = self.runners[kind]
+        r = self.runner(kind)
 
         def run(feeds):
             out = r.infer(feeds)
@@ -183,7 +205,7 @@ class SimLMBackend:
             raise ConfigError(f"{self.path}: the graphs have {self.max_len} cache slots, asked for {max_len}",
                               f"re-export with --max-len {max_len} (or more)")
         return GraphLMSession(self.spec, self.executor("prefill"), self.executor("decode"), self.batch,
-                              self.max_len, self.seq_len)
+                              self.max_len, self.gears or self.seq_len)
 
     def full_logits(self, input_ids, attention_mask=None, layer_outputs: bool = False):
         """Logits of every prompt position through the simulated prefill graph.
@@ -194,13 +216,14 @@ class SimLMBackend:
         from .graph_session import GraphLMSession
         from .runners import SimRunner
 
-        pre = self.runners["prefill"]
+        pre = self.runner("prefill")
         runner = pre
         if layer_outputs:
             runner = SimRunner(pre.model_path if pre.artifact is None else self.path, settings=pre.settings,
-                               graph="prefill", dump=True, check=False, cost=False, threads=pre.threads).activate()
+                               graph=self.roles["prefill"], dump=True, check=False, cost=False,
+                               threads=pre.threads).activate()
         session = GraphLMSession(self.spec, lambda f: runner.infer(f), self.executor("decode"), self.batch,
-                                 self.max_len, self.seq_len)
+                                 self.max_len, self.gears or self.seq_len)
         try:
             logits = session.prefill_all(input_ids, attention_mask)
             if not layer_outputs:

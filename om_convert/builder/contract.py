@@ -19,6 +19,19 @@ decode.onnx:
   → logits           float32 [B, 1, V]
     present_keys     float32 [L, B, KVH, 1, D]  (the host writes them into slot `start_slot`)
     present_values   float32 [L, B, KVH, 1, D]
+
+step.onnx (one graph for prefill AND decode, built with `gears`; weights loaded once on the card):
+    input_ids        int32   [B, seq]
+    position_ids     int32   [B, seq]      (ChatGLM-6B: [B, 2, seq])
+    attention_mask   float32 [B, 1, seq, seq + M]  cache slots ⊕ this step's tokens
+    past_keys        float32 [L, B, KVH, M, D]
+    past_values      float32 [L, B, KVH, M, D]
+  → logits           float32 [B, seq, V]
+    present_keys     float32 [L, B, KVH, seq, D]
+    present_values   float32 [L, B, KVH, seq, D]
+  `seq` is a gear: ATC compiles one static graph per value of --dynamic_dims (1 = a decode step,
+  the others prefill lengths) inside one OM that shares the weights. A prefill is a step whose
+  cache slots are all hidden.
 """
 
 from __future__ import annotations
@@ -41,21 +54,35 @@ def layer_output_names(num_layers: int) -> list[str]:
     return ["embed"] + [f"layers.{i}" for i in range(num_layers)] + ["final_norm", "logits"]
 
 
+SEQ = "seq"  # the step graph's gear dimension (an ONNX dim_param)
+
+
 def io_spec(spec, kind: str, batch: int, seq_len: int, max_len: int) -> dict:
-    """{"inputs": [(name, shape, dtype)], "outputs": [...]} of graph `kind` ("prefill" / "decode")."""
+    """{"inputs": [(name, shape, dtype)], "outputs": [...]} of graph `kind` ("prefill" / "decode" / "step").
+
+    In "step" shapes the gear dimension is the string `SEQ` and the mask's last dimension the
+    string f"{SEQ}+{max_len}" (see `step_shape` for a concrete gear) — the notation of
+    `om_convert.atc.prefill_gear_shapes`, which turns them into --input_shape / --dynamic_dims.
+    """
     B, M, L, KVH, D, V = batch, max_len, spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.vocab_size
-    S = seq_len if kind == "prefill" else 1
+    if kind not in ("prefill", "decode", "step"):
+        raise ValueError(f"graph kind must be 'prefill', 'decode' or 'step', got {kind!r}")
+    S = {"prefill": seq_len, "decode": 1, "step": SEQ}[kind]
     pos = [B, 2, S] if spec.rotary == "glm2d" else [B, S]
-    T = S if kind == "prefill" else M + 1
+    T = {"prefill": S, "decode": M + 1, "step": f"{SEQ}+{M}"}[kind]
     inputs = [("input_ids", [B, S], "int32"), ("position_ids", pos, "int32"),
               ("attention_mask", [B, 1, S, T], "float32")]
-    if kind == "decode":
+    if kind != "prefill":
         inputs += [("past_keys", [L, B, KVH, M, D], "float32"), ("past_values", [L, B, KVH, M, D], "float32")]
-    elif kind != "prefill":
-        raise ValueError(f"graph kind must be 'prefill' or 'decode', got {kind!r}")
     outputs = [("logits", [B, S, V], "float32"), ("present_keys", [L, B, KVH, S, D], "float32"),
                ("present_values", [L, B, KVH, S, D], "float32")]
     return {"inputs": inputs, "outputs": outputs}
+
+
+def step_shape(shape, gear: int) -> list[int]:
+    """A step-graph shape with its gear dimension(s) resolved for `gear` (e.g. "seq+96" → gear + 96)."""
+    return [d if isinstance(d, int) else sum(gear if t.strip() == SEQ else int(t) for t in d.split("+"))
+            for d in shape]
 
 
 def additive(visible: np.ndarray, fill: float = MASK_FILL) -> np.ndarray:
@@ -78,3 +105,19 @@ def decode_feeds(step, past_keys: np.ndarray, past_values: np.ndarray) -> dict[s
             "position_ids": step.positions.astype(np.int32),
             "attention_mask": additive(np.concatenate([past, new], -1))[:, None],
             "past_keys": past_keys, "past_values": past_values}
+
+
+def graph_input_shapes(manifest: dict, kind: str, soc_version: str | None = None):
+    """(input_shape {name: dims, -1 for a gear dim}, dynamic_dims gears or None) of an export's graph.
+
+    For a step graph the gear dims become -1 and each gear one `--dynamic_dims` profile (the
+    values of every -1 in input order); prefill / decode graphs are static.
+    """
+    inputs = {i["name"]: i["shape"] for i in manifest["graphs"][kind]["inputs"]}
+    gears = manifest.get("gears")
+    if kind != "step" or not gears:
+        return {k: tuple(int(d) for d in v) for k, v in inputs.items()}, None
+    from ascend_adapt.om_convert.atc import prefill_gear_shapes
+
+    gs = prefill_gear_shapes(inputs, gears, SEQ, soc_version=soc_version)
+    return dict(gs.input_shape), tuple(gs.dynamic_dims)

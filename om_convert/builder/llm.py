@@ -53,7 +53,9 @@ class BuildResult:
 
     Attributes:
         out_dir: the export directory.
-        prefill_path, decode_path, weights_path: the two graphs and their shared weights file.
+        prefill_path, decode_path, weights_path: the two graphs and their shared weights file
+            (with `gears`, both are the one step graph).
+        paths: {graph name: path} of every graph written ("prefill", "decode" or "step").
         manifest: the content of export.json.
         weights_bytes: size of weights.bin.
         num_tensors: tensors stored in weights.bin.
@@ -74,6 +76,25 @@ class BuildResult:
     proto_bytes: dict = field(default_factory=dict)
     op_types: list = field(default_factory=list)
     elapsed_s: float = 0.0
+    paths: dict = field(default_factory=dict)
+
+
+def normalize_gears(gears, max_len: int, gear_max: int = 100) -> list[int]:
+    """Step lengths of a gear build: sorted, unique, always with 1 (a decode step), 2–`gear_max` of them."""
+    try:
+        out = sorted({1, *(int(g) for g in gears)})
+    except (TypeError, ValueError):
+        raise ConfigError(f"gears must be integers, got {gears!r}") from None
+    if out[0] < 1 or out[-1] > max_len:
+        raise ConfigError(f"gears {out} must lie in 1..max_len ({max_len})",
+                          "every prefill gear writes that many cache slots: raise --max-len or drop the gear")
+    if len(out) < 2:
+        raise ConfigError("a gear build needs at least one prefill length besides the decode gear 1",
+                          "pass e.g. --gears 16,32,64")
+    if len(out) > gear_max:
+        raise ConfigError(f"{len(out)} gears (decode gear 1 included) exceed ATC's limit of {gear_max} (E10036)",
+                          "use fewer prefill lengths, e.g. powers of two (om_convert.atc.plan_gears)")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +110,7 @@ class _LLMGraph:
 
         self.spec, self.kind, self.target = spec, kind, target
         self.B, self.M = batch, max_len
-        self.S = seq_len if kind == "prefill" else 1
+        self.S = {"prefill": seq_len, "decode": 1, "step": None}[kind]  # None: the gear dim (symbolic)
         self.stored = stored
         self.op = get_operator
         self.b = GraphBuilder(kind, opset=opset, act_dtype=act_dtype)
@@ -136,14 +157,14 @@ class _LLMGraph:
     # -- the graph ------------------------------------------------------------------------------
     def build(self):
         spec, b = self.spec, self.b
-        io = io_spec(spec, self.kind, self.B, self.S if self.kind == "prefill" else 1, self.M)
+        io = io_spec(spec, self.kind, self.B, self.S or 0, self.M)
         for name, shape, dtype in io["inputs"]:
             b.add_input(name, dtype, shape)
         act = b.act_dtype
         with b.scope("inputs"):
             mask = b.cast("attention_mask", act, name="CastMask") if act != np.float32 else "attention_mask"
             past_k = past_v = None
-            if self.kind == "decode":
+            if self.kind != "prefill":
                 past_k = b.cast("past_keys", act, name="CastPastKeys") if act != np.float32 else "past_keys"
                 past_v = b.cast("past_values", act, name="CastPastValues") if act != np.float32 else "past_values"
 
@@ -165,9 +186,9 @@ class _LLMGraph:
         h = b.rename(h, "final_norm")
         with b.scope("lm_head"):
             if tied:
-                flat = b.reshape(h, [self.B * self.S, spec.hidden_size], name="Flatten")
+                flat = b.reshape(h, [-1, spec.hidden_size], name="Flatten")
                 logits = b.node("Gemm", [flat, self.w(embed_w)], transB=1)
-                logits = b.reshape(logits, [self.B, self.S, spec.vocab_size], name="Unflatten")
+                logits = b.reshape(logits, [self.B, -1, spec.vocab_size], name="Unflatten")
             else:
                 logits = b.node("MatMul", [h, self.w("lm_head.weight")])
         with b.scope("outputs"):
@@ -305,8 +326,12 @@ def _progress(total: int, enabled: bool):
 
 def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max_len: int = 256, target=None,
                    opset: int = 17, weight_dtype: str = "float32", force: bool = False,
-                   progress: bool = True) -> BuildResult:
+                   progress: bool = True, gears=None) -> BuildResult:
     """Build prefill.onnx + decode.onnx (+ weights.bin, export.json) for an HF LLM checkpoint.
+
+    With `gears`, build instead ONE step.onnx whose step length is a gear dimension (decode = 1,
+    prefill = the other gears): ATC compiles it into one OM with `--dynamic_dims`, so the card
+    loads the weights once instead of once per graph.
 
     Args:
         model_dir: HF checkpoint directory (any layout the adapters read).
@@ -322,6 +347,8 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
             activations (fp32 islands stay fp32; the graph I/O is float32 either way).
         force: replace an existing `out_dir`.
         progress: show a progress bar on stderr.
+        gears: prefill lengths of a step-graph build (1 is added for decode); `seq_len` becomes
+            the largest gear.
 
     Returns:
         BuildResult.
@@ -341,6 +368,10 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ConfigError(f"opset {opset} is not supported by the graph builder",
                           f"use {MIN_OPSET}-{MAX_OPSET} (ATC parses ONNX opsets up to 18)")
+    if gears:
+        gears = normalize_gears(gears, max_len, getattr(target, "gear_max", 100) if not isinstance(target, str) else 100)
+        seq_len = gears[-1]
+    kinds = ("step",) if gears else ("prefill", "decode")
     if batch < 1 or seq_len < 1 or max_len < 1:
         raise ConfigError(f"batch, seq_len and max_len must be ≥ 1 (got {batch}, {seq_len}, {max_len})")
     if seq_len > max_len:
@@ -383,11 +414,12 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
             if spec.tie_word_embeddings and spec.tied_source not in stored:
                 raise ConfigError(f"tied weights: '{spec.tied_source}' is not in the checkpoint")
             graphs, keep, protos = {}, {}, {}
-            for kind in ("prefill", "decode"):
+            for kind in kinds:
                 g = _LLMGraph(spec, kind, batch, seq_len, max_len, act, opset, target, stored, wf.sink)
                 b = g.build()
+                shape_doc = f"S={seq_len}" if kind != "step" else f"step gears {gears}"
                 model = b.make_model(doc=f"ascend-adapt {kind} graph of {spec.arch} (static KV cache, "
-                                         f"B={batch}, S={seq_len}, M={max_len})",
+                                         f"B={batch}, {shape_doc}, M={max_len})",
                                      metadata={"ascend_adapt.graph": kind, "ascend_adapt.mask_fill": MASK_FILL})
                 if target is not None:
                     problems = check_graph_ops(model, target, opset)
@@ -416,7 +448,8 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
             "graphs": {kind: {"file": f"{kind}.onnx",
                               **{k: [{"name": n, "shape": s, "dtype": t} for n, s, t in v]
                                  for k, v in io_spec(spec, kind, batch, seq_len, max_len).items()}}
-                       for kind in ("prefill", "decode")},
+                       for kind in kinds},
+            "gears": gears or None,
             "weights": {"file": "weights.bin", "bytes": weights_bytes, "tensors": n_tensors,
                         "linear_layout": "[in, out] (transposed from the checkpoint's [out, in])",
                         "tied_head": "Gemm(transB=1) over the [vocab, H] embedding" if spec.tie_word_embeddings
@@ -429,8 +462,10 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
         }
         (d / "export.json").write_text(json.dumps(manifest, indent=2))
     out = Path(out_dir)
-    return BuildResult(out, out / "prefill.onnx", out / "decode.onnx", out / "weights.bin", manifest,
-                       weights_bytes, n_tensors, max_tensor, protos, op_types, time.perf_counter() - t0)
+    paths = {k: out / f"{k}.onnx" for k in kinds}
+    return BuildResult(out, paths.get("prefill", out / "step.onnx"), paths.get("decode", out / "step.onnx"),
+                       out / "weights.bin", manifest, weights_bytes, n_tensors, max_tensor, protos, op_types,
+                       time.perf_counter() - t0, paths)
 
 
 def load_manifest(export_dir) -> dict:
