@@ -87,6 +87,9 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     weight_tables: ClassVar[Mapping[str, tuple[WeightEntry, ...]]] = {}
     ignored: ClassVar[tuple[str, ...]] = ()
+    # which tokenizer family its checkpoints ship: "llama" (tokenizer.model, SentencePiece BPE with
+    # BOS) or "chatglm" (ice_text.model, [gMASK] <sop>); tiny test checkpoints get a tiny one of it
+    tokenizer_kind: ClassVar[str] = "llama"
 
     # ---- config ------------------------------------------------------------------------------
     def spec_from_config(self, config: Mapping) -> ModelSpec:  # pragma: no cover - abstract

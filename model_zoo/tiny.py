@@ -33,9 +33,16 @@ GLM_CONTROL = ["[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "
 GLM_USER = ["<n>", "<|tab|>"] + [f"<|blank_{k}|>" for k in range(2, 81)]
 
 
+def _kind(arch: str) -> str:
+    """The tokenizer kind of an adapter name, or the kind itself ("llama" / "chatglm")."""
+    return arch if arch in ("llama", "chatglm") else ADAPTERS.get(arch).tokenizer_kind
+
+
 @functools.lru_cache(maxsize=None)
-def tiny_tokenizer_model(arch: str) -> bytes:
-    """Train (deterministically) the tiny SentencePiece model for `arch`; returns the model bytes."""
+def tiny_tokenizer_model(kind: str) -> bytes:
+    """Train (deterministically) the tiny SentencePiece model of a tokenizer kind ("llama" /
+    "chatglm", or an adapter name); returns the model bytes."""
+    kind = _kind(kind)
     import sentencepiece as spm
 
     lines = _CORPUS.read_text(encoding="utf-8").splitlines()
@@ -43,11 +50,11 @@ def tiny_tokenizer_model(arch: str) -> bytes:
     common = dict(sentence_iterator=iter(lines * 4), model_writer=buf, num_threads=1,
                   byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False,
                   minloglevel=2, split_digits=True, shuffle_input_sentence=False, seed_sentencepiece_size=100000)
-    if arch == "llama":
+    if kind == "llama":
         spm.SentencePieceTrainer.train(
             vocab_size=512, model_type="bpe", normalization_rule_name="identity",
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True, **common)
-    elif arch == "chatglm":
+    elif kind == "chatglm":
         # "\n" is pre-processed into <n> by the tokenizer, like ice_text.model
         text = [ln.replace("\n", "<n>") for ln in lines]
         common["sentence_iterator"] = iter(text * 4)
@@ -57,7 +64,7 @@ def tiny_tokenizer_model(arch: str) -> bytes:
             eos_piece="</s>", pad_piece="<pad>", add_dummy_prefix=True, remove_extra_whitespaces=True,
             control_symbols=GLM_CONTROL, user_defined_symbols=GLM_USER, **common)
     else:
-        raise ConfigError(f"no tiny tokenizer for architecture '{arch}'")
+        raise ConfigError(f"no tiny tokenizer of kind '{kind}'", "use tokenizer_kind 'llama' or 'chatglm'")
     return buf.getvalue()
 
 
@@ -72,12 +79,12 @@ def tiny_config(arch: str, **overrides) -> dict:
     """The tiny HF config.json of `arch` with token ids matching its tiny tokenizer."""
     adapter = ADAPTERS.get(arch)
     cfg = adapter.tiny_config()
-    if arch == "chatglm":
+    if adapter.tokenizer_kind == "chatglm":
         ids = _piece_ids(tiny_tokenizer_model("chatglm"))
         cfg.update(bos_token_id=ids["<sop>"], eos_token_id=ids["<eop>"], mask_token_id=ids["[MASK]"],
                    gmask_token_id=ids["[gMASK]"], pad_token_id=ids["<pad>"])
         cfg["vocab_size"] = max(cfg["vocab_size"], ((len(ids) + 63) // 64) * 64)
-    elif arch == "llama":
+    else:
         cfg["vocab_size"] = max(cfg["vocab_size"], len(_piece_ids(tiny_tokenizer_model("llama"))))
     cfg.update(overrides)
     return cfg
@@ -107,7 +114,7 @@ def random_canonical_weights(spec: ModelSpec, seed: int = 0, dtype: str = "float
 
 def _write_tokenizer(d: Path, arch: str, spec: ModelSpec) -> None:
     model = tiny_tokenizer_model(arch)
-    if arch == "llama":
+    if _kind(arch) == "llama":
         (d / "tokenizer.model").write_bytes(model)
         (d / "tokenizer_config.json").write_text(json.dumps({
             "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
@@ -192,8 +199,8 @@ def make_tiny_checkpoint(out_dir, arch: str = "llama", layout: str = "safetensor
 
         canon = {k: v.astype(numpy_dtype(dtype)) for k, v in canon.items()}
     table_layout = "meta" if layout == "meta" else "hf"
-    if layout == "meta" and arch != "llama":
-        raise ConfigError("the Meta consolidated layout exists only for llama")
+    if layout == "meta" and "meta" not in adapter.weight_tables:
+        raise ConfigError(f"the Meta consolidated layout exists only for llama, not '{arch}'")
     items = list(adapter.iter_source(canon.__getitem__, spec, table_layout, available=canon.__contains__))
     if arch == "chatglm":
         # the real checkpoint also stores each layer's rotary inv_freq buffer (fp16; ignored on load)
@@ -227,7 +234,7 @@ def make_tiny_checkpoint(out_dir, arch: str = "llama", layout: str = "safetensor
                 _write_safetensors(d, items, shard_bytes)
             else:
                 _write_bin(d, items, shard_bytes)
-        if arch == "llama":
+        if adapter.tokenizer_kind == "llama":
             (d / "generation_config.json").write_text(json.dumps(
                 {"bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id, "pad_token_id": 0,
                  "do_sample": False}, indent=2))

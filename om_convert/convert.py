@@ -179,7 +179,7 @@ def _compile(report: ConvertReport, out: Path, graphs: Mapping[str, Path], optio
 def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precision_mode: str, seq_len: int,
                 max_len: int, batch: int, keep_dtype: list[str], weight_dtype: str, use_atc: str,
                 verify: bool, verify_tokens: int, progress: bool, on_step, on_line,
-                gears: Sequence[int] | None = None) -> None:
+                gears: Sequence[int] | None = None, cann_version: str | None = None) -> None:
     from ascend_adapt.om_convert.analyze import analyze_model
     from ascend_adapt.om_convert.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
@@ -188,7 +188,14 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
 
     t0 = time.perf_counter()
     exp = out / "export"
-    res = build_llm_onnx(src, exp, batch=batch, seq_len=seq_len, max_len=max_len, target=target,
+    from ascend_adapt.om_convert.builder.llm import MIN_OPSET
+
+    # the highest opset this CANN parses, up to 17 (LayerNormalization is fused from 17)
+    opset = min(17, target.max_opset(cann_version))
+    if opset < MIN_OPSET:
+        raise UnsupportedError(f"{target.name} with CANN {cann_version} parses ONNX opsets up to {opset}; "
+                               f"the LLM builder needs ≥ {MIN_OPSET}", "use CANN 6.0 or newer")
+    res = build_llm_onnx(src, exp, batch=batch, seq_len=seq_len, max_len=max_len, target=target, opset=opset,
                          weight_dtype=weight_dtype, progress=progress, gears=gears)
     graphs = dict(res.paths)
     shape_doc = (f"step.onnx with gears {res.manifest['gears']} (decode = 1; one OM, weights loaded once)"
@@ -198,7 +205,7 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
           f"{res.weights_bytes / 2**20:.1f} MiB in weights.bin, ops: {', '.join(res.op_types)}", on_step)
 
     t0 = time.perf_counter()
-    analyses = {k: analyze_model(p, target, rules=False,
+    analyses = {k: analyze_model(p, target, cann_version, rules=False,
                                  input_shapes={n: [int(x) for x in d] for n, d in
                                                graph_input_shapes(res.manifest, k)[0].items()}
                                  if k != "step" else None)
@@ -241,7 +248,7 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
 
 
 def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = None, min_cosine: float = 0.999,
-               precision_mode: str | None = None) -> dict:
+               precision_mode: str | None = None, keep_dtype: Any = "export") -> dict:
     """Golden (torch fp32) vs the simulator: prefill logits and layers, greedy parity, cost.
 
     Passes when the greedy tokens are identical, or (for fp16 modes, where the card itself may
@@ -253,7 +260,7 @@ def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = No
 
     golden = get_backend("torch", golden_dir)
     # an override keeps the export's fp32 islands (RMSNorm / LayerNorm / softmax), as convert passes them to ATC
-    sim = get_backend("sim", omsim, **({"precision_mode": precision_mode, "keep_dtype": "export"}
+    sim = get_backend("sim", omsim, **({"precision_mode": precision_mode, "keep_dtype": keep_dtype}
                                        if precision_mode else {}))
     tok = load_tokenizer(golden_dir)
     text = prompt or ("你好" if golden.spec.arch == "chatglm" else "Hello world")
@@ -265,7 +272,8 @@ def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = No
     for name in g_layers:
         if name in s_layers:
             m = _metrics(name, g_layers[name], s_layers[name])
-            layers.append({"name": name, "max_abs": m["max_abs"], "cosine": m["cosine"]})
+            layers.append({"name": name, "max_abs": m["max_abs"], "cosine": m["cosine"],
+                           "nonfinite": m["nonfinite_got"] + m["nonfinite_mismatch"]})
     n = min(n_tokens, sim.max_len - sim.seq_len)
     g_tok = greedy_tokens(golden.new_session, ids, n)
     s_tok = greedy_tokens(sim.new_session, ids, n)
@@ -274,9 +282,12 @@ def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = No
     min_cos = min((r["cosine"] for r in layers), default=float("nan"))
     logit_m = _metrics("logits", g_logits, s_logits)
     cost = sim.cost_summary()
-    passed = (same or min_cos >= min_cosine) and logit_m["finite"]
-    summary = (f"greedy tokens {'identical' if same else f'differ from step {first_diff}'} over {n} steps; "
-               f"logits max|Δ| {logit_m['max_abs']:.3g}, min layer cosine {min_cos:.6f}; "
+    bad = [r["name"] for r in layers if r["nonfinite"]]
+    passed = (same or min_cos >= min_cosine) and logit_m["finite"] and not bad
+    nonfinite = (f"NON-FINITE values (inf/NaN) in {', '.join(bad)} — fp16 overflow? try "
+                 "`ascend-adapt compare --layerwise` and --keep-dtype; " if bad else "")
+    summary = (f"{nonfinite}greedy tokens {'identical' if same else f'differ from step {first_diff}'} over {n} steps; "
+               f"logits max|Δ| {logit_m['max_abs']:.3g} (finite part), min layer cosine {min_cos:.6f}; "
                f"simulated {cost['decode_ms_per_token']:.3f} ms/token on {cost['target']} "
                f"({cost['precision_mode']})")
     sim.close()
@@ -385,9 +396,10 @@ def verify_graph(onnx_path, omsim, *, gears=None, input_shape=None, min_cosine: 
     outputs = {k: _metrics(k, a[k], b[k]) for k in a
                if np.asarray(a[k]).dtype.kind == "f"}
     worst = min((m["cosine"] for m in outputs.values()), default=1.0)
-    finite = all(m.get("finite", True) for m in outputs.values())
-    passed = finite and worst >= min_cosine
-    summary = (f"{len(outputs)} outputs, min cosine {worst:.6f}, max|Δ| "
+    bad = [k for k, m in outputs.items() if not m["finite"]]
+    passed = not bad and worst >= min_cosine
+    summary = ((f"NON-FINITE values (inf/NaN) in {', '.join(bad)}; " if bad else "")
+               + f"{len(outputs)} outputs, min cosine {worst:.6f}, max|Δ| "
                f"{max((m['max_abs'] for m in outputs.values()), default=0):.3g}"
                + (f"; simulated {sim_ms:.3f} ms per inference" if sim_ms is not None else ""))
     return {"runner": f"sim ({precision}, simulated)", "golden": "onnxruntime fp32", "outputs": outputs,
@@ -450,7 +462,7 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
             _convert_hf(report, src, tmp, target, precision_mode=mode, seq_len=seq_len, max_len=max_len,
                         batch=batch, keep_dtype=keep, weight_dtype=weight_dtype, use_atc=use_atc, verify=verify,
                         verify_tokens=verify_tokens, progress=progress, on_step=on_step, on_line=on_line,
-                        gears=flat)
+                        gears=flat, cann_version=cann_version)
         else:
             _convert_onnx(report, src, tmp, target, precision_mode=mode, input_shape=input_shape or {},
                           gears=gears, keep_dtype=keep, cann_version=cann_version, use_atc=use_atc,

@@ -251,3 +251,32 @@ def test_coverage_check_catches_an_adapter_without_tiny_model(tmp_path):
             exercise_tiny_model(NoTiny.name, tmp_path / "x")
     finally:
         ADAPTERS.unregister(NoTiny.name)
+
+
+def test_a_new_family_gets_a_tiny_checkpoint_and_a_clear_error_without_a_reference(tmp_path):
+    """An adapter outside the built-in families: tiny checkpoints come with its tokenizer kind, and
+    the torch backend says what to add instead of raising a raw ModuleNotFoundError."""
+    from ascend_adapt.errors import UnsupportedError
+    from ascend_adapt.model_zoo import base
+    from ascend_adapt.model_zoo.llama.adapter import LlamaAdapter
+    from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
+    from ascend_adapt.runtime.backends import get_backend
+
+    class ToyAdapter(LlamaAdapter):
+        name = "toyllama"
+        architectures = ("ToyLlamaForCausalLM",)
+        model_types = ("toyllama",)
+
+        def tiny_config(self):
+            return {**super().tiny_config(), "architectures": ["ToyLlamaForCausalLM"], "model_type": "toyllama"}
+
+    base.register_adapter(ToyAdapter)
+    try:
+        d = make_tiny_checkpoint(tmp_path / "toy", "toyllama")
+        assert (d / "tokenizer.model").is_file()
+        with pytest.raises(UnsupportedError, match="has no torch reference.*model_zoo.toyllama.torch_model"):
+            get_backend("torch", d)
+    finally:
+        base.ADAPTERS.unregister("toyllama")
+        base._BY_ARCH.pop("ToyLlamaForCausalLM", None)
+        base._BY_TYPE.pop("toyllama", None)

@@ -134,3 +134,13 @@ def test_matplotlib_plot_when_installed(tiny, tmp_path):
     r = compare(tiny / "golden", tiny / "perturbed1", layerwise=True)
     desc = plot_report(r, tmp_path / "m.png")
     assert "matplotlib" in desc and (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chatglm_default_inputs_end_with_gmask_sop(tmp_path):
+    """Without --inputs, compare makes prompts a ChatGLM-6B model accepts ([gMASK] <sop> at the end)."""
+    from ascend_adapt.compare import compare
+    from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
+
+    d = make_tiny_checkpoint(tmp_path / "glm", "chatglm")
+    report = compare(d, d)
+    assert report.passed

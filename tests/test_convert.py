@@ -168,3 +168,38 @@ def test_run_command_on_convert_output(tiny_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "simulated device time" in text and "logits" in text
     assert np.load(tmp_path / "npy" / "logits.npy").shape == (1, 1, 512)
+
+
+def test_convert_for_cann6_exports_at_opset_13(tiny_dir, tmp_path):
+    import onnx
+
+    report = convert(tiny_dir("chatglm"), tmp_path / "out", soc="Ascend310P3", cann_version="6.0", use_atc="never",
+                     seq_len=16, max_len=48, verify=False)
+    assert report.analysis["prefill"]["accepted"]
+    m = onnx.load(str(tmp_path / "out" / "export" / "prefill.onnx"), load_external_data=False)
+    assert m.opset_import[0].version == 13
+    assert "LayerNormalization" not in {n.op_type for n in m.graph.node}  # primitives before opset 17
+
+
+def test_verify_fails_on_fp16_overflow_and_names_non_finite_values(tmp_path):
+    """fp16 overflow must fail verification loudly: x² overflowing in the norms zeroes the layers
+    (cosine collapses), and values beyond fp16's range are reported as non-finite, never as 'cosine 1'."""
+    from ascend_adapt.model_zoo.base import ADAPTERS
+    from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint, random_canonical_weights, tiny_config
+
+    spec = ADAPTERS.get("llama").spec_from_config(tiny_config("llama"))
+    results = {}
+    for scale in (400, 100_000):  # x² > 65504 in every RMSNorm; embeddings beyond fp16's max
+        w = random_canonical_weights(spec, 0)
+        w["embed.weight"] = (w["embed.weight"] * scale).astype(np.float32)
+        src = make_tiny_checkpoint(tmp_path / f"hot{scale}", "llama", weights=w)
+        convert(src, tmp_path / f"out{scale}", soc="Ascend310P3", precision_mode="force_fp16", use_atc="never",
+                seq_len=16, max_len=48, verify=False)
+        # with the fp32 islands dropped, fp16 overflows as on the card
+        results[scale] = verify_llm(src, tmp_path / f"out{scale}" / "model.omsim", n_tokens=4,
+                                    precision_mode="force_fp16", keep_dtype=())
+    assert not results[400]["passed"] and results[400]["min_layer_cosine"] < 0.9
+    assert not results[100_000]["passed"] and "NON-FINITE values (inf/NaN) in embed" in results[100_000]["summary"]
+    # the RMSNorm islands in keep_dtype (what convert passes to ATC) fix the x² overflow
+    src400 = tmp_path / "hot400"
+    assert verify_llm(src400, tmp_path / "out400" / "model.omsim", n_tokens=4, precision_mode="force_fp16")["passed"]

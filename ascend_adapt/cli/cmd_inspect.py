@@ -23,7 +23,8 @@ def inspect_cmd(model_dir, as_json):
 
 @click.command("make-tiny")
 @click.argument("out_dir", type=click.Path(path_type=str))
-@click.option("--arch", type=click.Choice(["llama", "chatglm"]), default="llama", show_default=True)
+@click.option("--arch", default="llama", show_default=True,
+              help="A registered architecture (adapter name): llama, chatglm, …")
 @click.option("--layout", type=click.Choice(["safetensors", "safetensors-sharded", "bin", "bin-sharded", "meta"]),
               default="safetensors", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)

@@ -131,14 +131,14 @@ def load_inputs(inputs: Any) -> Any:
 
 
 def _lm_inputs(sides, inputs, seed: int):
-    batch, lens, vocab = 1, [], None
+    batch, lens, vocab, spec = 1, [], None, None
     for s in sides:
         if getattr(s.backend, "batch", None):
             batch = int(s.backend.batch)
         if s.prefill_len:
             lens.append(int(s.prefill_len))
         if s.model_spec is not None:
-            vocab = s.model_spec.vocab_size
+            vocab, spec = s.model_spec.vocab_size, s.model_spec
     if isinstance(inputs, Mapping):
         ids = np.asarray(inputs["input_ids"], np.int64)
         mask = inputs.get("attention_mask")
@@ -152,7 +152,11 @@ def _lm_inputs(sides, inputs, seed: int):
     n = min([8] + lens)
     rng = np.random.default_rng(seed)
     lo = 3 if (vocab or 0) > 8 else 0  # skip unk/bos/eos of Llama-style vocabularies
-    return rng.integers(lo, vocab or 32, size=(batch, n)).astype(np.int64), None
+    ids = rng.integers(lo, vocab or 32, size=(batch, n)).astype(np.int64)
+    if spec is not None and spec.rotary == "glm2d":
+        # a ChatGLM-6B prompt ends with [gMASK] <sop>, as its tokenizer appends them
+        ids[:, -2:] = [spec.gmask_token_id, spec.bos_token_id]
+    return ids, None
 
 
 # ------------------------------------------------------------------------------------ compare

@@ -36,7 +36,7 @@ def reference_module(arch: str):
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name != name:
+        if not exc.name or not name.startswith(exc.name):  # a missing dependency inside the module
             raise
         raise UnsupportedError(
             f"architecture '{arch}' has no torch reference ({name})",

@@ -85,6 +85,7 @@ class ChatGLMAdapter(Adapter):
     model_types = ("chatglm",)
     weight_tables = {"hf": HF_TABLE, "mindformers": MINDFORMERS_TABLE}
     ignored = (r"attention\.rotary_emb\.inv_freq$",)
+    tokenizer_kind = "chatglm"
 
     def spec_from_config(self, config: Mapping) -> ModelSpec:
         c = dict(config)
