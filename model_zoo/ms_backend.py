@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ascend_adapt.errors import CheckpointError, ConfigError
+from ascend_adapt.errors import CheckpointError, ConfigError, ShapeMismatchError, UnsupportedError
 from ascend_adapt.runtime.backends import BACKENDS
 from ascend_adapt.runtime.lm_inputs import StepInputs, prefill_inputs
 from ascend_adapt.runtime.session import StaticCacheSession
@@ -34,8 +34,6 @@ _NP = {"float32": np.float32, "float16": np.float16}
 
 def build_model(spec, dtype: str = "float32", num_positions: int | None = None):
     """The family's MindSpore cell (`model_zoo/<arch>/ms_model.py`), parameters not yet loaded."""
-    from ascend_adapt.errors import UnsupportedError
-
     name = f"ascend_adapt.model_zoo.{spec.arch}.ms_model"
     try:
         module = importlib.import_module(name)
@@ -67,8 +65,6 @@ def load_canonical(model, stream, spec) -> None:
             raise CheckpointError(f"MindSpore model: canonical tensor '{name}' has no parameter",
                                   "the checkpoint does not belong to this architecture")
         if tuple(arr.shape) != tuple(p.shape):
-            from ascend_adapt.errors import ShapeMismatchError
-
             raise ShapeMismatchError(name, p.shape, arr.shape)
         p.set_data(Tensor(np.ascontiguousarray(arr.astype(np_dtype, copy=False))))
         seen.add(name)
@@ -216,6 +212,7 @@ class MindSporeBackend:
         dtype: compute dtype, "float32" or "float16" (norms and softmax stay fp32).
         mode: "graph" (`ms.jit` step cells, compiled once per shape) or "pynative".
         num_positions: rotary table rows (default: the config's maximum length).
+        device: MindSpore device target ("CPU", "Ascend"); default: MindSpore's default.
 
     Attributes:
         name: "mindspore".
@@ -225,7 +222,8 @@ class MindSporeBackend:
 
     name = "mindspore"
 
-    def __init__(self, path, dtype: str = "float32", mode: str = "graph", num_positions: int | None = None):
+    def __init__(self, path, dtype: str = "float32", mode: str = "graph", num_positions: int | None = None,
+                 device: str | None = None):
         from ascend_adapt._optional import require
 
         require("mindspore", purpose="the MindSpore backend")
@@ -237,7 +235,7 @@ class MindSporeBackend:
             raise ConfigError(f"mindspore backend: unknown dtype '{dtype}'", f"use one of: {', '.join(DTYPES)}")
         if mode not in MODES:
             raise ConfigError(f"mindspore backend: unknown mode '{mode}'", f"use one of: {', '.join(MODES)}")
-        configure_cpu(mode)
+        configure_cpu(mode, device=device)
         self.path = Path(path)
         self.dtype, self.mode = dtype, mode
         weights = open_weights(self.path)
@@ -312,9 +310,21 @@ class MindSporeBackend:
         return self.full_logits(input_ids, attention_mask, layer_outputs=True)[1]
 
 
+_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16"}
+
+
 def mindspore_backend(path, dtype: str = "float32", mode: str = "graph", **options) -> MindSporeBackend:
-    """Factory registered as "mindspore" in `BACKENDS`."""
-    return MindSporeBackend(path, dtype=dtype, mode=mode, num_positions=options.get("num_positions"))
+    """Factory registered as "mindspore" in `BACKENDS`.
+
+    Args:
+        path: HF / Meta checkpoint or port output directory.
+        dtype: "float32" (default) or "float16" (aliases fp32 / fp16).
+        mode: "graph" (default) or "pynative".
+        **options: `num_positions`, `device` (see `MindSporeBackend`); others are ignored.
+    """
+    dtype = _DTYPE_ALIASES.get(str(dtype).lower(), dtype)
+    return MindSporeBackend(path, dtype=dtype, mode=mode, num_positions=options.get("num_positions"),
+                            device=options.get("device"))
 
 
 BACKENDS.register("mindspore", mindspore_backend)

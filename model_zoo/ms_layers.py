@@ -34,21 +34,28 @@ COMPUTE_DTYPES = {"float32": ms.float32, "float16": ms.float16}
 _CONFIGURED: dict = {}
 
 
-def configure_cpu(mode: str = "graph", threads: int | None = None) -> None:
-    """Put MindSpore on the CPU with the settings that make LLM decoding fast there.
+def configure_cpu(mode: str = "graph", threads: int | None = None, device: str | None = None) -> None:
+    """Apply the settings that make LLM decoding fast on MindSpore's CPU backend.
 
     Measured facts (../shared/reference/python_environment.md): `runtime_num_threads` must be
     set explicitly; PyNative needs `launch_blocking()` (the async launch pipeline dominates on a
-    small CPU: 1.4 → 10 tok/s). Graph mode is entered per cell with `ms.jit`, never globally.
+    small CPU: 1.4 → 10 tok/s). Both are applied only when the device target is the CPU, so an
+    Ascend build keeps its own defaults. Graph mode is entered per cell with `ms.jit`, never
+    through the global context.
 
     Args:
         mode: "graph" or "pynative".
-        threads: runtime threads (default: the number of CPUs, at most 16).
+        threads: CPU runtime threads (default: the number of CPUs, at most 16).
+        device: "CPU" / "Ascend" / "GPU" to set the target; default: MindSpore's own default.
     """
-    if not _CONFIGURED:
-        ms.set_device("CPU")
+    if device and _CONFIGURED.get("device") != device:
+        ms.set_device(device)
+        _CONFIGURED["device"] = device
+    if ms.get_context("device_target") != "CPU":
+        return
+    if "threads" not in _CONFIGURED:
         ms.set_context(runtime_num_threads=threads or min(os.cpu_count() or 2, 16))
-        _CONFIGURED["cpu"] = True
+        _CONFIGURED["threads"] = True
     if mode == "pynative" and "blocking" not in _CONFIGURED:
         ms.runtime.launch_blocking()
         _CONFIGURED["blocking"] = True

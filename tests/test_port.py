@@ -56,6 +56,20 @@ def test_round_trip_other_layouts_and_dtypes(layout, dtype, tmp_path):
     assert _params(open_checkpoint(back)) == _params(open_checkpoint(src))
 
 
+def test_meta_source_ports_to_mindspore(tmp_path):
+    from ascend_adapt.errors import UnsupportedError
+    from ascend_adapt.port import open_weights
+
+    src = make_tiny_checkpoint(tmp_path / "meta", "llama", "meta")
+    out = port_to_mindspore(src, tmp_path / "ms", naming="mindformers", progress=False)
+    assert (out / "params.json").exists() and (out / "tokenizer.model").exists()
+    want = dict(open_weights(src).iter_canonical())
+    got = dict(open_weights(out).iter_canonical())
+    assert want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
+    with pytest.raises(UnsupportedError, match="Meta"):
+        port_to_hf(out, tmp_path / "hf", progress=False)
+
+
 def test_port_output_layout_and_manifest(tiny_dir, tmp_path):
     src = tiny_dir("chatglm")
     out = port_to_mindspore(src, tmp_path / "ms", naming="mindformers", progress=False)
