@@ -22,10 +22,12 @@ import click
 @click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-stream", is_flag=True, help="Print each answer when it is complete.")
+@click.option("--device", default=None,
+              help="MindSpore only: device target (CPU, Ascend); default: MindSpore's default.")
 @click.option("--precision-mode", default=None,
               help="Simulator only: override the artifact's precision mode (force_fp16, must_keep_origin_dtype, …).")
 def generate_cmd(model_dir, prompts, backend, dtype, max_new_tokens, max_len, chat, do_sample, temperature,
-                 top_k, top_p, repetition_penalty, seed, no_stream, precision_mode):
+                 top_k, top_p, repetition_penalty, seed, no_stream, device, precision_mode):
     """Generate text from MODEL_DIR (an HF checkpoint or a converted artifact) on a backend.
 
     The tokenizer is loaded from MODEL_DIR. With one prompt, tokens stream to stdout as they come.
@@ -38,6 +40,10 @@ def generate_cmd(model_dir, prompts, backend, dtype, max_new_tokens, max_len, ch
 
     tokenizer = load_tokenizer(model_dir)
     options = {"dtype": dtype} if dtype else {}
+    if device:
+        if backend != "mindspore":
+            raise click.UsageError("--device applies to --backend mindspore")
+        options["device"] = device
     if precision_mode:
         if backend != "sim":
             raise click.UsageError("--precision-mode applies to --backend sim")
