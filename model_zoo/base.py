@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -145,28 +146,38 @@ class Adapter:
     def is_ignored(self, name: str) -> bool:
         return any(re.search(p, name) for p in self.ignored)
 
-    def iter_canonical(self, reader, spec: ModelSpec | None = None, layout: str | None = None,
-                       strict: bool = True) -> Iterator[tuple[str, np.ndarray]]:
-        """Stream (canonical name, array) from a checkpoint, one source tensor at a time.
+    def check_tensors(self, path, infos, spec: ModelSpec, entries, expected: dict, strict: bool = True,
+                      naming: str = "") -> list[tuple[WeightEntry, object]]:
+        """Check a checkpoint's tensors against the spec from their headers alone.
 
-        Every source tensor's shape is checked against the spec before its data is read; a
-        missing tensor, a shape mismatch or (with `strict`) an unexpected tensor raises naming it.
+        Args:
+            path: the checkpoint (for messages).
+            infos: name → TensorInfo of the checkpoint.
+            spec: the model.
+            entries: the concrete weight table of the checkpoint's naming.
+            expected: source name → expected shape.
+            strict: refuse tensors that are not part of this architecture.
+            naming: the naming, for messages ("hf", "mindformers", …).
+
+        Returns:
+            (entry, info) for every entry present, in table order.
+
+        Raises:
+            CheckpointError: a tensor is missing (naming it and its layer) or, with `strict`, the
+                checkpoint holds tensors this architecture does not have.
+            ShapeMismatchError: a tensor's shape does not match the config (name, expected, actual).
         """
-        spec = spec or self.spec_from_config(reader.config)
-        layout = layout or ("meta" if getattr(reader, "layout", "") == "meta" else "hf")
-        entries = self.entries(spec, layout)
-        shapes = spec.canonical_shapes()
-        infos = reader.infos()
-        expected_src = self.source_shapes(spec, layout)
-        known = {e.source for e in entries}
         if strict:
+            known = {e.source for e in entries}
             unexpected = [n for n in infos if n not in known and not self.is_ignored(n)]
             if unexpected:
+                what = f" ({naming} names)" if naming else ""
                 raise CheckpointError(
-                    f"{reader.path}: {len(unexpected)} tensors are not part of a {self.name} model, "
+                    f"{path}: {len(unexpected)} tensors are not part of a {self.name} model{what}, "
                     f"e.g. '{unexpected[0]}'",
-                    "check that config.json's architecture matches the weights",
+                    "check that config.json's architecture and layer count match the weights",
                 )
+        present = []
         for e in entries:
             info = infos.get(e.source)
             if info is None:
@@ -175,11 +186,28 @@ class Adapter:
                 layer = re.search(r"\.(\d+)\.", e.source)
                 where = f" (layer {layer.group(1)})" if layer else ""
                 raise CheckpointError(
-                    f"{reader.path}: tensor '{e.source}'{where} is missing",
+                    f"{path}: tensor '{e.source}'{where} is missing",
                     f"config.json says {spec.num_layers} layers; check the shards and the index",
                 )
-            if tuple(info.shape) != tuple(expected_src[e.source]):
-                raise ShapeMismatchError(e.source, expected_src[e.source], info.shape, str(info.file.name))
+            if tuple(info.shape) != tuple(expected[e.source]):
+                raise ShapeMismatchError(e.source, expected[e.source], info.shape, Path(info.file).name)
+            present.append((e, info))
+        return present
+
+    def iter_canonical(self, reader, spec: ModelSpec | None = None, layout: str | None = None,
+                       strict: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+        """Stream (canonical name, array) from a checkpoint, one source tensor at a time.
+
+        Every source tensor's shape is checked against the spec before any data is read; a
+        missing tensor, a shape mismatch or (with `strict`) an unexpected tensor raises naming it.
+        """
+        spec = spec or self.spec_from_config(reader.config)
+        layout = layout or ("meta" if getattr(reader, "layout", "") == "meta" else "hf")
+        entries = self.entries(spec, layout)
+        shapes = spec.canonical_shapes()
+        present = self.check_tensors(reader.path, reader.infos(), spec, entries, self.source_shapes(spec, layout),
+                                     strict, layout)
+        for e, _ in present:
             arrays = self.split(e, reader.get(e.source), spec)
             for cname, arr in zip(e.canonical, arrays):
                 assert arr.shape == shapes[cname], (cname, arr.shape, shapes[cname])

@@ -19,7 +19,6 @@ without reading data.
 from __future__ import annotations
 
 import json
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ascend_adapt.errors import CheckpointError, ConfigError, ShapeMismatchError
+from ascend_adapt.errors import CheckpointError, ConfigError
 
 MANIFEST_NAME = "ascend_adapt_port.json"
 MANIFEST_VERSION = 1
@@ -109,33 +108,10 @@ class Weights:
                 the checkpoint holds tensors this architecture does not have.
             ShapeMismatchError: a tensor's shape does not match the config (name, expected, actual).
         """
-        infos = self.reader.infos()
-        entries = self.entries()
-        expected = expected_shapes(self.adapter, self.spec, self.layout)
-        known = {e.source for e in entries}
-        if strict:
-            unexpected = [n for n in infos if n not in known and not self.adapter.is_ignored(n)]
-            if unexpected:
-                raise CheckpointError(
-                    f"{self.path}: {len(unexpected)} tensors are not part of a {self.adapter.name} model "
-                    f"({self.layout} names), e.g. '{unexpected[0]}'",
-                    "check that config.json's architecture and layer count match the weights")
-        dtypes: dict[str, str] = {}
-        for e in entries:
-            info = infos.get(e.source)
-            if info is None:
-                if e.optional:
-                    continue
-                layer = re.search(r"\.(\d+)\.", e.source)
-                where = f" (layer {layer.group(1)})" if layer else ""
-                raise CheckpointError(
-                    f"{self.path}: tensor '{e.source}'{where} is missing",
-                    f"config.json says {self.spec.num_layers} layers; check the shards and the index")
-            if tuple(info.shape) != tuple(expected[e.source]):
-                raise ShapeMismatchError(e.source, expected[e.source], info.shape, Path(info.file).name)
-            for c in e.canonical:
-                dtypes[c] = info.dtype
-        return dtypes
+        present = self.adapter.check_tensors(self.path, self.reader.infos(), self.spec, self.entries(),
+                                             expected_shapes(self.adapter, self.spec, self.layout), strict,
+                                             self.layout)
+        return {c: info.dtype for e, info in present for c in e.canonical}
 
     def iter_canonical(self, verify: bool = True) -> Iterator[tuple[str, np.ndarray]]:
         """Stream (canonical name, array), one source tensor in memory at a time.
