@@ -95,7 +95,7 @@ class ModelSpec:
 
     def canonical_shapes(self) -> dict[str, tuple[int, ...]]:
         """Expected shape of every canonical tensor (see `model_zoo/base.py` for the names)."""
-        H, D = self.hidden_size, self.head_dim
+        H = self.hidden_size
         s: dict[str, tuple[int, ...]] = {"embed.weight": (self.vocab_size, H)}
         norm_bias = self.norm == "layernorm"
         for i in range(self.num_layers):

@@ -29,7 +29,6 @@ Output directory layout (written under a temporary name, renamed when complete):
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ascend_adapt.errors import AscendAdaptError, ConfigError, UnsupportedError
+from ascend_adapt.errors import ConfigError, UnsupportedError
 from ascend_adapt.fsutil import atomic_output, check_output
 
 MANIFEST = "convert.json"
@@ -232,7 +231,7 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
         shapes, dims = graph_input_shapes(manifest, kind, target.soc_version)
         options[kind] = _atc_options(path, out / kind, target, precision_mode, keep_file, shapes, dims)
     oms = _compile(report, out, graphs, options, use_atc, on_line)
-    omsim = omsim_from_export(exp, out / OMSIM, target, atc_options=options)
+    omsim_from_export(exp, out / OMSIM, target, atc_options=options)
     report.artifact = {"omsim": OMSIM, "simulated": not oms, "om": {k: p.name for k, p in oms.items()},
                        "graphs": list(graphs)}
     _step(report, "compile", t0, (f"ATC built {', '.join(p.name for p in oms.values())}" if oms else
@@ -365,12 +364,11 @@ def _convert_onnx(report: ConvertReport, src: Path, out: Path, target, *, precis
                   for i in model.graph.input}
     opts = _atc_options(onnx_path, out / "model", target, precision_mode, keep_file, shapes, gears)
     oms = _compile(report, out, {"model": onnx_path}, {"model": opts}, use_atc, on_line)
-    art = write_omsim(out / OMSIM, {"model": onnx_path}, target, opts)
+    write_omsim(out / OMSIM, {"model": onnx_path}, target, opts)
     report.artifact = {"omsim": OMSIM, "simulated": not oms, "om": {k: p.name for k, p in oms.items()},
                        "graphs": ["model"]}
     _step(report, "compile", t0, (f"ATC built {', '.join(p.name for p in oms.values())}" if oms else
                                   f"no ATC here: wrote {OMSIM} (simulated) and atc/model.sh"), on_step)
-    del art
     if verify:
         t0 = time.perf_counter()
         report.verify = verify_graph(onnx_path, out / OMSIM, gears=gears, input_shape=shapes)

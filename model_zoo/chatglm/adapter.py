@@ -12,7 +12,6 @@ Two conventions we follow, as the original code does (§1.12):
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import numpy as np

@@ -6,7 +6,6 @@ configs, numerics). Canonical Q/K rows are in HF's half-split (rotate_half) conv
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import numpy as np
