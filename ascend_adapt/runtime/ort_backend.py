@@ -5,11 +5,7 @@
     logits = session.prefill(ids, mask); logits = session.decode(tokens)
 
 Sessions are `GraphLMSession`s whose executors run prefill.onnx / decode.onnx; the host keeps
-the KV cache. `fast=True` (`get_backend("onnxruntime", path, threads=2, fast=True)`) is the CPU
-decode path measured by tools/bench/decode.py: every graph optimization, a fixed intra-op pool, and
-executors over IO binding (`BoundExecutor`): the session's host cache is bound as past_keys /
-past_values once, without a copy (it is updated in place between steps), and the outputs land in
-preallocated buffers. `full_logits(ids, mask, layer_outputs=True)` also returns the tensors named for a
+the KV cache. `full_logits(ids, mask, layer_outputs=True)` also returns the tensors named for a
 layer-wise compare with the torch golden ("embed", "layers.{i}", "final_norm", "logits").
 
 No onnxruntime import at module level: importing this module (which registers the backend) stays
@@ -37,8 +33,6 @@ class OrtLMBackend:
         path: the export directory (export.json, prefill.onnx, decode.onnx, weights.bin).
         providers: onnxruntime execution providers (default: CPU).
         threads: intra-op threads (default: onnxruntime's choice).
-        fast: the fast CPU decode settings: ORT_ENABLE_ALL, one inter-op thread, sequential
-            execution, and IO-binding executors (`BoundExecutor`). Same numbers as without it.
 
     Attributes:
         name: "onnxruntime".
@@ -49,7 +43,7 @@ class OrtLMBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path, providers=None, threads: int | None = None, fast: bool = False):
+    def __init__(self, path, providers=None, threads: int | None = None):
         from ascend_adapt.om_convert.builder.llm import load_manifest
 
         self.path = Path(path)
@@ -64,7 +58,6 @@ class OrtLMBackend:
         self.prefill_lengths = self.gears or self.seq_len
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.threads = threads
-        self.fast = bool(fast)
         self._sessions: dict = {}
 
     # ---- onnxruntime sessions ----------------------------------------------------------------
@@ -73,10 +66,6 @@ class OrtLMBackend:
         so = ort.SessionOptions()
         if self.threads:
             so.intra_op_num_threads = int(self.threads)
-        if self.fast:
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            so.inter_op_num_threads = 1
         so.log_severity_level = 3
         return ort, so
 
@@ -110,11 +99,8 @@ class OrtLMBackend:
         return model
 
     def executor(self, kind: str, extra_outputs: tuple[str, ...] = ()):
-        """A plain callable feeds → {output name: array} running graph `kind` (a `BoundExecutor`
-        with `fast`)."""
+        """A plain callable feeds → {output name: array} running graph `kind`."""
         sess = self.ort_session(kind, extra_outputs)
-        if self.fast:
-            return BoundExecutor(sess)
         names = [o.name for o in sess.get_outputs()]
 
         def run(feeds):
@@ -165,66 +151,9 @@ class OrtLMBackend:
         return f"<onnxruntime backend {self.path} B={self.batch} S={self.seq_len} M={self.max_len}>"
 
 
-class BoundExecutor:
-    """feeds → {output name: array} over onnxruntime IO binding, for CPU sessions.
-
-    An input that is the same numpy object as at the previous call (the session's host KV cache,
-    which `GraphLMSession` updates in place) stays bound: no OrtValue is made and nothing is
-    copied. Other inputs are bound as OrtValues over their memory (when C-contiguous and of the
-    graph's dtype; else over a converted copy, which is never kept bound). Outputs with static shapes land in buffers allocated once.
-    "logits" is returned as a fresh copy (callers keep it across steps); the other outputs are the
-    reused buffers, valid until the next call (GraphLMSession copies present_* into its cache
-    right away).
-
-    Args:
-        sess: an onnxruntime InferenceSession on the CPU execution provider.
-    """
-
-    def __init__(self, sess):
-        import onnxruntime as ort
-
-        self._ort, self.sess = ort, sess
-        self.binding = sess.io_binding()
-        self._dtypes = {i.name: _ORT_NP.get(i.type, np.float32) for i in sess.get_inputs()}
-        self.output_names = [o.name for o in sess.get_outputs()]
-        self._bound: dict[str, np.ndarray] = {}   # input name → the object bound last
-        self._values: dict[str, object] = {}      # input name → its OrtValue (keeps the memory alive)
-        self._out: dict[str, np.ndarray] = {}
-        for o in sess.get_outputs():
-            if all(isinstance(d, int) and d > 0 for d in o.shape):
-                buf = np.empty(o.shape, _ORT_NP.get(o.type, np.float32))
-                self._out[o.name] = buf
-                self.binding.bind_ortvalue_output(o.name, ort.OrtValue.ortvalue_from_numpy(buf))
-            else:
-                self.binding.bind_output(o.name, "cpu")
-
-    def __call__(self, feeds):
-        for name, arr in feeds.items():
-            if self._bound.get(name) is arr:
-                continue
-            a = np.ascontiguousarray(arr, dtype=self._dtypes.get(name))
-            value = self._ort.OrtValue.ortvalue_from_numpy(a)
-            self.binding.bind_ortvalue_input(name, value)
-            # only an array bound over its own memory may stay bound (in-place updates show through)
-            self._bound[name] = arr if a is arr else None
-            self._values[name] = value
-        self.sess.run_with_iobinding(self.binding)
-        if len(self._out) == len(self.output_names):
-            out = dict(self._out)
-        else:
-            out = dict(zip(self.output_names, self.binding.copy_outputs_to_cpu()))
-        if "logits" in out:
-            out["logits"] = out["logits"].copy()
-        return out
-
-
-_ORT_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
-           "tensor(int64)": np.int64, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
-
-
 def ort_backend(path, **options) -> OrtLMBackend:
     """Factory registered as "onnxruntime" in `BACKENDS` (path = an export directory)."""
-    known = {k: options[k] for k in ("providers", "threads", "fast") if k in options}
+    known = {k: options[k] for k in ("providers", "threads") if k in options}
     return OrtLMBackend(path, **known)
 
 
