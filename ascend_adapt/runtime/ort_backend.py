@@ -8,6 +8,10 @@ Sessions are `GraphLMSession`s whose executors run prefill.onnx / decode.onnx; t
 the KV cache. `full_logits(ids, mask, layer_outputs=True)` also returns the tensors named for a
 layer-wise compare with the torch golden ("embed", "layers.{i}", "final_norm", "logits").
 
+CPU decode is memory-bound: every token streams all the weights. `huge_pages=True` backs
+onnxruntime's (prepacked) weight buffers with transparent huge pages, which cuts TLB misses on that
+stream (about 11 % faster decode of a 134M-parameter Llama on 2 cores, tools/bench/decode.py).
+
 No onnxruntime import at module level: importing this module (which registers the backend) stays
 cheap.
 """
@@ -33,17 +37,21 @@ class OrtLMBackend:
         path: the export directory (export.json, prefill.onnx, decode.onnx, weights.bin).
         providers: onnxruntime execution providers (default: CPU).
         threads: intra-op threads (default: onnxruntime's choice).
+        huge_pages: after creating each session, collapse the anonymous memory it filled (the
+            weights onnxruntime prepacked) into transparent huge pages (`promote_to_huge_pages`;
+            Linux ≥ 6.1, a no-op elsewhere). Same numbers; costs about 1 s per 0.4 GB at load.
 
     Attributes:
         name: "onnxruntime".
         spec: the model's `ModelSpec` (from export.json).
         manifest: export.json.
         batch, seq_len, max_len: B, S and M the graphs were built for.
+        huge_page_bytes: bytes collapsed into huge pages so far (with `huge_pages`).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path, providers=None, threads: int | None = None):
+    def __init__(self, path, providers=None, threads: int | None = None, huge_pages: bool = False):
         from ascend_adapt.om_convert.builder.llm import load_manifest
 
         self.path = Path(path)
@@ -58,6 +66,8 @@ class OrtLMBackend:
         self.prefill_lengths = self.gears or self.seq_len
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.threads = threads
+        self.huge_pages = bool(huge_pages)
+        self.huge_page_bytes = 0
         self._sessions: dict = {}
 
     # ---- onnxruntime sessions ----------------------------------------------------------------
@@ -73,6 +83,7 @@ class OrtLMBackend:
         """The onnxruntime InferenceSession of graph `kind`, optionally exposing intermediate tensors."""
         key = (kind, extra_outputs)
         if key not in self._sessions:
+            before = _filled_anonymous_regions() if self.huge_pages else None
             ort, so = self._options()
             path = self.path / self.manifest["graphs"][kind]["file"]
             if extra_outputs:
@@ -83,6 +94,8 @@ class OrtLMBackend:
                 self._sessions[key] = ort.InferenceSession(model, so, providers=self.providers)
             else:
                 self._sessions[key] = ort.InferenceSession(str(path), so, providers=self.providers)
+            if before is not None:
+                self.huge_page_bytes += promote_to_huge_pages(before)
         return self._sessions[key]
 
     def _with_outputs(self, path: Path, names: tuple[str, ...]):
@@ -151,9 +164,73 @@ class OrtLMBackend:
         return f"<onnxruntime backend {self.path} B={self.batch} S={self.seq_len} M={self.max_len}>"
 
 
+_HUGE_PAGE = 1 << 21  # 2 MiB: the transparent huge page size on x86-64 (and arm64 with 4 KiB pages)
+_MADV_HUGEPAGE, _MADV_COLLAPSE = 14, 25
+
+
+def _filled_anonymous_regions(min_resident: float = 0.9, smaps: str | None = None) -> set[tuple[int, int]]:
+    """(start, end) of this process's writable anonymous mappings (the heap included) of at least
+    2 MiB whose pages are ≥ `min_resident` resident, from /proc/self/smaps (or the text `smaps`;
+    an empty set where there is none). Sparse mappings (thread stacks, untouched arena chunks) are
+    left out: collapsing them would fault in memory nobody uses."""
+    text = smaps
+    if text is None:
+        try:
+            with open("/proc/self/smaps") as f:
+                text = f.read()
+        except OSError:
+            return set()
+    out: set[tuple[int, int]] = set()
+    region = None
+    for line in text.splitlines():
+        head = line.split(None, 5)
+        if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            a, b = (int(x, 16) for x in head[0].split("-"))
+            anon = len(head) == 5 or head[5].strip() == "[heap]"
+            region = (a, b) if anon and "w" in head[1] and b - a >= _HUGE_PAGE else None
+        elif region is not None and head[0] == "Rss:":
+            if int(head[1]) * 1024 >= min_resident * (region[1] - region[0]):
+                out.add(region)
+            region = None
+    return out
+
+
+def promote_to_huge_pages(before: set[tuple[int, int]]) -> int:
+    """Collapse the filled anonymous memory mapped since `before` into transparent huge pages.
+
+    `before` is `_filled_anonymous_regions()` taken before creating an onnxruntime session; the
+    regions filled since (its prepacked weights) get madvise(MADV_HUGEPAGE) and a synchronous
+    madvise(MADV_COLLAPSE) (Linux ≥ 6.1) over their 2 MiB-aligned span. Contents are unchanged
+    (the kernel copies the pages); where the call is not supported nothing happens.
+
+    Returns:
+        bytes now backed by huge pages (0 where unsupported).
+    """
+    import ctypes
+
+    new = sorted(_filled_anonymous_regions() - before)
+    if not new:
+        return 0
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    done = 0
+    for a, b in new:
+        lo, hi = -(-a // _HUGE_PAGE) * _HUGE_PAGE, b // _HUGE_PAGE * _HUGE_PAGE
+        if hi - lo < _HUGE_PAGE:
+            continue
+        madvise(lo, hi - lo, _MADV_HUGEPAGE)
+        if madvise(lo, hi - lo, _MADV_COLLAPSE) == 0:
+            done += hi - lo
+    return done
+
+
 def ort_backend(path, **options) -> OrtLMBackend:
     """Factory registered as "onnxruntime" in `BACKENDS` (path = an export directory)."""
-    known = {k: options[k] for k in ("providers", "threads") if k in options}
+    known = {k: options[k] for k in ("providers", "threads", "huge_pages") if k in options}
     return OrtLMBackend(path, **known)
 
 
