@@ -16,7 +16,8 @@ from conftest import forced_decode_logits, left_pad, tiny_prompts  # noqa: E402
 
 from ascend_adapt.om_convert.builder import build_llm_onnx  # noqa: E402
 from ascend_adapt.runtime.backends import get_backend  # noqa: E402
-from ascend_adapt.runtime.ort_backend import _filled_anonymous_regions, promote_to_huge_pages  # noqa: E402
+from ascend_adapt.runtime.ort_backend import (  # noqa: E402
+    _anonymous_regions, _filled_anonymous_regions, _subtract, promote_to_huge_pages)
 
 B, S, M = 2, 12, 40
 
@@ -68,12 +69,19 @@ def test_filled_regions_are_writable_anonymous_resident_and_large():
     # the read-only one, the file mapping, the stack
     assert got == {(0x01000000, 0x01800000), (0x7F0000000000, 0x7F0000800000)}
     assert _filled_anonymous_regions(min_resident=0.99, smaps=SMAPS) == {(0x01000000, 0x01800000)}
+    assert len(_anonymous_regions(SMAPS)) == 4  # every writable anonymous mapping, heap included
     if not sys.platform.startswith("linux"):
-        assert _filled_anonymous_regions() == set()
+        assert _filled_anonymous_regions() == set() and _anonymous_regions() == []
+
+
+def test_subtract_keeps_only_new_address_ranges():
+    assert _subtract([(0, 100)], [(0, 40)]) == [(40, 100)]  # a heap that grew: only the growth
+    assert _subtract([(0, 100)], [(10, 20), (50, 60)]) == [(0, 10), (20, 50), (60, 100)]
+    assert _subtract([(0, 100)], [(0, 100)]) == [] and _subtract([(0, 10)], [(20, 30)]) == [(0, 10)]
 
 
 def test_promotion_keeps_contents():
-    before = _filled_anonymous_regions()
+    before = _anonymous_regions()
     size = 8 << 21  # 16 MiB: holds several aligned 2 MiB spans wherever it lands
     buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
@@ -86,4 +94,4 @@ def test_promotion_keeps_contents():
     if done == 0:
         pytest.skip("no MADV_COLLAPSE here (not Linux ≥ 6.1, or THP disabled): promotion is a no-op")
     assert done >= 1 << 21
-    assert promote_to_huge_pages(_filled_anonymous_regions()) == 0  # nothing new since
+    assert promote_to_huge_pages(_anonymous_regions()) == 0  # nothing new since

@@ -83,7 +83,7 @@ class OrtLMBackend:
         """The onnxruntime InferenceSession of graph `kind`, optionally exposing intermediate tensors."""
         key = (kind, extra_outputs)
         if key not in self._sessions:
-            before = _filled_anonymous_regions() if self.huge_pages else None
+            before = _anonymous_regions() if self.huge_pages else None
             ort, so = self._options()
             path = self.path / self.manifest["graphs"][kind]["file"]
             if extra_outputs:
@@ -168,47 +168,66 @@ _HUGE_PAGE = 1 << 21  # 2 MiB: the transparent huge page size on x86-64 (and arm
 _MADV_HUGEPAGE, _MADV_COLLAPSE = 14, 25
 
 
-def _filled_anonymous_regions(min_resident: float = 0.9, smaps: str | None = None) -> set[tuple[int, int]]:
-    """(start, end) of this process's writable anonymous mappings (the heap included) of at least
-    2 MiB whose pages are ≥ `min_resident` resident, from /proc/self/smaps (or the text `smaps`;
-    an empty set where there is none). Sparse mappings (thread stacks, untouched arena chunks) are
-    left out: collapsing them would fault in memory nobody uses."""
+def _anonymous_regions(smaps: str | None = None) -> list[tuple[int, int, int]]:
+    """(start, end, resident bytes) of this process's writable anonymous mappings, the heap
+    included, from /proc/self/smaps (or the text `smaps`; an empty list where there is none)."""
     text = smaps
     if text is None:
         try:
             with open("/proc/self/smaps") as f:
                 text = f.read()
         except OSError:
-            return set()
-    out: set[tuple[int, int]] = set()
+            return []
+    out = []
     region = None
     for line in text.splitlines():
         head = line.split(None, 5)
+        if not head:
+            continue
         if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
             a, b = (int(x, 16) for x in head[0].split("-"))
             anon = len(head) == 5 or head[5].strip() == "[heap]"
-            region = (a, b) if anon and "w" in head[1] and b - a >= _HUGE_PAGE else None
+            region = (a, b) if anon and "w" in head[1] else None
         elif region is not None and head[0] == "Rss:":
-            if int(head[1]) * 1024 >= min_resident * (region[1] - region[0]):
-                out.add(region)
+            out.append((*region, int(head[1]) * 1024))
             region = None
     return out
 
 
-def promote_to_huge_pages(before: set[tuple[int, int]]) -> int:
+def _filled_anonymous_regions(min_resident: float = 0.9, smaps: str | None = None) -> set[tuple[int, int]]:
+    """(start, end) of the writable anonymous mappings (heap included) of at least 2 MiB whose
+    pages are ≥ `min_resident` resident. Sparse mappings (thread stacks, untouched arena chunks)
+    are left out: collapsing them would fault in memory nobody uses."""
+    return {(a, b) for a, b, rss in _anonymous_regions(smaps)
+            if b - a >= _HUGE_PAGE and rss >= min_resident * (b - a)}
+
+
+def _subtract(spans: list[tuple[int, int]], taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of `spans` not covered by `taken` (both lists of [start, end) intervals)."""
+    out = []
+    for a, b in spans:
+        parts = [(a, b)]
+        for c, d in taken:
+            parts = [p for lo, hi in parts for p in ((lo, min(hi, c)), (max(lo, d), hi)) if p[0] < p[1]]
+        out += parts
+    return out
+
+
+def promote_to_huge_pages(before: list[tuple[int, int, int]]) -> int:
     """Collapse the filled anonymous memory mapped since `before` into transparent huge pages.
 
-    `before` is `_filled_anonymous_regions()` taken before creating an onnxruntime session; the
-    regions filled since (its prepacked weights) get madvise(MADV_HUGEPAGE) and a synchronous
-    madvise(MADV_COLLAPSE) (Linux ≥ 6.1) over their 2 MiB-aligned span. Contents are unchanged
-    (the kernel copies the pages); where the call is not supported nothing happens.
+    `before` is `_anonymous_regions()` taken before creating an onnxruntime session. Address
+    ranges mapped since then inside filled mappings (the session's prepacked weights; new heap)
+    get madvise(MADV_HUGEPAGE) and a synchronous madvise(MADV_COLLAPSE) (Linux ≥ 6.1) over their
+    2 MiB-aligned spans. Memory that was mapped before is left alone. Contents are unchanged (the
+    kernel copies the pages); where the calls are not supported nothing happens.
 
     Returns:
         bytes now backed by huge pages (0 where unsupported).
     """
     import ctypes
 
-    new = sorted(_filled_anonymous_regions() - before)
+    new = _subtract(sorted(_filled_anonymous_regions()), [(a, b) for a, b, _ in before])
     if not new:
         return 0
     try:
