@@ -506,14 +506,10 @@ class AclLMBackend:
         return run
 
     def new_session(self, batch: int, max_len: int):
-        from .graph_session import GraphLMSession
+        from .graph_session import open_session
 
-        if batch != self.batch or max_len > self.max_len:
-            raise ConfigError(f"{self.path}: the OMs were built for batch {self.batch} and {self.max_len} cache slots "
-                              f"(asked batch {batch}, max_len {max_len})",
-                              "rebuild the export and OMs with the batch / max_len you need")
-        return GraphLMSession(self.spec, self.executor("prefill"), self.executor("decode"), self.batch,
-                              self.max_len, self.gears or self.seq_len)
+        return open_session(self, batch, max_len, self.executor("prefill"), self.executor("decode"),
+                            self.gears or self.seq_len)
 
     def close(self) -> None:
         for r in self.runners.values():

@@ -121,3 +121,16 @@ class GraphLMSession(StaticCacheSession):
         self.cache_v[:, :, :, s0:s0 + S] = out["present_values"]
         self.last_outputs = out
         return np.asarray(out["logits"], dtype=np.float32)
+
+
+def open_session(backend, batch: int, max_len: int, run_prefill: Executor, run_decode: Executor,
+                 prefill_lengths: int | Sequence[int]) -> GraphLMSession:
+    """A `GraphLMSession` for a backend whose graphs were built for `backend.batch` rows and
+    `backend.max_len` cache slots: the batch must match, `max_len` may not exceed them."""
+    if batch != backend.batch:
+        raise ConfigError(f"{backend.path}: the graphs were built for batch {backend.batch}, asked for {batch}",
+                          f"re-export (and rebuild the OMs) with --batch {batch}")
+    if max_len > backend.max_len:
+        raise ConfigError(f"{backend.path}: the graphs have {backend.max_len} cache slots, asked for {max_len}",
+                          f"re-export (and rebuild the OMs) with --max-len {max_len} (or more)")
+    return GraphLMSession(backend.spec, run_prefill, run_decode, backend.batch, backend.max_len, prefill_lengths)

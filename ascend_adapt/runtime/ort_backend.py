@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from ascend_adapt._optional import require
-from ascend_adapt.errors import ConfigError
 from ascend_adapt.model_zoo.spec import ModelSpec
 
 from .backends import BACKENDS
-from .graph_session import GraphLMSession
+from .graph_session import GraphLMSession, open_session
 
 
 class OrtLMBackend:
@@ -128,15 +127,8 @@ class OrtLMBackend:
         The cache always has the export's M slots; a smaller `max_len` is accepted (the tokens
         that fit are capped by M all the same), a larger one raises.
         """
-        if batch != self.batch:
-            raise ConfigError(f"{self.path}: the graphs were built for batch {self.batch}, asked for {batch}",
-                              f"re-export with --batch {batch}")
-        if max_len > self.max_len:
-            raise ConfigError(f"{self.path}: the graphs have {self.max_len} cache slots, asked for {max_len}",
-                              f"re-export with --max-len {max_len} (or more)")
         pk, dk = self.kinds
-        return GraphLMSession(self.spec, self.executor(pk), self.executor(dk), self.batch,
-                              self.max_len, self.prefill_lengths)
+        return open_session(self, batch, max_len, self.executor(pk), self.executor(dk), self.prefill_lengths)
 
     def full_logits(self, input_ids, attention_mask=None, layer_outputs: bool = False):
         """Logits of every prompt position through the prefill graph (prompt ≤ S tokens).

@@ -196,16 +196,10 @@ class SimLMBackend:
 
     def new_session(self, batch: int, max_len: int):
         """A GraphLMSession of `batch` rows (= the graphs' B); `max_len` ≤ the graphs' M."""
-        from .graph_session import GraphLMSession
+        from .graph_session import open_session
 
-        if batch != self.batch:
-            raise ConfigError(f"{self.path}: the graphs were built for batch {self.batch}, asked for {batch}",
-                              f"re-export with --batch {batch}")
-        if max_len > self.max_len:
-            raise ConfigError(f"{self.path}: the graphs have {self.max_len} cache slots, asked for {max_len}",
-                              f"re-export with --max-len {max_len} (or more)")
-        return GraphLMSession(self.spec, self.executor("prefill"), self.executor("decode"), self.batch,
-                              self.max_len, self.gears or self.seq_len)
+        return open_session(self, batch, max_len, self.executor("prefill"), self.executor("decode"),
+                            self.gears or self.seq_len)
 
     def full_logits(self, input_ids, attention_mask=None, layer_outputs: bool = False):
         """Logits of every prompt position through the simulated prefill graph.
