@@ -221,14 +221,11 @@ def _ort_session(model: onnx.ModelProto):
 
 def all_tensor_values(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run `model` in onnxruntime fp32 and return every tensor (inputs, intermediates, outputs)."""
+    from ascend_adapt.sim.graph import expose_all_outputs
+
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for n in m.graph.node:
-        for o in n.output:
-            if o and o not in have:
-                m.graph.output.append(onnx.helper.ValueInfoProto(name=o))
-                have.add(o)
+    expose_all_outputs(m)
     sess = _ort_session(m)
     names = [o.name for o in sess.get_outputs()]
     vals = dict(zip(names, sess.run(names, {k: v for k, v in feeds.items()

@@ -198,14 +198,11 @@ class GraphIndex:
         self._probed = True
         import onnxruntime as ort
 
+        from ascend_adapt.sim.graph import expose_all_outputs
+
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
-        have = {o.name for o in m.graph.output}
-        for n in m.graph.node:
-            for o in n.output:
-                if o and o not in have:
-                    m.graph.output.append(helper.ValueInfoProto(name=o))
-                    have.add(o)
+        expose_all_outputs(m)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3

@@ -156,7 +156,7 @@ def _expose_all(model_bytes_or_path: Any):
     """ModelProto of the model with every node output marked as a graph output."""
     import onnx
 
-    from ascend_adapt.sim.numerics import expose_all_outputs
+    from ascend_adapt.sim.graph import expose_all_outputs
 
     if isinstance(model_bytes_or_path, (bytes, bytearray)):
         m = onnx.load_from_string(bytes(model_bytes_or_path))

@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -221,6 +221,21 @@ def infer_tensor_infos(model: onnx.ModelProto, input_shapes: Mapping[str, Sequen
     return infos
 
 
+def expose_all_outputs(model: onnx.ModelProto, names: Iterable[str] | None = None) -> onnx.ModelProto:
+    """Add `names` (default: every node output) as graph outputs of `model`, in place.
+
+    The new outputs carry no type; onnxruntime infers it. Used to dump every intermediate tensor.
+    """
+    if names is None:
+        names = [o for n in model.graph.node for o in n.output]
+    have = {o.name for o in model.graph.output}
+    for n in names:
+        if n and n not in have:
+            model.graph.output.append(onnx.ValueInfoProto(name=n))
+            have.add(n)
+    return model
+
+
 def probe_tensor_infos(model_path_or_bytes: Any, feeds: Mapping[str, np.ndarray],
                        model: onnx.ModelProto) -> dict[str, TensorInfo]:
     """Exact shapes of every tensor by running the graph once in onnxruntime (fallback when
@@ -229,12 +244,7 @@ def probe_tensor_infos(model_path_or_bytes: Any, feeds: Mapping[str, np.ndarray]
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for node in m.graph.node:
-        for o in node.output:
-            if o and o not in have:
-                m.graph.output.append(onnx.ValueInfoProto(name=o))
-                have.add(o)
+    expose_all_outputs(m)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])

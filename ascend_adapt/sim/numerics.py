@@ -49,7 +49,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .graph import CUBE_OPS, MOVE_OPS, TensorInfo, infer_tensor_infos, load_model, node_label
+from .graph import CUBE_OPS, MOVE_OPS, TensorInfo, expose_all_outputs, infer_tensor_infos, load_model, node_label
 from .settings import SimSettings
 
 LOW = "low"          # inputs and outputs rounded to the low dtype
@@ -369,16 +369,6 @@ def _session_options(optimize: bool, threads: int | None):
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
     return so
-
-
-def expose_all_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
-    """Add `names` as graph outputs (no type: onnxruntime infers it) to `model` in place."""
-    have = {o.name for o in model.graph.output}
-    for n in names:
-        if n and n not in have:
-            model.graph.output.append(onnx.ValueInfoProto(name=n))
-            have.add(n)
-    return model
 
 
 _PROTO_LIMIT = 1_800_000_000
