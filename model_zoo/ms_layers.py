@@ -235,3 +235,20 @@ def split_heads(x, heads: int, head_dim: int):
 
 def default_score_scale(head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim)
+
+
+def layer_outputs(model, input_ids, rope: tuple, mask, k_caches, v_caches) -> dict:
+    """PyNative walk of a family's `construct` keeping "embed", "layers.{i}", "final_norm", "logits".
+
+    `rope` is what the family's blocks take between the hidden state and the mask ((cos, sin)
+    for Llama, (table,) for ChatGLM-6B); every model has `embed`, `layers`, `final_norm`, `lm_head`.
+    """
+    x = model.embed(input_ids)
+    outs = {"embed": x}
+    for i, layer in enumerate(model.layers):
+        x, _, _ = layer(x, *rope, mask, k_caches[i], v_caches[i])
+        outs[f"layers.{i}"] = x
+    outs["final_norm"] = model.final_norm(x)
+    outs["logits"] = model.lm_head(outs["final_norm"])
+    return outs
+

@@ -85,7 +85,26 @@ def _torch_to_numpy(t) -> np.ndarray:
     return t.numpy().copy()
 
 
-class CheckpointReader:
+class TensorIndex:
+    """Name lookups over `self._infos` (name → TensorInfo), shared by every streaming reader."""
+
+    _infos: dict[str, TensorInfo]
+
+    def infos(self) -> dict[str, TensorInfo]:
+        """Every tensor's name, shape, dtype and file, without reading data."""
+        return dict(self._infos)
+
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def __contains__(self, name) -> bool:
+        return name in self._infos
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+
+class CheckpointReader(TensorIndex):
     """A model directory opened for streaming.
 
     Attributes:
@@ -243,20 +262,7 @@ class CheckpointReader:
                 return dim
         return None
 
-    # ---- public API -------------------------------------------------------------------------
-    def infos(self) -> dict[str, TensorInfo]:
-        """Every tensor's name, shape, dtype and file, without reading data."""
-        return dict(self._infos)
-
-    def names(self) -> list[str]:
-        return list(self._infos)
-
-    def __contains__(self, name) -> bool:
-        return name in self._infos
-
-    def __len__(self) -> int:
-        return len(self._infos)
-
+    # ---- public API (infos / names / in / len: TensorIndex) --------------------------------
     def info(self, name: str) -> TensorInfo:
         try:
             return self._infos[name]

@@ -26,6 +26,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from ascend_adapt.checkpoint import TensorInfo, canonical_name, numpy_dtype
+from ascend_adapt.checkpoint.reader import TensorIndex
 from ascend_adapt.errors import CheckpointError, UnsupportedError
 
 SLICE_BYTES = 512 * 1024 * 1024  # mindspore.train.serialization.SLICE_SIZE (KB) · 1024
@@ -135,7 +136,7 @@ class _Entry:
         self.dims, self.tensor_type, self.chunks = dims, tensor_type, []
 
 
-class CkptReader:
+class CkptReader(TensorIndex):
     """A `.ckpt` file opened for streaming: headers scanned once, one tensor read at a time.
 
     Mirrors the parts of `CheckpointReader` that the adapters use (`infos`, `get`, `path`,
@@ -260,19 +261,7 @@ class CkptReader:
             dims = []
         return dims, ttype, offset, n
 
-    # ---- CheckpointReader-like API ----------------------------------------------------------
-    def infos(self) -> dict[str, TensorInfo]:
-        return dict(self._infos)
-
-    def names(self) -> list[str]:
-        return list(self._infos)
-
-    def __contains__(self, name) -> bool:
-        return name in self._infos
-
-    def __len__(self) -> int:
-        return len(self._infos)
-
+    # ---- CheckpointReader-like API (infos / names / in / len: TensorIndex) -----------------
     def get(self, name: str) -> np.ndarray:
         try:
             info, e = self._infos[name], self._entries[name]

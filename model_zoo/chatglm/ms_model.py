@@ -22,7 +22,7 @@ import math
 
 from mindspore import Tensor, nn, ops
 
-from ..ms_layers import (Embedding, LayerNorm, Linear, apply_rotary, cached_attention, compute_dtype,
+from ..ms_layers import (layer_outputs, Embedding, LayerNorm, Linear, apply_rotary, cached_attention, compute_dtype,
                          gather_rotary, gelu_tanh, glm_rotary_table, scalar_div, scalar_mul, split_heads)
 from ..spec import ModelSpec
 
@@ -125,15 +125,7 @@ class ChatGLMForCausalLM(nn.Cell):
 
     def layer_outputs(self, input_ids, positions, mask, k_caches, v_caches) -> dict:
         """PyNative walk of `construct` that keeps "embed", "layers.{i}", "final_norm", "logits"."""
-        rope = self.rotary(positions)
-        x = self.embed(input_ids)
-        outs = {"embed": x}
-        for i, layer in enumerate(self.layers):
-            x, _, _ = layer(x, rope, mask, k_caches[i], v_caches[i])
-            outs[f"layers.{i}"] = x
-        outs["final_norm"] = self.final_norm(x)
-        outs["logits"] = self.lm_head(outs["final_norm"])
-        return outs
+        return layer_outputs(self, input_ids, (self.rotary(positions),), mask, k_caches, v_caches)
 
 
 def build(spec: ModelSpec, dtype: str = "float32", num_positions: int | None = None) -> ChatGLMForCausalLM:

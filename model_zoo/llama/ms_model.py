@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from mindspore import Tensor, nn, ops
 
-from ..ms_layers import (Embedding, Linear, RMSNorm, apply_rotary, cached_attention, compute_dtype,
+from ..ms_layers import (layer_outputs, Embedding, Linear, RMSNorm, apply_rotary, cached_attention, compute_dtype,
                          default_score_scale, gather_rotary, rotary_table, split_heads)
 from ..spec import ModelSpec
 
@@ -115,15 +115,7 @@ class LlamaForCausalLM(nn.Cell):
 
     def layer_outputs(self, input_ids, positions, mask, k_caches, v_caches) -> dict:
         """PyNative walk of `construct` that keeps "embed", "layers.{i}", "final_norm", "logits"."""
-        cos, sin = self.rotary(positions)
-        x = self.embed(input_ids)
-        outs = {"embed": x}
-        for i, layer in enumerate(self.layers):
-            x, _, _ = layer(x, cos, sin, mask, k_caches[i], v_caches[i])
-            outs[f"layers.{i}"] = x
-        outs["final_norm"] = self.final_norm(x)
-        outs["logits"] = self.lm_head(outs["final_norm"])
-        return outs
+        return layer_outputs(self, input_ids, tuple(self.rotary(positions)), mask, k_caches, v_caches)
 
 
 def build(spec: ModelSpec, dtype: str = "float32", num_positions: int | None = None) -> LlamaForCausalLM:
