@@ -351,33 +351,30 @@ def run_atc(
     precheck_command = None
     log_fh = open(log_path, "w", encoding="utf-8") if log_path is not None else None
     try:
-        if precheck and options.mode in (None, 0):
-            report = options.check_report or f"{options.output}_check_result.json"
-            pre = options.replace(mode=3, output=None, check_report=report)
-            argv = pre.to_argv(exe)
-            precheck_command = shlex.join(argv)
+        def stage(name: str, opts: AtcOptions, read_report: str | None = None):
+            """Run one ATC invocation, streaming and decoding its log; raise AtcError on failure."""
+            nonlocal diagnostics, check_report
+            argv = opts.to_argv(exe)
+            command = shlex.join(argv)
             if log_fh is not None:
-                log_fh.write(f"# ascend-adapt: pre-check: {precheck_command}\n")
+                log_fh.write(f"# ascend-adapt: {name}: {command}\n")
             decoder = AtcLogDecoder()
             run = _Run(argv, decoder, log_fh, on_line, run_env, timeout_s)
             rc = run()
-            check_report = _read_check_report(report)
-            diagnostics += decoder.close() + report_diagnostics(check_report)
+            diagnostics += decoder.close()
+            if read_report is not None:
+                check_report = _read_check_report(read_report)
+                diagnostics += report_diagnostics(check_report)
             if rc != 0 or run.timed_out or decoder.status == "failed":
                 why = f"timed out after {timeout_s} s" if run.timed_out else None
-                raise _failure("pre-check", precheck_command, rc, run, diagnostics,
-                               _s(log_path), script_path, why)
-        argv = options.to_argv(exe)
-        command = shlex.join(argv)
-        if log_fh is not None:
-            log_fh.write(f"# ascend-adapt: build: {command}\n")
-        decoder = AtcLogDecoder()
-        run = _Run(argv, decoder, log_fh, on_line, run_env, timeout_s)
-        rc = run()
-        diagnostics += decoder.close()
-        if rc != 0 or run.timed_out or decoder.status == "failed":
-            why = f"timed out after {timeout_s} s" if run.timed_out else None
-            raise _failure("build", command, rc, run, diagnostics, _s(log_path), script_path, why)
+                raise _failure(name, command, rc, run, diagnostics, _s(log_path), script_path, why)
+            return command, rc, run
+
+        if precheck and options.mode in (None, 0):
+            report = options.check_report or f"{options.output}_check_result.json"
+            precheck_command, _, _ = stage("pre-check", options.replace(mode=3, output=None, check_report=report),
+                                           read_report=report)
+        command, rc, run = stage("build", options)
         om = None
         if options.mode in (None, 0) and options.output:
             om = find_om(options.output)
