@@ -6,9 +6,10 @@ Everything here follows the torch references' numerics (golden = fp32 torch on C
   weight multiply; torch LayerNorm on fp16 accumulates in fp32, weight and bias included);
 - attention scores are formed in the compute dtype, masked there, then soft-maxed in fp32 and
   cast back (`cached_attention`);
-- rotary tables are numpy constants computed once (`rotary_table`, `glm_rotary_table`) and
-  gathered per token by position, so positions are graph *inputs* and a graph compiles once per
-  shape, not per position.
+- rotary tables are numpy constants computed once, by the function every path shares
+  (`ascend_adapt.operators.rotary.rotary_table`, in the model's compute dtype), and gathered per
+  token by position, so positions are graph *inputs* and a graph compiles once per shape, not
+  per position.
 
 The KV cache is static: per layer K and V of shape [max_len, B, kv_heads, head_dim] (seq-first,
 so a step's K/V are written with one `scatter_nd_update` on the leading axis). Attention is a
@@ -139,32 +140,43 @@ def scalar_div(x, s: float):
     return ops.cast(ops.cast(x, ms.float32) / s, x.dtype)
 
 
-def gelu_tanh(x):
-    """0.5·x·(1 + tanh(0.7978845608028654·x·(1 + 0.044715·x²))), op by op in x's dtype."""
-    return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
+def tanh_in_float64() -> bool:
+    """Whether `gelu_tanh` should take its tanh in float64: on MindSpore's CPU backend.
+
+    MindSpore 2.10's CPU fp32 `Tanh` kernel is an approximation: measured against float64 it is
+    off by up to 1.0e-4 absolute (1700 fp32 ulps) for 3 < |x| < 9, returns 1.0000029 at x = 4.98
+    and exactly ±1 from |x| = 5 (tanh(5) = 0.99990920). Through ChatGLM's GELU and the α-scaled
+    residual that alone put the fp32 MindSpore logits 3–8e-5 away from the torch golden. Its
+    float64 kernel is correctly rounded, so on the CPU tanh runs in float64 and is rounded once to
+    the compute dtype, which is what torch's fp32 / fp16 tanh gives (≤ 1 ulp). On Ascend the
+    device's own kernel is kept (no float64 there).
+    """
+    return ms.get_context("device_target") == "CPU"
+
+
+def gelu_tanh(x, tanh_fp64: bool = False):
+    """0.5·x·(1 + tanh(0.7978845608028654·x·(1 + 0.044715·x²))), op by op in x's dtype.
+
+    Args:
+        x: the input, in the compute dtype.
+        tanh_fp64: take tanh in float64 and round it once to x's dtype (`tanh_in_float64`).
+    """
+    u = 0.7978845608028654 * x * (1.0 + 0.044715 * x * x)
+    t = ops.cast(ops.tanh(ops.cast(u, ms.float64)), x.dtype) if tanh_fp64 else ops.tanh(u)
+    return 0.5 * x * (1.0 + t)
 
 
 # ---- rotary --------------------------------------------------------------------------------------
-def rotary_table(num_positions: int, dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """HF Llama's cos/sin [num_positions, dim] in fp32 (emb = cat(freqs, freqs))."""
-    inv_freq = (1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))).astype(np.float32)
-    freqs = np.multiply.outer(np.arange(num_positions, dtype=np.float32), inv_freq).astype(np.float32)
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+def model_rotary_table(spec, num_positions: int, dtype_name: str) -> tuple[Tensor, Tensor]:
+    """cos, sin [num_positions, w] Tensors in the compute dtype, from the shared table function
+    (`ascend_adapt.operators.rotary.rotary_table`: Llama fp32 then cast; ChatGLM-6B in the
+    compute dtype from fp16-rounded inv_freq, as the original)."""
+    from ascend_adapt.operators.rotary import rotary_table
 
-
-def glm_rotary_table(num_positions: int, rotary_dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
-    """ChatGLM-6B's cos/sin [num_positions, rotary_dim] with the original fp16 rounding (§1.5).
-
-    inv_freq computed in fp32 and cast to fp16, positions created in fp16, fp16 outer product,
-    cos/sin of the fp16 angles kept in fp16 — the table the model was trained with.
-    """
-    exponent = np.arange(0, rotary_dim, 2, dtype=np.float32) / np.float32(rotary_dim)
-    inv_freq = (np.float32(1.0) / (np.float32(base) ** exponent)).astype(np.float32).astype(np.float16)
-    t = np.arange(num_positions).astype(np.float16)
-    freqs = np.multiply.outer(t, inv_freq).astype(np.float16)
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb).astype(np.float16), np.sin(emb).astype(np.float16)
+    cos, sin = rotary_table(num_positions, spec.rotary_dim, spec.rope_theta, spec.rotary, spec.rotary_table_dtype,
+                            compute_dtype=dtype_name)
+    dt = compute_dtype(dtype_name)
+    return Tensor(cos, dt), Tensor(sin, dt)
 
 
 def rotate_half(x):

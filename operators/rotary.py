@@ -1,12 +1,23 @@
 """Rotary position embedding: half-split (HF Llama, NeoX), interleaved pairs (GPT-J, Meta,
 ChatGLM2) and ChatGLM-6B's 2-D variant — cos/sin tables computed offline, shipped as constants.
 
-Tables (`rotary_table`): inv_freq[i] = 1 / theta^(2i / rotary_dim), angle[t, i] = t · inv_freq[i].
-- "float32" (Llama, reference model_architectures.md §3.4): inv_freq, positions, angles and
-  cos/sin all in fp32, then cast to the activation dtype.
-- "float16" (ChatGLM-6B, §1.5): inv_freq computed in fp32 then cast to fp16; positions fp16; the
-  outer product rounded to fp16; cos/sin of those fp16 angles, rounded to fp16 — exactly the
-  original's `precision=torch.half` path (the model was trained with this table).
+Tables (`rotary_table`, the one function every path uses: torch references, MindSpore models,
+ONNX builder): inv_freq[i] = 1 / theta^(2i / rotary_dim), angle[t, i] = t · inv_freq[i].
+- table_dtype "float32" (Llama, reference model_architectures.md §3.4): inv_freq, positions,
+  angles and cos/sin all in fp32 whatever the compute dtype, then cast to the compute dtype.
+- table_dtype "float16" (ChatGLM-6B, §1.5): the original's `RotaryEmbedding(precision=torch.half)`
+  computes inv_freq in fp32 and stores it as an fp16 *buffer*; everything after follows that
+  buffer, whose dtype is the model's: positions `arange(dtype=inv_freq.dtype)`, the outer product,
+  cos/sin. fp16 model: fp16 positions, fp16 angles, fp16 cos/sin (the table it was trained
+  with). fp32 model (`.float()`): the buffer keeps its fp16-rounded values in fp32, so positions,
+  angles and cos/sin are fp32. So the table follows `compute_dtype`.
+
+Rounding, op by op as torch does it on the CPU: fp32 theta^e is torch's (double pow rounded once
+to fp32), 1/x an fp32 division; every angle t·inv_freq is the exact product rounded once to the
+table's dtype; cos/sin are the correctly rounded fp32 values of those angles (float64, rounded
+once), for an fp16 table then rounded to fp16 (torch's half kernels compute in fp32). torch's own
+CPU cos/sin are faithful (within 1 ulp of that) but not correctly rounded, and which entries
+differ depends on its SIMD path: the correctly rounded table is the same on every machine.
 
 Styles (x is [B, heads, S, head_dim]; only the first `rotary_dim` dims rotate, the rest pass):
 - "half_split": rotate_half pairs (i, i + rotary_dim/2): x·cos + rotate_half(x)·sin, with
@@ -28,28 +39,76 @@ from .registry import OperatorSpec, register_operator
 STYLES = ("half_split", "interleaved", "glm2d")
 
 
-def rotary_table(rows: int, rotary_dim: int, theta: float = 10000.0, style: str = "half_split",
-                 table_dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin tables [rows, w] (w = rotary_dim; interleaved: rotary_dim / 2) in `table_dtype`."""
+_NP_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _np_dtype(name) -> np.dtype:
+    """numpy dtype for "float32" / "float16" / "bfloat16" (ml_dtypes) or a numpy dtype."""
+    key = name if isinstance(name, str) else np.dtype(name).name
+    if key == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    if key not in _NP_DTYPES:
+        raise ValueError(f"rotary compute dtype must be one of {', '.join(_NP_DTYPES)}, got {key!r}")
+    return np.dtype(key)
+
+
+def _round(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float64 values rounded to `dtype` as torch's CPU kernels do: fp32 once; fp16 / bfloat16 via
+    fp32, the kernels' compute type (exact for products of two fp16 / bf16 values, whose 22 / 16
+    significant bits fit fp32's 24; for cos/sin: the fp32 result rounded to the half type)."""
+    if dtype.name in ("float16", "bfloat16"):
+        return a.astype(np.float32).astype(dtype)
+    return a.astype(dtype)
+
+
+def inv_freq(rotary_dim: int, theta: float = 10000.0) -> np.ndarray:
+    """fp32 inv_freq[i] = 1 / theta^(2i / rotary_dim), rounded as torch computes
+    `1.0 / (theta ** (torch.arange(0, dim, 2).float() / dim))`: fp32 exponent, pow rounded once to
+    fp32, fp32 reciprocal."""
     if rotary_dim % 2:
         raise ValueError(f"rotary_dim must be even, got {rotary_dim}")
     exponent = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(rotary_dim)
-    inv_freq = (np.float32(1.0) / np.power(np.float32(theta), exponent, dtype=np.float32)).astype(np.float32)
-    if table_dtype == "float16":
-        inv16 = inv_freq.astype(np.float16)
-        t16 = np.arange(rows).astype(np.float16)
-        angles = (t16.astype(np.float32)[:, None] * inv16.astype(np.float32)[None, :]).astype(np.float16)
-        cos = np.cos(angles.astype(np.float32)).astype(np.float16)
-        sin = np.sin(angles.astype(np.float32)).astype(np.float16)
-    elif table_dtype == "float32":
-        angles = np.arange(rows, dtype=np.float32)[:, None] * inv_freq[None, :]
-        cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-    else:
+    power = np.power(np.float64(theta), exponent.astype(np.float64)).astype(np.float32)
+    return (np.float32(1.0) / power).astype(np.float32)
+
+
+def rotary_table(rows: int, rotary_dim: int, theta: float = 10000.0, style: str = "half_split",
+                 table_dtype: str = "float32", compute_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin tables [rows, w] (w = rotary_dim; interleaved: rotary_dim / 2) in the compute dtype.
+
+    Args:
+        rows: positions 0 … rows-1.
+        rotary_dim: rotated dims (glm2d: per half).
+        theta: rotary base.
+        style: "half_split" / "glm2d" (emb = cat(freqs, freqs)) or "interleaved" (freqs).
+        table_dtype: the precision rule (module docstring): "float32" (HF Llama: fp32 table, cast
+            to the compute dtype) or "float16" (ChatGLM-6B: fp16-rounded inv_freq, then positions,
+            angles and cos/sin in the compute dtype).
+        compute_dtype: the model's compute dtype ("float32", "float16", "bfloat16" or a numpy
+            dtype); None: `table_dtype` itself (for "float16": the fp16 model's table).
+
+    Returns:
+        cos, sin in the compute dtype.
+    """
+    if table_dtype not in ("float32", "float16"):
         raise ValueError(f"rotary table dtype must be float32 or float16, got {table_dtype!r}")
+    if style not in STYLES:
+        raise ValueError(f"unknown rotary style {style!r} (known: {', '.join(STYLES)})")
+    out = _np_dtype(compute_dtype if compute_dtype is not None else table_dtype)
+    inv = inv_freq(rotary_dim, theta)
+    if table_dtype == "float16":  # `inv_freq.half()`, then the buffer follows the model's dtype
+        work = out
+        inv = inv.astype(np.float16).astype(work)
+    else:                         # HF Llama: fp32 throughout, `.to(x.dtype)` at the end
+        work = np.dtype(np.float32)
+    t = np.arange(rows).astype(work)                                     # arange(dtype=...)
+    angles = _round(t.astype(np.float64)[:, None] * inv.astype(np.float64)[None, :], work)
+    cos = _round(np.cos(angles.astype(np.float64)), work).astype(out)
+    sin = _round(np.sin(angles.astype(np.float64)), work).astype(out)
     if style in ("half_split", "glm2d"):
         cos, sin = np.concatenate([cos, cos], -1), np.concatenate([sin, sin], -1)
-    elif style != "interleaved":
-        raise ValueError(f"unknown rotary style {style!r} (known: {', '.join(STYLES)})")
     return cos, sin
 
 
@@ -84,7 +143,7 @@ class Rotary(OperatorSpec):
         pos = np.asarray(positions)
         D = x.shape[-1]
         rd = rotary_dim or (D // 2 if style == "glm2d" else D)
-        cos_t, sin_t = (a.astype(x.dtype) for a in rotary_table(table_rows, rd, theta, style, table_dtype))
+        cos_t, sin_t = rotary_table(table_rows, rd, theta, style, table_dtype, compute_dtype=x.dtype)
         if style == "glm2d":
             parts = []
             for i, xh in enumerate((x[..., :rd], x[..., rd:2 * rd])):
@@ -101,10 +160,10 @@ class Rotary(OperatorSpec):
             return b.memo[key]
         tkey = ("rotary_table", style, rd, float(theta), table_dtype, rows)
         if tkey not in b.memo:
-            cos, sin = rotary_table(rows, rd, theta, style, table_dtype)
+            # the graph's activation dtype is the model's compute dtype: ChatGLM-6B's table follows it
+            cos, sin = rotary_table(rows, rd, theta, style, table_dtype, compute_dtype=b.act_dtype)
             tag = f"rotary.{style}.{rd}.{table_dtype}"
-            b.memo[tkey] = (b.constant_tensor(f"{tag}.cos", cos.astype(b.act_dtype)),
-                            b.constant_tensor(f"{tag}.sin", sin.astype(b.act_dtype)))
+            b.memo[tkey] = (b.constant_tensor(f"{tag}.cos", cos), b.constant_tensor(f"{tag}.sin", sin))
         cos_t, sin_t = b.memo[tkey]
         with b.root_scope("rotary_tables"):  # shared by every layer: not under layers.0/
             pos = positions

@@ -14,6 +14,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from conftest import forced_decode_logits, left_pad, tiny_prompts  # noqa: E402
+from tolerances import fp32_atol  # noqa: E402
 
 from ascend_adapt.errors import ConfigError  # noqa: E402
 from ascend_adapt.om_convert.builder import build_llm_onnx  # noqa: E402
@@ -23,7 +24,13 @@ from ascend_adapt.runtime.graph_session import GraphLMSession  # noqa: E402
 from ascend_adapt.runtime.session import LMBackend, LMSession  # noqa: E402
 
 B, S, M = 2, 12, 48
-TOL = 1e-4
+
+
+def _tol(spec, golden) -> float:
+    """fp32 ONNX graph (onnxruntime kernels, attention over the M static-cache slots) vs the fp32
+    torch golden: 2·u·Σn·max|golden| (tests/tolerances.py), ≈ 1e-3 on the unit-head logits (~7);
+    measured ≤ 1e-5. A wrong mask, position or cache slot is ≥ 1e-1."""
+    return fp32_atol(spec, np.abs(golden).max(), keys=M)
 ARCHS = ("llama", "chatglm")
 
 
@@ -82,11 +89,11 @@ def test_prefill_logits_and_layer_outputs_match_the_golden(ort, tiny_backend, ar
     got, layers = backend.full_logits(ids, mask, layer_outputs=True)
     assert got.shape == ref.shape == (B, ids.shape[1], golden.spec.vocab_size)
     valid = mask.astype(bool)  # padded positions of a left-padded batch are don't-care
-    assert np.abs(got - ref)[valid].max() <= TOL
+    assert np.abs(got - ref)[valid].max() <= _tol(golden.spec, ref[valid])
     assert set(layers) == {"embed", "final_norm", "logits"} | {f"layers.{i}" for i in range(golden.spec.num_layers)}
     for name, arr in layers.items():
         assert arr.dtype == np.float32 and arr.shape == ref_layers[name].shape, name
-        assert np.abs(arr - ref_layers[name])[valid].max() <= TOL, name
+        assert np.abs(arr - ref_layers[name])[valid].max() <= _tol(golden.spec, ref_layers[name][valid]), name
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -100,7 +107,8 @@ def test_every_decode_step_matches_the_golden(ort, tiny_backend, arch):
     got = forced_decode_logits(backend, ids, mask, forced)
     assert got.shape == ref.shape == (B, M - S + 1, golden.spec.vocab_size)
     err = np.abs(got - ref).max(axis=(0, 2))
-    assert err.max() <= TOL, f"first step over {TOL}: {int(np.argmax(err > TOL))} (max {err.max():.2e})"
+    tol = _tol(golden.spec, ref)
+    assert err.max() <= tol, f"first step over {tol:.2e}: {int(np.argmax(err > tol))} (max {err.max():.2e})"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -110,7 +118,7 @@ def test_greedy_tokens_identical_over_32_steps(ort, tiny_backend, arch):
     ref, ref_logits = greedy_tokens(golden, ids, 32, mask, return_logits=True)
     got, got_logits = greedy_tokens(backend, ids, 32, mask, return_logits=True)
     np.testing.assert_array_equal(got, ref)
-    assert np.abs(got_logits - ref_logits).max() <= TOL
+    assert np.abs(got_logits - ref_logits).max() <= _tol(golden.spec, ref_logits)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

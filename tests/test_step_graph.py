@@ -9,6 +9,7 @@ from ascend_adapt.om_convert.builder import build_llm_onnx
 from ascend_adapt.om_convert.builder.llm import normalize_gears
 from ascend_adapt.runtime.backends import get_backend
 from ascend_adapt.runtime.generate import greedy_tokens
+from tolerances import fp32_atol
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,10 @@ def test_step_graph_matches_golden_for_every_gear(step_exports, tiny_dir, arch):
         assert greedy_tokens(ort.new_session, ids, 12).tolist() == greedy_tokens(golden.new_session, ids, 12).tolist()
         a, la = golden.full_logits(ids, layer_outputs=True)
         b, lb = ort.full_logits(ids, layer_outputs=True)
-        assert np.abs(a - b).max() < 1e-4
-        assert all(np.abs(la[k] - lb[k]).max() < 1e-4 for k in la)
+        # fp32 graph over 40 cache slots vs the fp32 golden: 2·u·Σn·max|output| (tests/tolerances.py),
+        # ≈ 6e-3 on these N(0, 1)-head logits (~50); a wrong gear mask or position is O(1)
+        assert np.abs(a - b).max() <= fp32_atol(golden.spec, np.abs(a).max(), keys=40)
+        assert all(np.abs(la[k] - lb[k]).max() <= fp32_atol(golden.spec, np.abs(la[k]).max(), keys=40) for k in la)
 
 
 @pytest.mark.parametrize("arch", ["llama", "chatglm"])

@@ -3,8 +3,9 @@
 Numerics follow the torch reference (`model_zoo/chatglm/torch_model.py`, which reimplements
 THUDM's `modeling_chatglm.py`; reference model_architectures.md §1.3–1.7, §1.12):
 
-- rotary table computed with the original fp16 rounding (fp32 inv_freq → fp16, fp16 positions,
-  fp16 outer product, cos/sin of fp16 angles), whatever the compute dtype;
+- rotary table as the original builds it for the compute dtype (fp32 inv_freq rounded to fp16,
+  then positions, angles and cos/sin in the compute dtype: fp16 → the trained fp16 table, fp32 →
+  fp32 angles from the fp16-rounded inv_freq), from the shared `operators.rotary.rotary_table`;
 - 2-D positions: head dims [0, D/2) rotate by the position, [D/2, D) by the block id, each half
   with rotate_half;
 - residual α·LN(x) + f(LN(x)) with α = `spec.residual_alpha` (√56 for every config, §1.12);
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import math
 
-from mindspore import Tensor, nn, ops
+from mindspore import nn, ops
 
 from ..ms_layers import (layer_outputs, Embedding, LayerNorm, Linear, apply_rotary, cached_attention, compute_dtype,
-                         gather_rotary, gelu_tanh, glm_rotary_table, scalar_div, scalar_mul, split_heads)
+                         gather_rotary, gelu_tanh, model_rotary_table, scalar_div, scalar_mul, split_heads,
+                         tanh_in_float64)
 from ..spec import ModelSpec
 
 
@@ -61,9 +63,10 @@ class GLMMLP(nn.Cell):
         super().__init__()
         self.up = Linear(spec.hidden_size, spec.intermediate_size, spec.mlp_bias, dtype)
         self.down = Linear(spec.intermediate_size, spec.hidden_size, spec.mlp_bias, dtype)
+        self.tanh_fp64 = tanh_in_float64()  # MindSpore's CPU fp32 Tanh is off by up to 1e-4
 
     def construct(self, x):
-        return self.down(gelu_tanh(self.up(x)))
+        return self.down(gelu_tanh(self.up(x), self.tanh_fp64))
 
 
 class GLMBlock(nn.Cell):
@@ -103,9 +106,8 @@ class ChatGLMForCausalLM(nn.Cell):
         self.layers = nn.CellList([GLMBlock(spec, i, dt) for i in range(spec.num_layers)])
         self.final_norm = LayerNorm(spec.hidden_size, spec.norm_eps, dt)
         self.lm_head = Linear(spec.hidden_size, spec.vocab_size, False, dt)
-        cos, sin = glm_rotary_table(num_positions or spec.max_position + 1, spec.rotary_dim, spec.rope_theta)
-        self.cos = Tensor(cos, dt)  # the fp16 table is the trained one; fp32 compute uses its values
-        self.sin = Tensor(sin, dt)
+        # the original's table for this compute dtype (fp16 → fp16 angles, fp32 → fp32 angles)
+        self.cos, self.sin = model_rotary_table(spec, num_positions or spec.max_position + 1, dtype)
 
     def rotary(self, positions):
         pos, block = positions[:, 0], positions[:, 1]

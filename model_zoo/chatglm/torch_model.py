@@ -4,9 +4,11 @@ transformers has no ChatGLM-6B class (remote code only, reference model_architec
 so this file reimplements THUDM/chatglm-6b's `modeling_chatglm.py` forward pass, quirks included
 (§1.3–1.7, §1.12):
 
-- rotary table in fp16 (§1.5): inv_freq computed in fp32 then cast to fp16, positions created in
-  fp16, fp16 outer product, cos/sin of the fp16 angles kept in fp16. The model was trained with
-  this table, so it is used for every compute dtype (cast to fp32 for the fp32 golden);
+- rotary table as the original's `RotaryEmbedding(precision=torch.half)` builds it (§1.5):
+  inv_freq computed in fp32 and rounded to fp16; positions, angles and cos/sin then in the
+  model's dtype (fp16 model: fp16 angles and table, the one it was trained with; fp32 model, i.e.
+  the original after `.float()`: fp32 positions × fp16-rounded inv_freq in fp32, fp32 cos/sin).
+  One function builds it for every path: `ascend_adapt.operators.rotary.rotary_table`;
 - 2-D positions: dims [0, D/2) rotate with the position, [D/2, D) with the block id, each half
   with NeoX's rotate_half;
 - residual α·LN(x) + f(LN(x)) with α = spec.residual_alpha (= √56 for every config, §1.12);
@@ -36,25 +38,6 @@ from ascend_adapt.runtime.lm_inputs import StepInputs, prefill_inputs
 from ascend_adapt.runtime.session import StaticCacheSession
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def glm_rotary_table(num_positions: int, rotary_dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
-    """ChatGLM-6B's cos/sin table with the original fp16 rounding (§1.5), in numpy.
-
-    Args:
-        num_positions: rows of the table (positions 0 … num_positions-1).
-        rotary_dim: width of one rotated half (ChatGLM-6B: 64).
-        base: rotary base (10000).
-
-    Returns:
-        cos, sin: float16 [num_positions, rotary_dim] (emb = cat(freqs, freqs)).
-    """
-    exponent = np.arange(0, rotary_dim, 2, dtype=np.float32) / np.float32(rotary_dim)
-    inv_freq = (np.float32(1.0) / (np.float32(base) ** exponent)).astype(np.float32).astype(np.float16)
-    t = np.arange(num_positions).astype(np.float16)            # positions created in fp16
-    freqs = np.multiply.outer(t, inv_freq).astype(np.float16)  # fp16 outer product
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb).astype(np.float16), np.sin(emb).astype(np.float16)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -147,10 +130,14 @@ class ChatGLMForCausalLM(nn.Module):
         self.layers = nn.ModuleList(GLMBlock(spec, i, self.dtype) for i in range(spec.num_layers))
         self.final_norm = nn.LayerNorm(H, eps=spec.norm_eps, dtype=self.dtype)
         self.lm_head = nn.Linear(H, spec.vocab_size, bias=False, dtype=self.dtype)
-        cos, sin = glm_rotary_table(spec.max_position + 1, spec.rotary_dim, spec.rope_theta)
-        # the fp16 table is the trained one; fp32 compute uses its values exactly
-        self.register_buffer("cos", torch.from_numpy(cos).to(self.dtype), persistent=False)
-        self.register_buffer("sin", torch.from_numpy(sin).to(self.dtype), persistent=False)
+        from ascend_adapt.operators.rotary import rotary_table
+
+        # the original's table for this compute dtype (fp16 → fp16 angles, fp32 → fp32 angles)
+        cos, sin = rotary_table(spec.max_position + 1, spec.rotary_dim, spec.rope_theta, "glm2d",
+                                spec.rotary_table_dtype, compute_dtype=dtype)
+        # via fp32 (exact for every table dtype): torch.from_numpy has no ml_dtypes bfloat16
+        self.register_buffer("cos", torch.from_numpy(cos.astype(np.float32)).to(self.dtype), persistent=False)
+        self.register_buffer("sin", torch.from_numpy(sin.astype(np.float32)).to(self.dtype), persistent=False)
         self.eval()
 
     # ---- loading -----------------------------------------------------------------------------

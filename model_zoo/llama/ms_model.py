@@ -12,10 +12,10 @@ Parameter names are the canonical names (`embed.weight`, `layers.{i}.attn.q.weig
 
 from __future__ import annotations
 
-from mindspore import Tensor, nn, ops
+from mindspore import nn, ops
 
 from ..ms_layers import (layer_outputs, Embedding, Linear, RMSNorm, apply_rotary, cached_attention, compute_dtype,
-                         default_score_scale, gather_rotary, rotary_table, split_heads)
+                         default_score_scale, gather_rotary, model_rotary_table, split_heads)
 from ..spec import ModelSpec
 
 
@@ -84,9 +84,8 @@ class LlamaForCausalLM(nn.Cell):
         self.layers = nn.CellList([LlamaDecoderLayer(spec, dt) for _ in range(spec.num_layers)])
         self.final_norm = RMSNorm(spec.hidden_size, spec.norm_eps, dt)
         self.lm_head = Linear(spec.hidden_size, spec.vocab_size, False, dt)
-        cos, sin = rotary_table(num_positions or spec.max_position, spec.rotary_dim, spec.rope_theta)
-        self.cos = Tensor(cos, dt)  # fp32 table cast to the compute dtype, as HF does
-        self.sin = Tensor(sin, dt)
+        # fp32 table cast to the compute dtype, as HF does
+        self.cos, self.sin = model_rotary_table(spec, num_positions or spec.max_position, dtype)
 
     def rotary(self, positions):
         return gather_rotary(self.cos, positions), gather_rotary(self.sin, positions)

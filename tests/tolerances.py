@@ -1,0 +1,117 @@
+"""Numeric tolerances of the tests, derived from floating-point arithmetic instead of tuned to a run.
+
+The model (first order, as in Higham, "Accuracy and Stability of Numerical Algorithms", ch. 3):
+
+- Every fp32 operation rounds with relative error ≤ u = 2^-24 (fp16: 2^-11).
+- An accumulation of n terms (a dot product in a matmul, the mean of a norm, probs·V) computed in
+  another order (another BLAS blocking, a fused kernel, a padded or shorter key axis) changes its
+  result by about n·u relative to the scale of its output: the random-walk error λ·√n·u·Σ|terms|
+  of Higham & Mary (2019) with Σ|terms| ≈ √n·|result| for the random-sign terms of a network.
+- Along the forward pass these stages are in series and their relative errors add (linear sum: the
+  conservative choice, it assumes they correlate). Two implementations both round, hence ×2.
+- Scale: the largest |value| of the compared output (an element near zero gets the budget of the
+  largest one, which is what an atol means).
+
+So two correct fp32 runs of the same network differ by at most
+
+    atol = 2 · u · Σ_stages n_s · max|output|                       (`fp32_atol`)
+
+with the stages per decoder layer: norm mean (H), q/k/v projection (H), q·k (D), probs·V (keys),
+output projection (q_dim), norm mean (H), up/gate projection (H), down projection (I); then the
+final norm (H) and the head (H). For the tiny models (H 64, I 176/256, D 16, 2 layers, ≤ 41 keys)
+Σn ≈ 1.2e3, so atol ≈ 1.4e-4 · max|logits|: 1e-3 for logits of ~7 (unit head), 4.5e-3 for ~32.
+Measured differences are 1e-6 – 1e-5 (≥ 100× inside); the bugs these tests exist for are ≥ 1e-1:
+a visible pad token changes the tiny Llama's logits by ~35, a repeated or swapped position by
+2–4, a stale or misplaced cache slot by O(1) (`BUG_SIZE`; `fp32_atol` refuses a tolerance that
+would not be 5× below it: on the N(0, 1)-head tiny models, logits ~70, it is 1e-2).
+
+A backend whose elementary functions are not correctly rounded adds their error per layer
+(`extra_rel`): MindSpore 2.10's CPU softmax is off by up to 6.7e-6 relative (measured against
+float64 on scores of scale 1–30; `MS_SOFTMAX_REL` = 2^-17 ≥ that), its sigmoid (SiLU) by up to
+1.4e-6 (`MS_SIGMOID_REL` = 2^-19). (Its fp32 tanh is off by up to 1e-4; ChatGLM's MindSpore GELU
+takes tanh in float64 on the CPU instead, see `model_zoo/ms_layers.py`.)
+
+fp16 compute against the fp32 golden (`fp16_rel`): every fp16 weight and every activation stored
+in fp16 is rounded once (relative ≤ 2^-11), and a rounding of a matmul's weights moves its output
+by about the same relative amount; per layer that is 6 weight roundings + ~12 stored activations,
+so rel ≈ 2^-11 · (18·L + 4) = 0.019 for 2 layers. The rotary angles of a table computed in fp16
+(ChatGLM-6B's original fp16 path) are off by up to P·2^-11 rad at positions ≤ P (angle ≤ P, one
+fp16 rounding), which rotates q and k by that: + 2·P·2^-11. A cosine similarity between outputs with relative error rel is
+≥ 1 − rel²/2 (`cosine_floor`).
+"""
+
+from __future__ import annotations
+
+U_FP32 = 2.0 ** -24
+U_FP16 = 2.0 ** -11
+BUG_SIZE = 1e-1  # smallest error of the bugs these tests guard against (masks, positions, cache slots)
+MS_SOFTMAX_REL = 2.0 ** -17  # ≥ 6.7e-6 measured, MindSpore 2.10 CPU softmax (fp32)
+MS_SIGMOID_REL = 2.0 ** -19  # ≥ 1.4e-6 measured, MindSpore 2.10 CPU sigmoid (fp32)
+
+
+def accumulation_lengths(spec, keys: int, layers: int | None = None, head: bool = True) -> list[int]:
+    """Lengths n_s of the accumulations along one forward pass of a decoder (module docstring).
+
+    Args:
+        spec: the model's `ModelSpec`.
+        keys: the longest key axis attended over (prompt + generated tokens, or cache slots).
+        layers: decoder layers traversed (default: all).
+        head: include the final norm and the head.
+    """
+    H, I, D, QD = spec.hidden_size, spec.intermediate_size, spec.head_dim, spec.q_dim
+    L = spec.num_layers if layers is None else layers
+    per_layer = [H, H, D, keys, QD, H, H, I]
+    return per_layer * L + ([H, H] if head else [])
+
+
+def fp32_atol(spec, magnitude: float, keys: int, *, layers: int | None = None, head: bool = True,
+              extra_rel: float = 0.0) -> float:
+    """|Δ| bound between two correct fp32 implementations: (2·u·Σn + extra_rel·L)·magnitude.
+
+    Args:
+        spec: the model's `ModelSpec`.
+        magnitude: max |value| of the compared output (e.g. of the golden logits).
+        keys: the longest key axis.
+        layers / head: how much of the forward pass lies before the compared output.
+        extra_rel: relative error per layer of non-correctly-rounded elementary functions
+            (`MS_SOFTMAX_REL`, `MS_SIGMOID_REL`).
+
+    Raises:
+        AssertionError: when the tolerance would not be 5× below `BUG_SIZE` (it would stop catching
+            the bugs it is there for).
+    """
+    L = spec.num_layers if layers is None else layers
+    tol = (2 * U_FP32 * sum(accumulation_lengths(spec, keys, layers, head)) + extra_rel * L) * float(magnitude)
+    assert tol <= BUG_SIZE / 5, f"derived tolerance {tol:.3g} is too loose to catch a {BUG_SIZE} error"
+    return tol
+
+
+def fp16_rel(spec, rotary_positions: int = 0) -> float:
+    """Relative error of fp16 compute against the fp32 golden (module docstring).
+
+    Args:
+        spec: the model's `ModelSpec`.
+        rotary_positions: largest position when the rotary table itself is computed in fp16
+            (ChatGLM-6B's fp16 path); 0 when its angles are fp32.
+    """
+    return U_FP16 * (18 * spec.num_layers + 4) + 2 * rotary_positions * U_FP16
+
+
+def cosine_floor(rel: float) -> float:
+    """Lowest cosine similarity of y and y·(1 + δ) with |δ| ≤ rel: 1 − rel²/2."""
+    return 1.0 - rel * rel / 2
+
+
+U_BF16 = 2.0 ** -8
+
+
+def low_precision_atol(roundings: int, magnitude: float, dtype: str = "float16") -> float:
+    """|Δ| bound of fp16 / bf16 storage with fp32 accumulation (the card's Cube ops) against fp32.
+
+    Each rounding on the path to the output (an input, a weight, a stored activation) perturbs
+    it by ≤ u (2^-11 fp16, 2^-8 bf16) relative; through a matmul a relative perturbation of its
+    inputs moves the output by about as much relative to the output's scale, and through tanh,
+    whose slope is ≤ 1, at most as much; the roundings add. Hence u·roundings·max|output|.
+    """
+    u = {"float16": U_FP16, "bfloat16": U_BF16}[dtype]
+    return u * roundings * float(magnitude)
