@@ -139,7 +139,8 @@ def export_traced(hf_model_or_dir, out_path: str | os.PathLike, opset: int = 17,
         golden = wrapped(ids, mask).float().numpy()
     out_name = "logits" if hasattr(model, "lm_head") or "ForCausalLM" in type(model).__name__ else "last_hidden_state"
     out_path = Path(out_path)
-    with atomic_output(out_path, force=force) as tmp:
+    src_dir = hf_model_or_dir if isinstance(hf_model_or_dir, (str, os.PathLike)) else None
+    with atomic_output(out_path, force=force, inputs=[src_dir]) as tmp:
         tmp_dir = tmp.parent / f"{tmp.name}.d"
         tmp_dir.mkdir()
         try:

@@ -54,12 +54,12 @@ def reduce_cmd(model, check, output, fail_regex, target, atol, rtol, precision_m
     command = shlex.join(argv)
     from ascend_adapt.fsutil import check_output
 
-    check_output(out, force)
+    check_output(out, force, inputs=[model])
     opts = {"target": target}
     if check == "accuracy":
         opts.update(atol=atol, rtol=rtol, precision_mode=precision_mode)
     step = None if quiet else (lambda s: click.echo(s.line()))
     result = reduce_model(model, check, fail_regex=fail_regex, mode=mode, on_step=step, **opts)
-    path, log = write_reduced(result, out, force=force, command=command)
+    path, log = write_reduced(result, out, force=force, command=command, inputs=[model])
     click.echo(result.summary())
     click.echo(f"wrote {path} ({len(result.kept)} nodes) and {log}")

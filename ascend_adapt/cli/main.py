@@ -5,7 +5,10 @@ their own `--help` is asked for). Command modules import torch / mindspore / onn
 their function bodies, never at module level, so `ascend-adapt --help` and
 `ascend-adapt <cmd> --help` import none of them (tests/test_cli_lazy.py proves it).
 
-Errors derived from `AscendAdaptError` are printed as "error: …  fix: …" with exit status 2.
+Errors derived from `AscendAdaptError` are printed as "error: …  fix: …" with exit status 2, and
+so are OSErrors nothing translated (a full disk names the bytes free). A SIGINT / SIGTERM / SIGHUP
+while an output is written (`InterruptedBySignal`) removes the partial output and exits with
+128 + the signal number (130 for SIGINT, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import AscendAdaptError
+from ..errors import AscendAdaptError, InterruptedBySignal
 
 # name -> (module, attribute, one-line help). The help is here so `--help` needs no import.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -91,15 +94,50 @@ def main(argv=None) -> int:
     except AscendAdaptError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.Abort:
+    except InterruptedBySignal as exc:  # raised outside click's invoke
+        return _interrupted(exc)
+    except click.exceptions.Abort as exc:
+        # click turns a KeyboardInterrupt (our InterruptedBySignal is one) into Abort
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, InterruptedBySignal):
+            return _interrupted(cause)
         click.echo("aborted", err=True)
         return 130
+    except OSError as exc:  # not translated where it happened: a clear line, not a traceback
+        return _os_error(exc)
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     except SystemExit as exc:  # commands may sys.exit(code)
         return int(exc.code or 0)
     return 0
+
+
+def _interrupted(exc: InterruptedBySignal) -> int:
+    click.echo(f"{exc}: stopped; the partial output was removed", err=True)
+    return exc.exit_code
+
+
+def _os_error(exc: OSError) -> int:
+    """Print an uncaught OSError as "error: … fix: …" and return 2 (ENOSPC / EDQUOT: the free bytes)."""
+    import errno
+
+    from ..fsutil import os_error_to_output_error
+
+    err = os_error_to_output_error(exc)
+    if err is None:
+        what = exc.strerror or type(exc).__name__
+        files = " -> ".join(f"'{f}'" for f in (exc.filename, exc.filename2) if f is not None)
+        hints = {errno.EACCES: "check the permissions of that path, or choose another output path (-o)",
+                 errno.EPERM: "check the permissions of that path, or choose another output path (-o)",
+                 errno.EROFS: "write the output to a writable filesystem (-o)",
+                 errno.ENOENT: "check that the path exists",
+                 errno.ENOTDIR: "a part of that path is a file, not a directory",
+                 errno.EISDIR: "that path is a directory; give a file path"}
+        err = AscendAdaptError(f"{what}: {files}" if files else what,
+                               hints.get(exc.errno, "check the path and the filesystem it is on"))
+    click.echo(f"error: {err}", err=True)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

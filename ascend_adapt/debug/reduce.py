@@ -242,14 +242,17 @@ def reduce_model(model: onnx.ModelProto | str | os.PathLike, check: Check | str,
 
 
 def write_reduced(result: ReduceResult, out_path: str | os.PathLike, *, force: bool = False,
-                  command: str | None = None) -> tuple[Path, Path]:
-    """Write the reduced model and its log (`<out>.log.json` next to it). Returns both paths."""
-    out = check_output(out_path, force)
+                  command: str | None = None, inputs=()) -> tuple[Path, Path]:
+    """Write the reduced model and its log (`<out>.log.json` next to it). Returns both paths.
+
+    `inputs`: the paths the command read (the original model); neither output may be one of them.
+    """
+    out = check_output(out_path, force, inputs=inputs)
     log = out.with_name(out.stem + ".reduce.log")
-    check_output(log, force)
-    with atomic_output(out, force=force) as tmp:
+    check_output(log, force, inputs=inputs)
+    with atomic_output(out, force=force, inputs=inputs) as tmp:
         onnx.save(result.model, str(tmp))
-    with atomic_output(log, force=force) as tmp:
+    with atomic_output(log, force=force, inputs=inputs) as tmp:
         lines = [f"# ascend-adapt debug reduce", f"# command: {command}" if command else "",
                  f"# check: {result.check}", f"# original nodes: {result.original_nodes}",
                  f"# failure signature: {json.dumps(result.signature)}"]

@@ -302,7 +302,7 @@ def port_to_mindspore(src, out, *, naming: str = "ours", fmt: str = "ckpt", dtyp
         raise ConfigError("sharding is only supported for --format safetensors",
                           "MindSpore loads one .ckpt per model (per rank)")
     dtype = normalize_dtype(dtype)
-    check_output(out, force)
+    check_output(out, force, inputs=[src])
     weights = open_weights(src)
     if weights.manifest is not None:
         raise ConfigError(f"{src} is already a MindSpore port ({MANIFEST_NAME})",
@@ -312,7 +312,7 @@ def port_to_mindspore(src, out, *, naming: str = "ours", fmt: str = "ckpt", dtyp
                                f"use --naming ours; tables: {', '.join(weights.adapter.weight_tables)}")
     present = weights.preflight()
     entries, specs = plan_targets(weights, present, naming, dtype)
-    with atomic_output(out, force=force, is_dir=True) as tmp:
+    with atomic_output(out, force=force, is_dir=True, inputs=[src]) as tmp:
         if fmt == "ckpt":
             sink = _CkptSink(tmp / "model.ckpt", specs)
         else:
@@ -360,7 +360,7 @@ def port_to_hf(src, out, *, force: bool = False, progress: bool = True, verify: 
     Returns:
         The output directory.
     """
-    check_output(out, force)
+    check_output(out, force, inputs=[src])
     weights = open_weights(src)
     m = weights.manifest
     if m is None:
@@ -372,7 +372,7 @@ def port_to_hf(src, out, *, force: bool = False, progress: bool = True, verify: 
                                "first, then port that")
     present = weights.preflight()
     entries, specs = plan_targets(weights, present, "hf", None)
-    with atomic_output(out, force=force, is_dir=True) as tmp:
+    with atomic_output(out, force=force, is_dir=True, inputs=[src]) as tmp:
         sink = _SafetensorsSink(tmp, specs, max_shard_bytes, {"format": "pt"})
         bar = _Progress(_nbytes(specs), "port → hf (safetensors)", progress)
         _stream_into(sink, weights, entries, None, bar, verify=verify)

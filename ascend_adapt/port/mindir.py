@@ -95,7 +95,7 @@ def export_mindir(model_dir, out, *, seq_len: int, max_len: int | None = None, b
         raise ConfigError(f"MindIR export: max_len {max_len} exceeds the model's {backend.num_positions} positions")
     np_dtype = np.float16 if backend.dtype == "float16" else np.float32
     cell = _export_cell_class()(backend.model)
-    with atomic_output(out, force=force, is_dir=True) as tmp:
+    with atomic_output(out, force=force, is_dir=True, inputs=[model_dir]) as tmp:
         for name, seq in (("prefill", seq_len), ("decode", 1)):
             ms.export(cell, *_dummy_inputs(spec, batch, seq, max_len, np_dtype),
                       file_name=str(tmp / name), file_format="MINDIR")
