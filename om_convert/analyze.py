@@ -13,8 +13,9 @@ One row per (op type, domain, opset) with its node count and a status:
 
 Reasons: opset outside the toolchain's range or the op's registered opsets, attribute / arity /
 rank / dtype restrictions, custom domain, data-dependent output shapes. Model-level findings:
-opset above / below the toolchain's range, dynamic graph inputs ("dynamic: needs gears or fixed
---input-shape" where the target takes no shape ranges), int64 inputs (advice), float64 tensors.
+opset above / below the toolchain's range, dynamic graph inputs (an error where the target takes
+no shape ranges, unless `gears` bind them), ATC's gear rules when `gears` are given, int64 inputs
+(advice), float64 tensors.
 
 The model is read with `onnx.load(path, load_external_data=False)`: weights are never loaded.
 Everything here is a simulated check from data files; the real ATC may still disagree.
@@ -38,7 +39,7 @@ from ascend_adapt.operators.rewrites._graph import Graph, attrs_of, is_external,
 from ascend_adapt.targets import Target, load_target
 
 STATUSES = ("unsupported", "fixable", "supported")
-_INT64, _DOUBLE = onnx.TensorProto.INT64, onnx.TensorProto.DOUBLE
+_INT64, _DOUBLE, _BF16 = onnx.TensorProto.INT64, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16
 
 
 @dataclass
@@ -253,7 +254,22 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str] | None:
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or -1) for d in tt.shape.dim]
 
 
-def _analyze(model: onnx.ModelProto, name: str, target: Target, cann: str | None) -> AnalysisReport:
+def _gear_bound(dims: list[int | str] | None, pinned: Sequence[int] | None) -> bool:
+    """True when --input_shape `pinned` marks exactly the graph's dynamic dims -1 and fixes the rest."""
+    if dims is None or pinned is None or len(dims) != len(pinned) or -1 not in pinned:
+        return False
+    for d, p in zip(dims, pinned):
+        static = isinstance(d, int) and d > 0
+        if p == -1:
+            continue
+        if not isinstance(p, int) or p <= 0 or (static and d != p):
+            return False
+    return True
+
+
+def _analyze(model: onnx.ModelProto, name: str, target: Target, cann: str | None,
+             gear_shape: Mapping[str, Sequence[int]] | None = None,
+             gears: Sequence[Sequence[int]] | None = None) -> AnalysisReport:
     g = Graph(model)
     lo, hi = target.opset_range(cann)
     groups: dict[tuple[str, str, int], list[tuple[onnx.NodeProto, Any]]] = defaultdict(list)
@@ -295,20 +311,53 @@ def _analyze(model: onnx.ModelProto, name: str, target: Target, cann: str | None
         findings.append(Finding("error", "opset_low", f"model opset {mo} is below {lo}, the lowest {label} parses",
                                 f"re-export at opset {lo}-{hi} (onnx.version_converter can up-convert)"))
     inits = {t.name for t in model.graph.initializer}
+    gear_ok = False
+    if gears is not None:
+        from ascend_adapt.om_convert.atc.validate import gear_problems
+
+        bad_gears = list(gear_problems(dict(gear_shape or {}), "dynamic_dims", gears,
+                                       soc_version=target.soc_version, min_gears=target.gear_min,
+                                       max_gears=target.gear_max, check_format=False))
+        findings += [Finding("error", e.code, e.atc_message, e.hint or "") for e in bad_gears]
+        gear_ok = not bad_gears
+        if target.gear_min is None:
+            findings.append(Finding("error", "gears", f"{target.name}'s {target.toolchain_label(cann)} has no gears",
+                                    "drop the gears: give shape ranges or static shapes"))
+            gear_ok = False
+        for node in _walk(model.graph):
+            if node.op_type in target.op_table.data_dependent_shape_ops:
+                findings.append(Finding("error", "E10055", f"{node.op_type} ({node.name or 'unnamed'}) has a "
+                                        "data-dependent output shape, which gears do not support",
+                                        "replace it by static-shape ops (e.g. a mask instead of NonZero) "
+                                        "or drop the gears"))
     for vi in model.graph.input:
         if vi.name in inits:
             continue
         dims = _dims(vi)
         if dims is None or any(not isinstance(d, int) or d <= 0 for d in dims):
             shown = "unknown rank" if dims is None else "[" + ", ".join(str(d) for d in dims) + "]"
-            msg = f"input '{vi.name}' {shown}: dynamic: needs gears or fixed --input-shape"
+            if gears is not None and _gear_bound(dims, (gear_shape or {}).get(vi.name)):
+                if gear_ok:
+                    pinned = ",".join(str(d) for d in gear_shape[vi.name])
+                    findings.append(Finding("info", "gears", f"input '{vi.name}' {shown}: gear-bound "
+                                                             f"(--input_shape {vi.name}:{pinned}, {len(gears)} "
+                                                             "--dynamic_dims profiles): one static graph per gear"))
+                continue
+            if gears is None:
+                msg = f"input '{vi.name}' {shown}: dynamic: needs gears or fixed --input-shape"
+            else:
+                msg = (f"input '{vi.name}' {shown}: dynamic and not bound to the gears (its --input_shape entry "
+                       "must mark exactly its dynamic dims -1)")
             if target.allows_shape_ranges:
                 findings.append(Finding("warning", "dynamic_input", msg + f" (or a shape range, which {target.name} "
                                                                           "runs as a slower dynamic-shape model)"))
             else:
-                findings.append(Finding("error", "dynamic_input", msg + f" ({target.name} takes no shape ranges)",
-                                        "pass --input-shape NAME:d0,d1 (input_shapes=...) or plan gears "
-                                        f"({target.gear_min}-{target.gear_max})"))
+                gear_fix = (f"mark its dynamic dims -1 and give {target.gear_min}-{target.gear_max} gears "
+                            "(--gears / --dynamic_dims)" if target.gear_min is not None else "")
+                findings.append(Finding("error", "dynamic_input",
+                                        msg + f" ({target.name} takes no shape ranges)",
+                                        "pin every dim with --input-shape NAME:d0,d1 (input_shapes=...)"
+                                        + (f", or {gear_fix}" if gear_fix else "")))
         if vi.type.tensor_type.elem_type == _INT64:
             findings.append(Finding("info", "int64", f"input '{vi.name}' is int64: the card prefers int32 "
                                                      "ids / positions", "rule int64_to_int32 converts the chain"))
@@ -321,6 +370,23 @@ def _analyze(model: onnx.ModelProto, name: str, target: Target, cann: str | None
         lvl = "error" if "float64" in target.unsupported_dtypes else "warning"
         findings.append(Finding(lvl, "float64", f"{len(set(f64))} float64 tensors ({shown})",
                                 "rule float64_to_float32 casts them to float32"))
+    bf16 = [vi.name for vi in list(model.graph.input) + list(model.graph.output)
+            if vi.type.tensor_type.elem_type == _BF16]
+    bf16 += [t.name for t in model.graph.initializer if t.data_type == _BF16]
+    bf16 += [o for n in _walk(model.graph) for o in n.output if g.dtype(o) == _BF16]
+    if bf16 and "bfloat16" in target.unsupported_dtypes:
+        shown = ", ".join(dict.fromkeys(bf16[:5])) + (" …" if len(bf16) > 5 else "")
+        f = target.facts.get("unsupported_dtypes")
+        findings.append(Finding("error", "bfloat16", f"{len(set(bf16))} bfloat16 tensors ({shown}): {target.name} "
+                                                     f"has no bfloat16 kernels ({f.source} [{f.confidence}])" if f else
+                                f"{len(set(bf16))} bfloat16 tensors ({shown}): {target.name} has no bfloat16 kernels",
+                                "cast them to float16 or float32 before export (--weight-dtype float16), or build "
+                                "for a target with bfloat16 (Ascend910B)"))
+    fp16_only = sorted({n.op_type for n in _walk(model.graph)} & (target.fp16_only_ops or frozenset()))
+    if fp16_only:
+        findings.append(Finding("info", "fp16_only", f"{', '.join(fp16_only)}: no float32 kernel on {target.name} "
+                                                     "(must_keep_origin_dtype / origin cannot build it)",
+                                "use force_fp16 or allow_fp32_to_fp16 for these ops"))
     if any(is_external(t) and not any(e.value == "__stripped__" for e in t.external_data)
            for t in model.graph.initializer):
         findings.append(Finding("info", "external_data", "weights live in external data files (not loaded)"))
@@ -331,7 +397,8 @@ def _analyze(model: onnx.ModelProto, name: str, target: Target, cann: str | None
 
 def analyze_model(path_or_model: str | os.PathLike | onnx.ModelProto, target: str | Target,
                   cann_version: str | None = None, rules: bool = True, *,
-                  input_shapes: Mapping[str, Sequence[int]] | None = None) -> AnalysisReport:
+                  input_shapes: Mapping[str, Sequence[int]] | None = None,
+                  gears: Sequence[Sequence[int]] | None = None) -> AnalysisReport:
     """Analyze an ONNX model for a target.
 
     Args:
@@ -340,7 +407,12 @@ def analyze_model(path_or_model: str | os.PathLike | onnx.ModelProto, target: st
         target: a Target or a target name ("Ascend310P3").
         cann_version: toolchain version, e.g. "6.0" (default: the target's default).
         rules: also run the registered rewrite rules on a weightless copy, marking what they fix.
-        input_shapes: {input name: static shape} to fix dynamic inputs (as `--input-shape` does).
+        input_shapes: {input name: static shape} to fix dynamic inputs (as `--input-shape` does);
+            with `gears`, the --input_shape of the gear build: -1 on the gear-bound dims.
+        gears: --dynamic_dims profiles (one tuple per gear, one value per -1 of `input_shapes`).
+            The graph is then checked as ATC builds it with gears: ATC's gear rules
+            (`om_convert.atc.validate.gear_problems`), gear-bound inputs accepted on targets
+            without shape ranges, data-dependent ops refused.
 
     Returns:
         An AnalysisReport (`accepted_as_is`, `accepted_after_rules`, `exit_code`, renderers).
@@ -358,8 +430,12 @@ def analyze_model(path_or_model: str | os.PathLike | onnx.ModelProto, target: st
             raise ConfigError(f"cannot read ONNX model '{p}': {exc}", "is it an .onnx file?") from exc
         name = p.name
     tgt = load_target(target) if not isinstance(target, Target) else target
-    report = _analyze(model, name, tgt, cann_version)
-    if input_shapes:
+    gear_shape = None
+    if gears is not None:
+        gears = tuple(tuple(int(v) for v in g) for g in gears)
+        gear_shape = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    report = _analyze(model, name, tgt, cann_version, gear_shape, gears)
+    if input_shapes and gears is None:
         for f in report.findings:
             if f.code == "dynamic_input" and any(f"input '{k}'" in f.message for k in input_shapes):
                 f.fixable_by = ("fix_input_shapes",)
@@ -369,8 +445,9 @@ def analyze_model(path_or_model: str | os.PathLike | onnx.ModelProto, target: st
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    work, rw = apply_rules(work, tgt, None, input_shapes, cann_version=cann_version, check=False)
-    after = _analyze(work, name, tgt, cann_version)
+    work, rw = apply_rules(work, tgt, None, input_shapes if gears is None else None, cann_version=cann_version,
+                           check=False)
+    after = _analyze(work, name, tgt, cann_version, gear_shape, gears)
     report.rules_applied, report.after, report.rewrite = True, after, rw
     report.accepted_after_rules = report.accepted_as_is or after.accepted_as_is
     still_bad = {(r.op_type, r.domain) for r in after.rows if r.status != "supported"}

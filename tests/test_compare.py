@@ -130,7 +130,6 @@ def test_levels_do_not_mix(tiny):
 
 
 def test_matplotlib_plot_when_installed(tiny, tmp_path):
-    pytest.importorskip("matplotlib")
     r = compare(tiny / "golden", tiny / "perturbed1", layerwise=True)
     desc = plot_report(r, tmp_path / "m.png")
     assert "matplotlib" in desc and (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -67,6 +67,43 @@ def _builtin(report, path) -> None:
     write_png(path, img)
 
 
+DPI = 100  # pixels per inch of the saved PNG
+
+
+def figure_size_px(n_layers: int) -> tuple[int, int]:
+    """(width, height) in pixels of the matplotlib plot of `n_layers` layers."""
+    return int(max(6, 0.4 * n_layers) * DPI), 4 * DPI
+
+
+def make_figure(report):
+    """The matplotlib figure of `plot_report` (not saved): one bar per layer, the atol line.
+
+    Bar heights are the per-layer max |B − A| of `report.per_layer()` (non-finite drawn at 1e6,
+    zeros at 1e-12 on the log axis), red from the first divergent layer on, grey before it.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, errs, idx = _values(report)
+    w_px, h_px = figure_size_px(len(names))
+    fig, ax = plt.subplots(figsize=(w_px / DPI, h_px / DPI))
+    vals = [e if math.isfinite(e) else 1e6 for e in errs]
+    colors = ["tab:red" if idx is not None and i >= idx else "tab:gray" for i in range(len(names))]
+    ax.bar(range(len(names)), [max(v, 1e-12) for v in vals], color=colors)
+    ax.axhline(report.atol, color="tab:blue", lw=1, label=f"atol {report.atol:g}")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("max |B − A|")
+    ax.set_title(f"{Path(report.a).name} vs {Path(report.b).name}: "
+                 f"{'PASSED' if report.passed else 'FAILED'}"
+                 + (f", first divergence {report.first_divergent_layer}" if report.first_divergent_layer else ""))
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def plot_report(report, path, *, backend: str | None = None) -> str:
     """Write the per-layer error plot of a CompareReport; returns a description of what was written.
 
@@ -84,29 +121,14 @@ def plot_report(report, path, *, backend: str | None = None) -> str:
             use_mpl = True
         except ImportError:
             use_mpl = False
-    with atomic_output(path, force=True) as tmp:
+    sides = [str(s).split(":", 1)[-1].split("#")[0] for s in (report.a, report.b)]  # "sim:X.onnx#g" -> X.onnx
+    with atomic_output(path, force=True, inputs=sides) as tmp:
         tmp_png = tmp
         if use_mpl:
-            import matplotlib
-
-            matplotlib.use("Agg")
+            fig = make_figure(report)  # selects the Agg backend before pyplot is imported
             import matplotlib.pyplot as plt
 
-            names, errs, idx = _values(report)
-            fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(names)), 4))
-            vals = [e if math.isfinite(e) else 1e6 for e in errs]
-            colors = ["tab:red" if idx is not None and i >= idx else "tab:gray" for i in range(len(names))]
-            ax.bar(range(len(names)), [max(v, 1e-12) for v in vals], color=colors)
-            ax.axhline(report.atol, color="tab:blue", lw=1, label=f"atol {report.atol:g}")
-            ax.set_yscale("log")
-            ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-            ax.set_ylabel("max |B − A|")
-            ax.set_title(f"{Path(report.a).name} vs {Path(report.b).name}: "
-                         f"{'PASSED' if report.passed else 'FAILED'}"
-                         + (f", first divergence {report.first_divergent_layer}" if report.first_divergent_layer else ""))
-            ax.legend()
-            fig.tight_layout()
-            fig.savefig(tmp_png, dpi=100, format="png")
+            fig.savefig(tmp_png, dpi=DPI, format="png")
             plt.close(fig)
             how = "matplotlib"
         else:

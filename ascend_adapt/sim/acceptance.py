@@ -7,12 +7,11 @@ with problems. Checks, in ATC's order (parameters, parse, shapes, then load):
 | code    | check |
 |---------|-------|
 | E10001  | --precision_mode not offered by the target (bf16 modes on 310/310P) |
-| E10035 / E10036 | fewer than the target's minimum (2) / more than its maximum (100) gears |
-| E10040  | gears, but --input_shape has no -1 or has a lo~hi range |
+| E10004 ... E10047 | ATC's gear rules (E10004 no --input_shape, E10040 no -1 or a lo~hi range, E10035 / E10036 fewer than the target's minimum (2) / more than its maximum (100) gears, E10037 / E10038 / E10039 / E10045 / E10003 profile values): one implementation, `om_convert.atc.validate.gear_problems`, shared with `validate()` and `analyze` |
 | E10016  | an --input_shape / --keep_dtype name that is not in the model (keep_dtype: warning, as ATC) |
 | E10049  | --input_shape dim count differs from the graph input's rank |
 | E19010  | op type / opset with no ATC ONNX parser for the target (Loop, Gelu-20, opset 19+) |
-| EZ3003  | an attribute / dtype / rank restriction of the target's op table (no kernel for it) |
+| EZ3003  | an attribute / dtype / rank restriction of the target's op table (no kernel for it); a tensor of a dtype the SoC has no kernels for (its `unsupported_dtypes` fact: bf16 on 310 / 310P); under must_keep_origin_dtype, an op the SoC has only in fp16 (its `fp16_only_ops` fact: Conv on Ascend310) |
 | E10055  | a dynamic-shape model (unpinned dims, ranges, data-dependent ops) on a target without shape ranges (Ascend310, Ascend310B*), or data-dependent ops under gears |
 | 207001  | (load time) weights + I/O (KV cache) + workspace exceed the chip's memory: aclmdlLoadFromFile fails with ACL_ERROR_RT_MEMORY_ALLOCATION |
 
@@ -77,7 +76,7 @@ class Problem:
         code: ATC / GE error code ("E19010") or the ACL return code ("207001") at load time.
         message: the message in ATC's wording, without the code.
         hint: what to do.
-        kind: "precision", "gears", "shape", "op", "memory".
+        kind: "precision", "gears", "shape", "op", "dtype", "memory".
         node / op_type: the node at fault, when there is one.
         graph: which graph of an artifact.
     """
@@ -185,28 +184,16 @@ def _check_precision(settings: SimSettings, target: Any, graph: str | None) -> l
 
 
 def _check_gears(settings: SimSettings, target: Any, graph: str | None) -> list[Problem]:
+    """ATC's gear rules: the one implementation in om_convert.atc.validate.gear_problems."""
     g = settings.gears
     if g is None:
         return []
-    out = []
-    flag = f"--{g.flag}"
-    shapes = settings.input_shape or {}
-    has_range = any(isinstance(d, tuple) for dims in shapes.values() for d in dims)
-    if not shapes or has_range or not any(-1 in dims for dims in shapes.values()):
-        out.append(Problem("E10040", _format("E10040"),
-                           f"with {flag}, write -1 (not a range) in --input_shape for each gear-bound dim",
-                           "gears", graph=graph))
-    lo = target.gear_min if target.gear_min is not None else 2
-    hi = target.gear_max if target.gear_max is not None else 100
-    if len(g) < lo:
-        out.append(Problem("E10035", _format("E10035", len(g), lo),
-                           "give at least 2 profiles; for a single size use a static --input_shape instead",
-                           "gears", graph=graph))
-    elif len(g) > hi:
-        out.append(Problem("E10036", _format("E10036", len(g), hi),
-                           f"use at most {hi} gears (plan them with om_convert.atc.plan_gears); each gear is "
-                           "compiled as a separate static graph", "gears", graph=graph))
-    return out
+    from ascend_adapt.om_convert.atc.validate import gear_problems
+
+    return [Problem(e.code, e.atc_message, e.hint or "", "gears", graph=graph)
+            for e in gear_problems(settings.input_shape or {}, g.flag, g.values, soc_version=settings.soc_version
+                                   or target.soc_version, min_gears=target.gear_min,
+                                   max_gears=target.gear_max, check_format=False)]
 
 
 def _check_shapes(model: onnx.ModelProto, settings: SimSettings, target: Any, graph: str | None,
@@ -274,6 +261,8 @@ def _check_ops(model: onnx.ModelProto, settings: SimSettings, target: Any, graph
         optype = f"{domain}::{opset}::{node.op_type}"
         for w in v.warnings:
             warnings.append(f"{label}: {w}")
+        if not v.supported and v.reason.startswith("dtype ") and v.reason.endswith(f"not supported on {target.name}"):
+            continue  # reported once for the model by _check_dtypes, with what to do
         if v.supported:
             if settings.gears is not None and node.op_type in ddso:
                 out.append(Problem(
@@ -300,6 +289,74 @@ def _check_ops(model: onnx.ModelProto, settings: SimSettings, target: Any, graph
             out.append(Problem("EZ3003", _format("EZ3003", label, node.op_type) + f" ({v.reason})",
                                "change the attribute / dtype to one the target supports, or rewrite the op",
                                "op", label, node.op_type, graph))
+    return out
+
+
+def _has_dtype_hint(target: Any, dtype: str) -> str:
+    """What to do about a tensor of `dtype` the target has no kernels for."""
+    try:
+        from ascend_adapt.targets import list_targets, load_target
+
+        others = [n for n in list_targets() if dtype not in load_target(n).unsupported_dtypes
+                  and load_target(n).toolchain == target.toolchain]
+    except Exception:  # noqa: BLE001 - a broken profile elsewhere must not hide this problem
+        others = []
+    to = "float32" if dtype == "float64" else "float16 or float32"
+    where = f", or build for a target that has {dtype} ({', '.join(others)})" if others else ""
+    return (f"cast the {dtype} tensors to {to} before export (for a checkpoint: convert / export with "
+            f"--weight-dtype float16 or float32){where}")
+
+
+def _check_dtypes(model: onnx.ModelProto, target: Any, graph: str | None,
+                  infos: Mapping[str, TensorInfo]) -> list[Problem]:
+    """Tensors of a dtype the target has no kernels for (its `unsupported_dtypes` fact), once per dtype."""
+    from ascend_adapt.targets.profile import dtype_name
+
+    found: dict[str, list[str]] = {}
+    names = [vi.name for vi in list(model.graph.input) + list(model.graph.output)]
+    names += [t.name for t in model.graph.initializer] + list(infos)
+    seen = set()
+    for name in names:
+        if name in seen:
+            continue
+        seen.add(name)
+        info = infos.get(name)
+        elem = info.elem_type if info is not None else None
+        if elem is None:
+            elem = next((t.data_type for t in model.graph.initializer if t.name == name), None)
+        d = dtype_name(elem)
+        if d in target.unsupported_dtypes:
+            found.setdefault(d, []).append(name)
+    out = []
+    for d, tensors in found.items():
+        shown = ", ".join(tensors[:5]) + (f" and {len(tensors) - 5} more" if len(tensors) > 5 else "")
+        src = target.dtype_source("unsupported_dtypes")
+        out.append(Problem("EZ3003", f"No supported Ops kernel is found for {d} tensors ({shown}): {target.name} "
+                                     f"has no {d} kernels (source: {src})",
+                           _has_dtype_hint(target, d), "dtype", graph=graph))
+    return out
+
+
+def _check_fp16_only(model: onnx.ModelProto, settings: SimSettings, target: Any, graph: str | None,
+                     infos: Mapping[str, TensorInfo]) -> list[Problem]:
+    """Ops with no fp32 kernel on the chip (its `fp16_only_ops` fact), kept in fp32 by must_keep_origin_dtype."""
+    ops = target.fp16_only_ops
+    if not settings.keeps_origin or not ops:
+        return []
+    out = []
+    src = target.dtype_source("fp16_only_ops")
+    for node, prefix, idx in iter_nodes(model.graph):
+        if node.op_type not in ops:
+            continue
+        if not any(n in infos and infos[n].elem_type == onnx.TensorProto.FLOAT for n in node.input if n):
+            continue
+        label = prefix + node_label(node, idx)
+        mode = settings.precision_mode_v2 or settings.precision_mode
+        out.append(Problem(
+            "EZ3003", _format("EZ3003", label, node.op_type) +
+            f" ({target.name} has no float32 {node.op_type} kernel, and {mode} keeps it in float32; source: {src})",
+            f"use --precision_mode allow_fp32_to_fp16 or force_fp16 (the op then runs in fp16), or cast "
+            f"{node.op_type}'s inputs and weights to float16 in the graph", "dtype", label, node.op_type, graph))
     return out
 
 
@@ -368,7 +425,14 @@ def check_model(model: Any, target: Any, settings: SimSettings | None = None, *,
     report.problems += _check_precision(settings, target, graph)
     report.problems += _check_gears(settings, target, graph)
     infos = infer_tensor_infos(m)
+    report.problems += _check_dtypes(m, target, graph, infos)
     report.problems += _check_ops(m, settings, target, graph, infos, report.warnings)
+    report.problems += _check_fp16_only(m, settings, target, graph, infos)
+    if settings.keeps_origin and target.fp16_only_ops is None:
+        report.warnings.append(f"which ops lack a float32 kernel on {target.name} is not known "
+                               f"({target.dtype_source('fp16_only_ops') or 'no fact in its profile'}): "
+                               f"{settings.precision_mode_v2 or settings.precision_mode} may still fail "
+                               "for such ops on the card")
     report.problems += _check_shapes(m, settings, target, graph, report.warnings)
     if not report.problems:
         _check_keep_dtype(m, settings, target, report.warnings)

@@ -42,6 +42,7 @@ _FIGURES: dict[str, bool] = {
     "allows_shape_ranges": True,
     "precision_modes": True,
     "unsupported_dtypes": False,
+    "fp16_only_ops": False,
     "gears": True,
     "onnx_opsets": True,
 }
@@ -264,7 +265,10 @@ class Target:
         gear_min / gear_max: limits on the number of dynamic gears (None where not applicable).
         onnx_opsets: {toolchain version: (min_opset, max_opset)}.
         default_toolchain_version: the version assumed when none is given (CANN for Ascend).
-        unsupported_dtypes: dtypes no op of the target takes ("float64", "bfloat16").
+        unsupported_dtypes: dtypes no op of the target takes ("float64", "bfloat16"); the fact
+            (`fact("unsupported_dtypes")`) says where that comes from.
+        fp16_only_ops: ONNX op types with no float32 kernel on this chip (refused under
+            must_keep_origin_dtype / origin, which keep them in fp32); None where it is not known.
         op_table: which ONNX ops the converter parses, with restrictions.
     """
 
@@ -297,6 +301,12 @@ class Target:
     aliases: tuple[str, ...] = ()
     source_file: str = ""
     notes: str = ""
+    fp16_only_ops: frozenset[str] | None = None
+
+    def dtype_source(self, fact_name: str) -> str:
+        """"source [confidence]" of a dtype fact, for messages ("" when the profile has none)."""
+        f = self.facts.get(fact_name)
+        return f"{f.source} [{f.confidence}]" if f is not None else ""
 
     # ------------------------------------------------------------------ facts and versions
     def fact(self, name: str) -> Fact:
@@ -550,6 +560,16 @@ def _op_table(raw: dict, where: str, search_dirs: Sequence[Path]) -> OpTable:
                    str(src), conf, str(raw.get("note", "")))
 
 
+def _op_set(fact: Fact | None, where: str) -> frozenset[str] | None:
+    """A list-of-op-types figure; None (unknown) when absent or null."""
+    if fact is None or fact.value is None:
+        return None
+    if not isinstance(fact.value, list) or not all(isinstance(v, str) for v in fact.value):
+        raise ConfigError(f"{where}: fp16_only_ops.value must be a list of ONNX op types or null (unknown)",
+                          'write e.g. {"value": ["Conv"], "source": "...", "confidence": "M"}')
+    return frozenset(fact.value)
+
+
 def target_from_dict(data: dict, where: str, search_dirs: Sequence[Path]) -> Target:
     """Build a Target from a resolved profile dict (after `extends`)."""
     for k in ("name", "vendor", "soc_version", "family", "toolchain", "default_toolchain_version", "op_table"):
@@ -601,6 +621,7 @@ def target_from_dict(data: dict, where: str, search_dirs: Sequence[Path]) -> Tar
                                                              if "unsupported_dtypes" in facts else ())),
         op_table=_op_table(data["op_table"], where, search_dirs), facts=MappingProxyType(facts),
         aliases=tuple(data.get("aliases", ())), source_file=where, notes=str(data.get("notes", "")),
+        fp16_only_ops=_op_set(facts.get("fp16_only_ops"), where),
     )
     t._version_key(None)  # the default version must resolve
     return t

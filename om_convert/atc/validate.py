@@ -265,24 +265,57 @@ def _gear_error(code: str, flag: str, *args, hint: str) -> AtcValidationError:
 
 
 def _gears(o: AtcOptions, flag: str) -> Iterator[AtcValidationError]:
-    shapes = o.input_shape
-    gears = getattr(o, flag)
-    if flag == "dynamic_batch_size":
-        gears = tuple((g,) for g in gears)
+    yield from gear_problems(o.input_shape, flag, getattr(o, flag), soc_version=o.soc_version,
+                             input_format=o.input_format, insert_op_conf=o.insert_op_conf)
+
+
+def _is_range(d) -> bool:
+    """A `lo~hi` dim: a DimRange here, a (lo, hi) tuple in the simulator's settings."""
+    return isinstance(d, tuple)
+
+
+def gear_problems(input_shape, flag: str, gears, *, soc_version: str | None = None,
+                  input_format: str | None = "ND", insert_op_conf: str | None = None,
+                  min_gears: int | None = None, max_gears: int | None = None,
+                  check_format: bool = True) -> Iterator[AtcValidationError]:
+    """ATC's rules for one gear option, as a pure function of the values (the one implementation).
+
+    `validate()` (on AtcOptions), the simulator's acceptance check and `analyze` all call it.
+
+    Args:
+        input_shape: --input_shape {input: dims}; a dim is an int (-1 = gear-bound) or a
+            `lo~hi` range (DimRange, or a (lo, hi) tuple).
+        flag: "dynamic_dims", "dynamic_batch_size" or "dynamic_image_size".
+        gears: the profiles: one tuple per gear (dynamic_batch_size: ints or 1-tuples).
+        soc_version: the target chip, for the gear limit (256 on Ascend950, else 100).
+        input_format: --input_format (dynamic_dims needs ND; dynamic_image_size NCHW / NHWC).
+        insert_op_conf: the AIPP config, if any (not combinable with dynamic_dims).
+        min_gears / max_gears: override the limits (a target profile's `gears` figure).
+        check_format: apply the --input_format rules (off where the format is not recorded, as in
+            the simulator's settings; `validate()` checks it).
+
+    Yields:
+        AtcValidationError with ATC's code and wording, in ATC's order.
+    """
+    shapes = input_shape
+    gears = tuple((g,) if not isinstance(g, (tuple, list)) else tuple(g) for g in gears)
     plan_hint = "plan gears with ascend_adapt.om_convert.atc.plan_gears (2-100 sorted unique values)"
     if not shapes:
         yield AtcValidationError.from_code(
             "E10004", "input_shape", flag="input_shape",
             hint=f"--{flag} needs --input_shape with -1 on the gear-bound dims")
         return
-    if has_ranges(shapes) or count_dynamic_dims(shapes) == 0:
+    ranges = any(_is_range(d) for dims in shapes.values() for d in dims)
+    n_dyn = sum(1 for dims in shapes.values() for d in dims if not _is_range(d) and d == -1)
+    if ranges or n_dyn == 0:
         yield _gear_error("E10040", "input_shape", hint=(
             f"with --{flag}, write -1 (not a range) in --input_shape for each gear-bound dim; "
             "without gears, drop the gear option"))
         return
-    limit = max_gears_for(o.soc_version)
-    if len(gears) < MIN_GEARS:
-        yield _gear_error("E10035", flag, len(gears), MIN_GEARS, hint=(
+    lo = MIN_GEARS if min_gears is None else min_gears
+    limit = max_gears_for(soc_version) if max_gears is None else max_gears
+    if len(gears) < lo:
+        yield _gear_error("E10035", flag, len(gears), lo, hint=(
             "give at least 2 profiles; for a single size use a static --input_shape instead"))
     elif len(gears) > limit:
         yield _gear_error("E10036", flag, len(gears), limit, hint=(
@@ -301,9 +334,11 @@ def _gears(o: AtcOptions, flag: str) -> Iterator[AtcValidationError]:
     if flag == "dynamic_batch_size":
         yield from _batch_shapes(shapes)
     elif flag == "dynamic_image_size":
-        yield from _image_shapes(o)
+        if check_format:  # which dims are H and W depends on the format
+            yield from _image_shapes(shapes, input_format)
     else:
-        yield from _dims_shapes(o, counts)
+        yield from _dims_shapes(shapes, gears, counts, n_dyn, input_format if check_format else "ND",
+                                insert_op_conf)
 
 
 def _batch_shapes(shapes) -> Iterator[AtcValidationError]:
@@ -325,14 +360,14 @@ def _batch_shapes(shapes) -> Iterator[AtcValidationError]:
         yield _gear_error("E10031", "input_shape", hint="write -1 as the batch dim of the batched inputs")
 
 
-def _image_shapes(o: AtcOptions) -> Iterator[AtcValidationError]:
-    if o.input_format not in ("NCHW", "NHWC"):
+def _image_shapes(shapes, input_format: str | None) -> Iterator[AtcValidationError]:
+    if input_format not in ("NCHW", "NHWC"):
         yield AtcValidationError.from_code(
-            "E10003", o.input_format, "input_format", "This format is not supported.",
+            "E10003", input_format, "input_format", "This format is not supported.",
             flag="input_format", hint="--dynamic_image_size needs --input_format=NCHW or NHWC")
         return
-    hw = (2, 3) if o.input_format == "NCHW" else (1, 2)
-    for dims in o.input_shape.values():
+    hw = (2, 3) if input_format == "NCHW" else (1, 2)
+    for dims in shapes.values():
         if -1 not in dims:
             continue
         ok = len(dims) == 4 and all(dims[i] == -1 for i in hw) and dims.count(-1) == 2
@@ -342,24 +377,24 @@ def _image_shapes(o: AtcOptions) -> Iterator[AtcValidationError]:
             return
 
 
-def _dims_shapes(o: AtcOptions, counts: list[int]) -> Iterator[AtcValidationError]:
-    if o.input_format != "ND":
-        yield _invalid(o.input_format or "", "input_format", "input_format must be ND when set dynamic_dims",
+def _dims_shapes(shapes, gears, counts: list[int], n_dyn: int, input_format: str | None,
+                 insert_op_conf: str | None) -> Iterator[AtcValidationError]:
+    if input_format != "ND":
+        yield _invalid(input_format or "", "input_format", "input_format must be ND when set dynamic_dims",
                        "add --input_format=ND")
-    n_dyn = count_dynamic_dims(o.input_shape)
     per_gear = counts[0] if len(counts) == 1 else None
     if per_gear is not None and per_gear != n_dyn:
-        hint = (f"--input_shape {format_input_shape(o.input_shape)} has {n_dyn} -1 dims, so every "
+        hint = (f"--input_shape {format_input_shape(shapes)} has {n_dyn} -1 dims, so every "
                 f"--dynamic_dims profile needs {n_dyn} values (one per -1, in order); "
                 "prefill_gear_shapes() builds both strings together")
         if n_dyn > per_gear:
             yield _gear_error("E10045", "dynamic_dims", hint=hint)
         else:
             yield AtcValidationError.from_code(
-                "E10003", dict(o.flags())["dynamic_dims"], "dynamic_dims",
+                "E10003", ";".join(",".join(str(v) for v in g) for g in gears), "dynamic_dims",
                 "Each setting needs to be consistent with the number of -1 in the input shape.",
                 flag="dynamic_dims", hint=hint)
-    if o.insert_op_conf is not None:
+    if insert_op_conf is not None:
         yield AtcValidationError.from_code(
             "E10047", "dynamic_dims", "insert_op_conf", flag="insert_op_conf",
             hint="AIPP cannot be combined with --dynamic_dims: drop AIPP (preprocess on the host) "

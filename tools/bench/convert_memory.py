@@ -254,40 +254,85 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     section = report(results, a)
     print(section)
-    if a.write_doc:
-        doc = REPO / "docs" / "PERFORMANCE.md"
-        prev = doc.read_text() if doc.exists() else "# Performance\n"
-        doc.write_text(prev.rstrip("\n") + "\n\n" + section)
+    if a.write_doc:  # replaces the section (a rerun rewrites every figure and the reading)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _report import write_section
+
+        write_section(TITLE, section, dists=("numpy", "mindspore", "safetensors", "torch", "ascend-adapt"))
     return 0
 
 
+TITLE = "HF → MindSpore conversion (tools/bench/convert_memory.py)"
+TARGET_RSS_GIB = 2.0 * 1e9 / 2**30  # the port's peak-RSS goal: 2 GB
+
+
 def report(res: dict, a) -> str:
-    v = versions()
-    lines = ["## HF → MindSpore conversion (tools/bench/convert_memory.py)", "",
-             f"- machine: {machine()}",
-             "- versions: " + ", ".join(f"{k} {x}" for k, x in v.items()),
-             f"- command: `python tools/bench/convert_memory.py --repeat {a.repeat}"
-             f"{' --write-doc' if a.write_doc else ''}` (one run; figures are medians of {a.repeat} runs, "
-             "each in a fresh process, source evicted from the page cache first, outputs fsync'ed)",
+    """The section body (write_section adds date, machine, versions and the command)."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return prose(res, repeat=a.repeat, load=tuple(round(x, 2) for x in os.getloadavg()), ram_bytes=ram)
+
+
+def prose(res: dict, *, repeat: int, load: tuple, ram_bytes: int) -> str:
+    """The section body from the figures alone: `res` = {label: {"src_bytes", "shards", task: summary}}."""
+    lines = [f"- figures are medians of {repeat} runs, each in a fresh process, source evicted from the page "
+             "cache first, outputs fsync'ed.",
              "- peak RSS = VmHWM of the child process (includes the interpreter and imports).",
-             f"- load average at the end (1/5/15 min): {tuple(round(x, 2) for x in os.getloadavg())} — this "
-             "2-CPU machine is shared with other work; the tasks run round-robin so load hits each alike.", ""]
+             f"- load average at the end (1/5/15 min): {load} — the machine may be shared with other work; the "
+             "tasks run round-robin so load hits each alike.", ""]
+    names = {"copy": "plain file copy (shutil.copyfile + fsync)",
+             "port-ckpt": "streamed port → model.ckpt (ours names)",
+             "port-safetensors": "streamed port → model.safetensors (MindFormers names)",
+             "port-back": "streamed port back: model.ckpt → HF safetensors",
+             "usual": "usual converter: whole state dict, then ms.save_checkpoint"}
     for label, r in res.items():
         gb = r["src_bytes"] / 1e9
         lines += [f"**{label}** Llama-2 shape, fp16, {gb:.2f} GB in {r['shards']} safetensors shards:", "",
                   "| what | median time | throughput | peak RSS |", "|---|---|---|---|"]
-        names = {"copy": "plain file copy (shutil.copyfile + fsync)",
-                 "port-ckpt": "streamed port → model.ckpt (ours names)",
-                 "port-safetensors": "streamed port → model.safetensors (MindFormers names)",
-                 "port-back": "streamed port back: model.ckpt → HF safetensors",
-                 "usual": "usual converter: whole state dict, then ms.save_checkpoint"}
         for task in ("copy", "port-ckpt", "port-safetensors", "port-back", "usual"):
             if task in r:
                 s = r[task]
                 lines.append(f"| {names[task]} | {s['median_s']:.1f} s | {s['GBps']:.2f} GB/s | {s['peak_rss_GiB']:.2f} GiB |")
         lines.append("")
+    lines.append(reading(res, ram_bytes))
     return "\n".join(lines) + "\n"
 
+
+def _speed(ratio: float) -> str:
+    """The verb phrase for a time ratio (this one's time / the other's): 'takes 1.50× the time of',
+    'is 1.50× faster than' or 'takes within 5 % of the time of'."""
+    if abs(ratio - 1) < 0.05:
+        return "takes within 5 % of the time of"
+    return f"takes {ratio:.2f}× the time of" if ratio > 1 else f"is {1 / ratio:.2f}× faster than"
+
+
+def reading(res: dict, ram_bytes: int) -> str:
+    """The reading of the tables, every figure and comparison computed from `res`."""
+    labels = list(res)
+    big, small = res[labels[0]], res[labels[-1]]
+    out = []
+    if "copy" in big and "port-ckpt" in big:
+        port, copy = big["port-ckpt"], big["copy"]
+        rss = max(big[t]["peak_rss_GiB"] for t in ("port-ckpt", "port-safetensors", "port-back") if t in big)
+        out.append(f"Reading: on the {labels[0]} model the streamed port {_speed(port['median_s'] / copy['median_s'])} "
+                   f"a plain copy of the same bytes ({port['median_s']:.1f} s vs {copy['median_s']:.1f} s), with a peak "
+                   f"RSS of at most {rss:.2f} GiB for {big['src_bytes'] / 1e9:.2f} GB of weights (target ≤ 2 GB: "
+                   f"{'met' if rss <= TARGET_RSS_GIB else 'NOT met'}).")
+    if "usual" in small and "port-ckpt" in small:
+        u, p = small["usual"], small["port-ckpt"]
+        per_byte = u["peak_rss_GiB"] * 2**30 / small["src_bytes"]
+        at_big = per_byte * big["src_bytes"]
+        fits = "more than" if at_big > ram_bytes else "within"
+        out.append(f"The usual converter holds the whole model and more: {u['peak_rss_GiB']:.2f} GiB for a "
+                   f"{small['src_bytes'] / 1e9:.2f} GB model (≈ {per_byte:.1f}× the weights; at that rate about "
+                   f"{at_big / 1e9:.0f} GB for the {labels[0]} model, {fits} this machine's {ram_bytes / 2**30:.0f} GiB), "
+                   f"and {_speed(u['median_s'] / p['median_s'])} the streamed port at that size "
+                   f"({u['median_s']:.1f} s vs {p['median_s']:.1f} s).")
+    if "copy" in big and "copy" in small and small is not big:
+        a, b = small["copy"]["GBps"], big["copy"]["GBps"]
+        cmp = "faster" if a > b * 1.05 else "slower" if a < b / 1.05 else "about as fast"
+        out.append(f"The plain copy of the {labels[-1]} model runs {cmp} than at {labels[0]} size "
+                   f"({a:.2f} vs {b:.2f} GB/s).")
+    return " ".join(out)
 
 if __name__ == "__main__":
     sys.exit(main())
