@@ -8,20 +8,23 @@ from ..errors import ConfigError
 
 
 def parse_input_shapes(text: str | None) -> dict[str, tuple[int, ...]] | None:
-    """Parse ATC's `--input_shape` syntax: "input_ids:1,128;attention_mask:1,128"."""
+    """Parse ATC's `--input_shape` syntax with static dims: "input_ids:1,128;attention_mask:1,128".
+
+    The grammar is the one of `om_convert.atc.gearspec.parse_input_shape` (ATC's E10002 on bad
+    text); -1 and `lo~hi` are refused here because analyze needs one static shape per input.
+    """
     if not text:
         return None
+    from ascend_adapt.om_convert.atc.gearspec import parse_input_shape
+
     out: dict[str, tuple[int, ...]] = {}
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        name, sep, dims = part.rpartition(":")
-        if not sep or not name:
-            raise ConfigError(f"--input-shape entry '{part}' has no 'name:' prefix",
-                              'write "input_ids:1,128;mask:1,128"')
-        try:
-            out[name] = tuple(int(d) for d in dims.split(",") if d.strip()) if dims.strip() else ()
-        except ValueError:
-            raise ConfigError(f"--input-shape entry '{part}': dims must be integers",
-                              "gears and ranges (-1, ~) are not static shapes; give one static shape") from None
+    for name, dims in parse_input_shape(text).items():
+        bad = [str(d) for d in dims if not isinstance(d, int) or d < 0]
+        if bad:
+            raise ConfigError(f"--input-shape entry '{name}:{','.join(str(d) for d in dims)}': '{bad[0]}' is not a "
+                              "static dim", "gears and ranges (-1, lo~hi) are not static shapes; give one static "
+                              'shape, e.g. "input_ids:1,128;attention_mask:1,128"')
+        out[name] = tuple(dims)
     return out
 
 

@@ -7,7 +7,8 @@ import click
 
 @click.command("run")
 @click.argument("artifact", type=click.Path(exists=True, path_type=str))
-@click.option("--input", "inputs", multiple=True, help="NAME=FILE.npy (repeat); missing inputs get random values.")
+@click.option("--input", "inputs", multiple=True, help="NAME=FILE.npy (repeat): a .npy array of the graph input's dtype and shape (token ids in "
+                   "[0, vocab)); missing inputs get random values.")
 @click.option("--graph", default=None, help="Graph of a multi-graph artifact (prefill / decode).")
 @click.option("--backend", type=click.Choice(["sim", "onnxruntime", "acl"]), default="sim", show_default=True)
 @click.option("--precision-mode", default=None, help="Override the artifact's precision mode (simulator).")
@@ -16,8 +17,8 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True)
 def run_cmd(artifact, inputs, graph, backend, precision_mode, save, seed):
     """Run ARTIFACT (a convert output directory, .omsim, .om or .onnx) once and summarize its outputs."""
-    from ascend_adapt.om_convert.run import run_artifact
+    from ascend_adapt.om_convert.run import parse_input_args, run_artifact
 
-    res = run_artifact(artifact, inputs=dict(i.split("=", 1) for i in inputs), graph=graph, backend=backend,
+    res = run_artifact(artifact, inputs=parse_input_args(inputs), graph=graph, backend=backend,
                        precision_mode=precision_mode, save=save, seed=seed)
     click.echo(res.to_text())

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ascend_adapt.errors import AscendAdaptError, ConfigError
+from ascend_adapt.errors import AscendAdaptError, ConfigError, UnsupportedError
 
 StreamCallback = Callable[[int, int, str], None]  # (row, token id, new text)
 
@@ -35,7 +35,8 @@ class GenerationConfig:
             transformers' RepetitionPenaltyLogitsProcessor.
         stop_token_ids: stop tokens in addition to the tokenizer's `eos_ids`.
         stream: called as stream(row, token_id, text_delta) for every generated token.
-        max_len: KV-cache slots of the session (default: prompt length + max_new_tokens).
+        max_len: KV-cache slots of the session (default: prompt length + max_new_tokens). It
+            and prompt + max_new_tokens must fit the backend's context (`context_limit`).
     """
 
     max_new_tokens: int = 64
@@ -69,17 +70,132 @@ class GenerationResult:
         prompt_ids: the encoded prompt (no padding).
         token_ids: generated ids, including the stop token when the row stopped on one.
         text: decoded generated text (stop token and special tokens removed).
-        finish_reason: "stop" (EOS / stop token) or "length" (max_new_tokens).
+        finish_reason: "stop" (EOS / stop token), "length" (max_new_tokens) or "interrupted"
+            (Ctrl-C; see `GenerationInterrupted`).
+        prompt_logits: with `generate(..., prompt_logits=True)`, float32 [len(prompt_ids), vocab]:
+            the logits at every prompt position (row i predicts token i + 1; the last row chose the
+            first new token), without padding.
     """
 
     prompt_ids: list[int]
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str = "length"
+    prompt_logits: np.ndarray | None = field(default=None, repr=False)
 
 
 class NonFiniteLogitsError(AscendAdaptError):
     """A backend returned NaN / Inf logits."""
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped `generate` between steps.
+
+    A KeyboardInterrupt, so code that does not look for it stops as before; `results` holds
+    what was generated so far (finish_reason "interrupted" on the rows still running).
+    """
+
+    def __init__(self, results: list[GenerationResult]):
+        super().__init__("generation interrupted")
+        self.results = results
+
+
+def context_limit(backend) -> tuple[int, str] | None:
+    """The most tokens (prompt + new) a backend holds, and what sets that limit.
+
+    A converted artifact (onnxruntime / sim / acl backends) has a static KV cache of `max_len`
+    slots M fixed at export; a checkpoint (torch / mindspore) has its config's context
+    (`max_position_embeddings` for Llama, `max_sequence_length` / `seq_length` for ChatGLM-6B,
+    `ModelSpec.max_position`). None for a bare session factory, which says neither.
+    """
+    m = getattr(backend, "max_len", None)
+    if isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m > 0:
+        return int(m), f"the artifact's KV cache of {int(m)} slots (--max-len at export / convert)"
+    spec = getattr(backend, "spec", None)
+    n = getattr(spec, "max_position", None)
+    if isinstance(n, (int, np.integer)) and n > 0:
+        return int(n), (f"the model's context of {int(n)} positions (config.json max_position_embeddings / "
+                        "max_sequence_length / seq_length)")
+    return None
+
+
+def _prefill_slots(backend, prompt_len: int) -> int:
+    """Cache slots the prefill takes: a static graph pads the prompt to its length S, a gear
+    build to the smallest gear that holds it; any other backend takes the prompt as it is."""
+    gears = getattr(backend, "gears", None)
+    seq_len = getattr(backend, "seq_len", None)
+    if not isinstance(getattr(backend, "max_len", None), (int, np.integer)):
+        return prompt_len
+    if gears:
+        fits = [int(g) for g in sorted(gears) if int(g) >= prompt_len]
+        if not fits:
+            raise ConfigError(f"prompt of {prompt_len} tokens exceeds the largest prefill gear "
+                              f"({max(int(g) for g in gears)}) of {getattr(backend, 'path', 'the artifact')}",
+                              "shorten the prompt, or re-convert with a larger gear (--gears / --seq-len)")
+        return fits[0]
+    if isinstance(seq_len, (int, np.integer)) and seq_len > 0:
+        if prompt_len > seq_len:
+            raise ConfigError(f"prompt of {prompt_len} tokens exceeds the prefill length S={int(seq_len)} of "
+                              f"{getattr(backend, 'path', 'the artifact')}",
+                              "shorten the prompt, or re-export / re-convert with a larger --seq-len")
+        return int(seq_len)
+    return prompt_len
+
+
+def check_context(backend, prompt_len: int, max_new_tokens: int, max_len: int | None = None) -> None:
+    """Refuse, before anything is allocated, a request the backend's context cannot hold.
+
+    Args:
+        backend: an `LMBackend` (a bare session factory is not checked: it states no limit).
+        prompt_len: tokens of the longest prompt (without padding).
+        max_new_tokens: new tokens asked for.
+        max_len: KV-cache slots asked for explicitly (None = prompt + max_new_tokens).
+
+    Raises:
+        ConfigError: naming the prompt length, max_new_tokens and the limit with what sets it.
+    """
+    limit = context_limit(backend)
+    if limit is None:
+        return
+    n, what = limit
+    slots = _prefill_slots(backend, prompt_len)
+    padded = f", padded to {slots}" if slots != prompt_len else ""
+    if slots + max_new_tokens > n:
+        room = n - slots
+        raise ConfigError(
+            f"prompt ({prompt_len} tokens{padded}) + max_new_tokens ({max_new_tokens}) = {slots + max_new_tokens} "
+            f"exceed {what}",
+            (f"lower --max-new-tokens to at most {room}" if room > 0 else "shorten the prompt")
+            + (", or re-convert with a larger --max-len" if hasattr(backend, "max_len") else ""))
+    if max_len is not None and max_len > n:
+        raise ConfigError(f"--max-len {max_len} exceeds {what}",
+                          f"leave --max-len out (default: prompt + max_new_tokens) or use at most {n}")
+
+
+def _vocab_size(backend, tokenizer) -> int | None:
+    spec = getattr(backend, "spec", None)
+    v = getattr(spec, "vocab_size", None) or getattr(tokenizer, "vocab_size", None)
+    return int(v) if isinstance(v, (int, np.integer)) and v > 0 else None
+
+
+def _prefill_all(session, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Prefill returning the logits of EVERY prompt position, float32 [B, S, vocab].
+
+    Graph sessions have `prefill_all`; the other sessions are `StaticCacheSession`s, whose
+    `step` returns [B, S, vocab]: this is their `prefill` without dropping positions.
+    """
+    if hasattr(session, "prefill_all"):
+        return np.asarray(session.prefill_all(ids, mask), np.float32)
+    from .lm_inputs import prefill_inputs
+    from .session import StaticCacheSession
+
+    if not isinstance(session, StaticCacheSession):
+        raise UnsupportedError(f"{type(session).__name__} returns the logits of the last position only",
+                               "prompt logits need a StaticCacheSession (or a session with prefill_all)")
+    inputs, session.state = prefill_inputs(session.spec, ids, mask, session.max_len)
+    if inputs.input_ids.shape[0] != session.batch:
+        raise ConfigError(f"session was made for batch {session.batch}, got {inputs.input_ids.shape[0]}")
+    return np.asarray(session.step(inputs), np.float32)
 
 
 def _session(backend_or_factory, batch: int, max_len: int):
@@ -132,77 +248,132 @@ def _check_finite(logits: np.ndarray, step: int) -> None:
 
 
 def generate(backend_or_session_factory, tokenizer, prompts, config: GenerationConfig | None = None,
-             *, add_special_tokens: bool = True) -> list[GenerationResult]:
+             *, add_special_tokens: bool = True, prompt_logits: bool = False) -> list[GenerationResult]:
     """Generate for a batch of prompts.
+
+    Everything that could exhaust memory is checked before anything is allocated: the prompt
+    plus `max_new_tokens` must fit the backend's context (`check_context`: a converted artifact's
+    KV cache M, a checkpoint's max positions), so the cache and masks are bounded by it.
 
     Args:
         backend_or_session_factory: an `LMBackend` (its `new_session(batch, max_len)` is used) or
             a callable (batch, max_len) -> `LMSession`.
-        tokenizer: from `model_zoo.tokenizers.load_tokenizer` (encode / decode / eos_ids / pad_id).
-        prompts: a string, a list of strings, or a list of token-id lists (already encoded).
+        tokenizer: from `model_zoo.tokenizers.load_tokenizer` (encode / decode / eos_ids / pad_id),
+            or None when every prompt is a list of token ids: the pad / EOS ids then come from
+            the backend's spec and `text` stays "".
+        prompts: a string, a list of strings, or a list of token-id lists (already encoded; each
+            id must lie in [0, vocab)).
         config: decoding options.
         add_special_tokens: passed to `tokenizer.encode` for string prompts.
+        prompt_logits: also return each prompt's logits at every position
+            (`GenerationResult.prompt_logits`, float32 [prompt length, vocab]).
 
     Returns:
         One `GenerationResult` per prompt, in order.
+
+    Raises:
+        ConfigError: an empty prompt (no tokens), a token id outside the vocabulary, or a
+            request that exceeds the context.
+        GenerationInterrupted: Ctrl-C between steps; `.results` holds the tokens so far.
     """
     cfg = config or GenerationConfig()
     cfg.validate()
     if isinstance(prompts, str):
         prompts = [prompts]
-    encoded = [list(map(int, p)) if not isinstance(p, str) else tokenizer.encode(p, add_special_tokens)
-               for p in prompts]
-    if not encoded or any(len(e) == 0 for e in encoded):
-        raise ConfigError("generate: every prompt must encode to at least one token")
+    prompts = list(prompts)
+    if not prompts:
+        raise ConfigError("generate: no prompt given", "pass at least one prompt (text or token ids)")
+    spec = getattr(backend_or_session_factory, "spec", None)
+    if tokenizer is None and any(isinstance(p, str) for p in prompts):
+        raise ConfigError("generate: text prompts need a tokenizer", "pass the tokenizer, or token-id prompts")
+    vocab = _vocab_size(backend_or_session_factory, tokenizer)
+    encoded = []
+    for i, p in enumerate(prompts):
+        e = tokenizer.encode(p, add_special_tokens) if isinstance(p, str) else [int(t) for t in p]
+        if not e:
+            shown = f" ({p!r})" if isinstance(p, str) else ""
+            raise ConfigError(f"generate: prompt {i + 1}{shown} has no tokens",
+                              "give at least one token (an empty text prompt encodes to nothing when the "
+                              "tokenizer adds no BOS / special tokens)")
+        bad = [t for t in e if t < 0 or (vocab is not None and t >= vocab)]
+        if bad:
+            raise ConfigError(f"generate: prompt {i + 1} has token id {bad[0]} outside the vocabulary "
+                              f"[0, {vocab if vocab is not None else '…'})",
+                              f"token ids lie in 0..{vocab - 1 if vocab is not None else 'vocab-1'}")
+        encoded.append(e)
+    pad_id = tokenizer.pad_id if tokenizer is not None else int(getattr(spec, "pad_token_id", None) or 0)
+    eos_ids = tuple(tokenizer.eos_ids) if tokenizer is not None else tuple(getattr(spec, "eos_ids", ()) or ())
+    decode = tokenizer.decode if tokenizer is not None else (lambda ids: "")
     B, S = len(encoded), max(len(e) for e in encoded)
-    ids = np.full((B, S), tokenizer.pad_id, np.int64)
-    mask = np.zeros((B, S), np.int64)
-    for b, e in enumerate(encoded):
-        ids[b, S - len(e):] = e
-        mask[b, S - len(e):] = 1
+    # before any allocation: the context holds prompt + new tokens (and an explicit max_len)
+    check_context(backend_or_session_factory, S, cfg.max_new_tokens, cfg.max_len)
     max_len = cfg.max_len or S + cfg.max_new_tokens
     if S + cfg.max_new_tokens > max_len:
         raise ConfigError(f"prompt ({S} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceed the "
                           f"cache of {max_len} slots", "raise --max-len or lower --max-new-tokens")
-    stops = set(tokenizer.eos_ids) | {int(t) for t in cfg.stop_token_ids}
+    ids = np.full((B, S), pad_id, np.int64)
+    mask = np.zeros((B, S), np.int64)
+    for b, e in enumerate(encoded):
+        ids[b, S - len(e):] = e
+        mask[b, S - len(e):] = 1
+    stops = set(eos_ids) | {int(t) for t in cfg.stop_token_ids}
     rngs = [np.random.default_rng([int(cfg.seed), b]) for b in range(B)]
     results = [GenerationResult(prompt_ids=e) for e in encoded]
     seen = [np.array(e, np.int64) for e in encoded]
     emitted = [""] * B
     done = np.zeros(B, bool)
 
-    session = _session(backend_or_session_factory, B, max_len)
-    logits = session.prefill(ids, mask)
-    last = ids[:, -1].copy()
-    for step in range(cfg.max_new_tokens):
-        _check_finite(logits[~done], step)
-        scores = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
-        for b in range(B):
-            if done[b]:
-                continue
-            tok = sample_token(scores[b], cfg, rngs[b]) if cfg.do_sample else int(np.argmax(scores[b]))
-            r = results[b]
-            r.token_ids.append(tok)
-            seen[b] = np.append(seen[b], tok)
-            last[b] = tok
-            if tok in stops:
-                done[b] = True
-                r.finish_reason = "stop"
-                continue
-            if cfg.stream is not None:
-                text = tokenizer.decode(r.token_ids)
-                if not text.endswith("\ufffd"):  # hold back an incomplete UTF-8 sequence
-                    cfg.stream(b, tok, text[len(emitted[b]):])
-                    emitted[b] = text
-        if done.all() or step == cfg.max_new_tokens - 1:
-            break
-        logits = session.decode(last)
+    try:
+        session = _session(backend_or_session_factory, B, max_len)
+        if prompt_logits:
+            every = _prefill_all(session, ids, mask)
+            for b, e in enumerate(encoded):
+                results[b].prompt_logits = np.ascontiguousarray(every[b, S - len(e):], np.float32)
+            logits = every[:, -1]
+        else:
+            logits = session.prefill(ids, mask)
+        last = ids[:, -1].copy()
+        for step in range(cfg.max_new_tokens):
+            _check_finite(logits[~done], step)
+            scores = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+            for b in range(B):
+                if done[b]:
+                    continue
+                tok = sample_token(scores[b], cfg, rngs[b]) if cfg.do_sample else int(np.argmax(scores[b]))
+                r = results[b]
+                r.token_ids.append(tok)
+                seen[b] = np.append(seen[b], tok)
+                last[b] = tok
+                if tok in stops:
+                    done[b] = True
+                    r.finish_reason = "stop"
+                    continue
+                if cfg.stream is not None:
+                    text = decode(r.token_ids)
+                    if not text.endswith("\ufffd"):  # hold back an incomplete UTF-8 sequence
+                        cfg.stream(b, tok, text[len(emitted[b]):])
+                        emitted[b] = text
+            if done.all() or step == cfg.max_new_tokens - 1:
+                break
+            logits = session.decode(last)
+    except KeyboardInterrupt:  # Ctrl-C between (or inside) steps: keep what was generated
+        for b, r in enumerate(results):
+            if not done[b]:
+                r.finish_reason = "interrupted"
+        _finish(results, decode, cfg, emitted, flush=False)
+        raise GenerationInterrupted(results) from None
+    _finish(results, decode, cfg, emitted)
+    return results
+
+
+def _finish(results: list[GenerationResult], decode, cfg: GenerationConfig, emitted: list[str],
+            flush: bool = True) -> None:
+    """Decode each row's text (without its stop token); flush held-back streamed text."""
     for b, r in enumerate(results):
         body = r.token_ids[:-1] if r.finish_reason == "stop" else r.token_ids
-        r.text = tokenizer.decode(body)
-        if cfg.stream is not None and len(r.text) > len(emitted[b]) and r.text.startswith(emitted[b]):
+        r.text = decode(body)
+        if flush and cfg.stream is not None and len(r.text) > len(emitted[b]) and r.text.startswith(emitted[b]):
             cfg.stream(b, -1, r.text[len(emitted[b]):])  # flush held-back text
-    return results
 
 
 def greedy_tokens(session_factory, input_ids, n: int, attention_mask=None, return_logits: bool = False):

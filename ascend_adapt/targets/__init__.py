@@ -14,6 +14,7 @@ figure carries a source and a confidence mark (V / S / M). Adding a target is ad
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def list_targets() -> list[str]:
 def load_target(name: str | os.PathLike) -> Target:
     """Return a target by registry name, soc_version alias (case-insensitive) or path to a JSON file.
 
+    An alias names a real ATC soc_version that shares the profile (e.g. "Ascend910B3" shares
+    "Ascend910B"): the target returned keeps that exact soc_version (spelled as in the profile's
+    `aliases`), so `--soc_version` on the ATC command is the chip the user named; the profile's
+    figures and name stay the shared ones.
+
     Args:
         name: "Ascend310P3", "ascend310p3", an alias such as "Ascend910B3", or "./my_target.json".
 
@@ -80,8 +86,11 @@ def load_target(name: str | os.PathLike) -> Target:
         return TARGETS.get(s)
     low = s.lower()
     for n, t in TARGETS.items():
-        if n.lower() == low or low in (a.lower() for a in t.aliases):
+        if n.lower() == low:
             return t
+        alias = next((a for a in t.aliases if a.lower() == low), None)
+        if alias is not None:
+            return t if alias == t.soc_version else dataclasses.replace(t, soc_version=alias)
     try:
         return TARGETS.get(s)
     except RegistryError as exc:

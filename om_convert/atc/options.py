@@ -21,9 +21,11 @@ import dataclasses
 import os
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence, Union
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import AtcValidationError
+from .gearspec import (Dim, DimRange, GearSyntaxError, _shape_error, count_dynamic_dims,  # noqa: F401 (re-exported)
+                       format_input_shape, parse_dim, parse_input_shape, split_profiles)
 
 # ---------------------------------------------------------------------------------------------
 # value sets (reference sheet §1.1, atc_flags.cc / option_utils.cc)
@@ -55,85 +57,11 @@ BUFFER_OPTIMIZE = ("l2_optimize", "l1_optimize", "off_optimize", "l1_and_l2_opti
 CORE_TYPES = ("AiCore", "VectorCore")
 SHAPE_BUILD_MODES = ("shape_precise", "shape_generalized")
 
-_INPUT_SHAPE_SAMPLE = '"input_name1:n1,c1,h1,w1"'
-
-
 # ---------------------------------------------------------------------------------------------
-# input shapes
+# input shapes: the grammar lives in gearspec.py (one parser for gear and shape text)
 
-
-class DimRange(NamedTuple):
-    """A dynamic dimension range `lo~hi` in --input_shape (a dynamic-shape model, not gears)."""
-
-    lo: int
-    hi: int
-
-    def __str__(self) -> str:
-        return f"{self.lo}~{self.hi}"
-
-
-Dim = Union[int, DimRange]
 InputShape = dict  # dict[str, tuple[Dim, ...]]: input name -> dims; () is a scalar ("x:")
-
-
-def _shape_error(value: str, reason: str, sample: str = _INPUT_SHAPE_SAMPLE) -> AtcValidationError:
-    return AtcValidationError.from_code(
-        "E10002", value, reason, sample, flag="input_shape",
-        hint='write --input_shape as "name1:d1,d2;name2:d1,d2" with integers, -1 or lo~hi ranges',
-    )
-
-
-def _parse_dim(text: str, whole: str) -> Dim:
-    t = text.strip()
-    if "." in t:
-        raise _shape_error(whole, "The float number is unsupported", '"input_name1:1,3,224,224"')
-    if "~" in t:
-        lo, _, hi = t.partition("~")
-        return DimRange(_parse_int(lo, whole), _parse_int(hi, whole))
-    return _parse_int(t, whole)
-
-
-def _parse_int(text: str, whole: str) -> int:
-    t = text.strip()
-    digits = t[1:] if t.startswith("-") else t
-    if not digits.isdigit():
-        raise _shape_error(whole, "It is not a digit", '"input_name1:1,3,224,224"')
-    return int(t)
-
-
-def parse_input_shape(text: str) -> dict[str, tuple[Dim, ...]]:
-    """Parse an --input_shape string into {input name: dims}.
-
-    ATC's syntax: inputs separated by `;`, name and dims separated by the last `:` (names may
-    contain `:`, e.g. TensorFlow's `x:0`), dims by `,`. A dim is an integer (-1 = dynamic) or a
-    range `lo~hi`. `"x:"` declares a scalar input (empty dims). A trailing `;` is ignored.
-
-    Args:
-        text: e.g. "input_ids:1,-1;past:2,1,32,1024,128;step:".
-
-    Returns:
-        An insertion-ordered dict, e.g. {"input_ids": (1, -1), ..., "step": ()}.
-
-    Raises:
-        AtcValidationError: E10002 when the string is malformed (ATC's wording and reason).
-    """
-    shapes: dict[str, tuple[Dim, ...]] = {}
-    for item in text.strip().rstrip(";").split(";"):
-        if ":" not in item:
-            raise _shape_error(item, "The shape must contain two parts: name and value")
-        name, _, dims = item.rpartition(":")
-        name = name.strip()
-        if not name:
-            raise _shape_error(item, "The input name is empty")
-        if name in shapes:
-            raise _shape_error(item, f"Input {name} is given twice")
-        shapes[name] = tuple(_parse_dim(d, item) for d in dims.split(",")) if dims.strip() else ()
-    return shapes
-
-
-def format_input_shape(shapes: Mapping[str, Sequence[Dim]]) -> str:
-    """The --input_shape string for {name: dims} (inverse of `parse_input_shape`)."""
-    return ";".join(f"{name}:{','.join(str(d) for d in dims)}" for name, dims in shapes.items())
+_parse_dim = parse_dim
 
 
 def _coerce_dim(d: Any, name: str) -> Dim:
@@ -158,11 +86,6 @@ def _coerce_shapes(value: Any) -> dict[str, tuple[Dim, ...]] | None:
     if isinstance(value, Mapping):
         return {str(k): tuple(_coerce_dim(d, str(k)) for d in v) for k, v in value.items()}
     raise TypeError(f"input_shape must be a str or a mapping name -> dims, not {type(value).__name__}")
-
-
-def count_dynamic_dims(shapes: Mapping[str, Sequence[Dim]]) -> int:
-    """Number of -1 dims over all inputs (the values each --dynamic_dims gear must give)."""
-    return sum(1 for dims in shapes.values() for d in dims if d == -1)
 
 
 def has_ranges(shapes: Mapping[str, Sequence[Dim]]) -> bool:
@@ -220,17 +143,12 @@ def _coerce_dims(value: Any) -> tuple[tuple[int, ...], ...] | None:
         if not text:
             raise AtcValidationError.from_code("E10058", "--dynamic_dims", flag="dynamic_dims",
                                                hint='write --dynamic_dims as "d1,d2;d3,d4"')
-        gears = []
-        for g in text.split(";"):
-            vals = []
-            for v in g.split(","):
-                if not v.strip().isdigit():
-                    raise AtcValidationError.from_code(
-                        "E10001", v, "--dynamic_dims", "Dynamic dims must be a positive integer.",
-                        flag="dynamic_dims", hint='write --dynamic_dims as "d1,d2;d3,d4" (integers)')
-                vals.append(int(v))
-            gears.append(tuple(vals))
-        return tuple(gears)
+        try:  # ATC's parser: digits only; 0, repeats and counts are validate()'s (E10038 / E10039 / E10037)
+            return split_profiles(value, "--dynamic_dims", strict=False)
+        except GearSyntaxError as exc:
+            raise AtcValidationError.from_code(
+                "E10001", exc.token or value, "--dynamic_dims", "Dynamic dims must be a positive integer.",
+                flag="dynamic_dims", hint='write --dynamic_dims as "d1,d2;d3,d4" (integers)') from None
     if value and all(isinstance(v, int) for v in value):  # a flat list = one value per gear
         return tuple((int(v),) for v in value)
     return tuple(tuple(int(v) for v in g) for g in value)
