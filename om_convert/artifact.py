@@ -10,7 +10,10 @@ It is a directory (never named `.om`) written atomically:
       README.txt         what this is (simulated) and how to build the real OMs
       atc.sh             the ATC commands, relocated to the files in this directory
       <graph>.onnx ...   the final graphs (prefill.onnx, decode.onnx)
-      weights.bin ...    their external data, at the same relative locations
+      weights.bin ...    their external data, at the same relative locations: a hard link of
+                         the source file with link=True (the default of `omsim_from_export`, so a
+                         convert output holds its weights once on disk; a link survives moving
+                         the directory), a copy otherwise or where the filesystem refuses links
       keep_dtype.cfg / modify_mixlist.json   when the settings use them
       simulated.imod     a 256-byte `IMOD` ModelFileHeader stub (platform "SIMULATED") + the
                          manifest as payload, in the OM header layout of reference §5.3
@@ -340,7 +343,10 @@ def write_omsim(out: str | os.PathLike, graphs: Mapping[str, str | os.PathLike],
         check: run the simulator's acceptance first; a refused model raises SimulatorRejection
             and nothing is written.
         cost: store a cost summary per graph in the manifest.
-        link: hard-link weights files instead of copying them (same filesystem only).
+        link: hard-link weights files instead of copying them; falls back to a copy where the
+            link is refused (another filesystem, no link support). A hard link is a second name
+            of the same bytes: the artifact stays valid when the source directory is moved or
+            deleted, and the checksums in the manifest still catch an in-place edit.
         extra: more manifest fields (e.g. the export's seq_len / max_len / spec).
 
     Returns:
@@ -397,7 +403,7 @@ def write_omsim(out: str | os.PathLike, graphs: Mapping[str, str | os.PathLike],
             except Exception as exc:  # noqa: BLE001 - a cost failure must not block the artifact
                 costs[name] = {"simulated": True, "error": f"{type(exc).__name__}: {exc}"}
 
-    with atomic_output(out, force=force, is_dir=True) as tmp:
+    with atomic_output(out, force=force, is_dir=True, inputs=[*placed.values(), copy_from]) as tmp:
         files: dict[str, dict] = {}
         sources: dict[str, dict] = {}
         for rel, src in placed.items():
@@ -506,7 +512,7 @@ def _version() -> str:
 def omsim_from_export(export_dir: str | os.PathLike, out: str | os.PathLike, target: Any, *,
                       precision_mode: str | None = None, keep_dtype: Any = "export",
                       atc_options: Mapping[str, Any] | None = None, modify_mixlist: Mapping | None = None,
-                      force: bool = False, check: bool = True, cost: bool = True, link: bool = False):
+                      force: bool = False, check: bool = True, cost: bool = True, link: bool = True):
     """Write the `.omsim` of an LLM export directory (`build_llm_onnx` output).
 
     Every graph's --input_shape is pinned to the export's static shapes; keep_dtype defaults to
@@ -522,6 +528,8 @@ def omsim_from_export(export_dir: str | os.PathLike, out: str | os.PathLike, tar
         keep_dtype: "export", a list for both graphs, {graph: [...]}, or None (none).
         atc_options: {graph: AtcOptions} to take settings and exact commands from instead.
         modify_mixlist: mixlist for allow_mix_precision modes.
+        link: hard-link the export's weights.bin into the artifact (default: one copy of the
+            weights on disk; a copy where links are refused), see `write_omsim`.
     """
     from ascend_adapt.om_convert.builder.contract import graph_input_shapes
     from ascend_adapt.om_convert.builder.llm import load_manifest

@@ -1,8 +1,13 @@
 """`ascend-adapt convert`: HF checkpoint or ONNX → OM (with ATC) or simulator artifact, verified.
 
 Steps, each reported:
-1. **export** — an HF checkpoint directory is built into static prefill / decode ONNX graphs
-   (`om_convert.builder`); an `.onnx` file is taken as it is.
+0. **fit** (HF input) — from config.json alone, in the dtype the card will store and the graph
+   layout about to be built: weights + KV cache + workspace against the target's usable memory
+   per chip (`ascend_adapt.estimate.fit`, estimate's formula). A model that cannot fit is refused
+   here, before anything is written, with what would fit.
+1. **export** — an HF checkpoint directory is built into static ONNX graphs (`om_convert.builder`):
+   by default ONE step graph (prefill gears up to S, decode = gear 1: one OM holding the weights
+   once), or prefill.onnx + decode.onnx with `layout="two-graph"`; an `.onnx` file is taken as it is.
 2. **analyze** — every op against the target's ATC table (`om_convert.analyze`).
 3. **rewrite** — for ONNX files we did not build, the registered rewrite rules
    (`operators.rewrites`) until the graph is accepted; a graph still refused stops here, naming
@@ -12,17 +17,20 @@ Steps, each reported:
    simulator artifact `model.omsim` (never named `.om`), checked for acceptance like ATC.
 5. **verify** — the artifact on the simulator (or the card) against the fp32 golden on sample
    inputs: max |Δ|, cosine per output and per layer, greedy-token parity for LLMs, and the
-   simulated per-token latency on the target.
+   simulated per-token latency on the target. For LLMs the golden's memory is checked against
+   MemAvailable first (`golden_plan`): fp32, else the checkpoint's 16-bit dtype (said in the
+   report), else the verify is skipped with the reason as a report step.
 6. **report** — `convert_report.json` and `convert_report.txt` in the output directory.
 
 Output directory layout (written under a temporary name, renamed when complete):
 
     OUT/convert.json          what was converted, how; read by `generate` / `run` / `compare`
-    OUT/export/               prefill.onnx, decode.onnx, weights.bin, export.json (HF input)
+    OUT/export/               step.onnx (or prefill.onnx + decode.onnx), weights.bin, export.json (HF input)
     OUT/model.onnx            the rewritten graph (ONNX input)
     OUT/atc/                  <graph>.sh (exact atc commands), keep_dtype files, ATC logs
     OUT/<graph>.om            ATC's output, when ATC ran
-    OUT/model.omsim/          the simulator artifact (always: it is what `--backend sim` runs)
+    OUT/model.omsim/          the simulator artifact (always: it is what `--backend sim` runs); its
+                              weights.bin is a hard link of export/weights.bin (one copy on disk)
     OUT/config.json, tokenizer files (HF input), convert_report.{json,txt}
 """
 
@@ -62,8 +70,16 @@ class ConvertReport:
     verify: dict = field(default_factory=dict)
 
     @property
+    def checks(self) -> dict:
+        """Every sub-verdict of the verify step: {name: {"passed", "counts", "detail"}}."""
+        return dict(self.verify.get("checks") or {})
+
+    @property
     def passed(self) -> bool:
-        return bool(self.verify.get("passed", False))
+        """The overall verdict: the conjunction of the verify checks that count (`verdict`)."""
+        if not self.checks:
+            return False
+        return verdict(self.checks)[0]
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("source", "kind", "target", "soc_version", "precision_mode", "out",
@@ -84,18 +100,30 @@ class ConvertReport:
         for g, om in (a.get("om") or {}).items():
             lines.append(f"  artifact: {om} (built by ATC)")
         if v:
-            lines.append(f"  verify ({v.get('runner', '?')} vs {v.get('golden', '?')}): "
-                         f"{'PASSED' if v.get('passed') else 'FAILED'} — {v.get('summary', '')}")
+            ok, failed = verdict(self.checks) if self.checks else (False, [])
+            head = "PASSED" if ok else ("FAILED (" + ", ".join(failed) + ")" if failed else "FAILED")
+            lines.append(f"  verify ({v.get('runner', '?')} vs {v.get('golden', '?')}): {head} — {v.get('summary', '')}")
+            for name, c in self.checks.items():
+                mark = "passed" if c.get("passed") else "FAILED"
+                lines.append(f"    {name}: {mark}{'' if c.get('counts', True) else ' (not counted)'} — "
+                             f"{c.get('detail', '')}")
         return "\n".join(lines)
 
 
-def _metrics(name: str, ref, got) -> dict:
-    """max |Δ|, cosine, min passing atol and non-finite counts (ascend_adapt.compare.metrics)."""
+def _metrics(name: str, ref, got, min_cosine: float = 0.999) -> dict:
+    """max |Δ|, cosine, min passing atol and non-finite counts (ascend_adapt.compare.metrics).
+
+    `passed` is this report's verdict for the tensor: finite and cosine ≥ `min_cosine` (`rule`
+    says so); compare's own atol-0 verdict is not used.
+    """
     from ascend_adapt.compare.metrics import tensor_stats
 
     st = tensor_stats(name, ref, got, atol=0.0, rtol=0.0)
     d = st.to_dict()
+    d["nonfinite"] = int(st.nonfinite_got)  # inf / NaN values in the tested output
     d["finite"] = st.nonfinite_got == 0 and st.nonfinite_mismatch == 0
+    d["passed"] = bool(d["finite"] and st.cosine >= min_cosine)
+    d["rule"] = f"finite and cosine >= {min_cosine}"
     return d
 
 
@@ -178,7 +206,8 @@ def _compile(report: ConvertReport, out: Path, graphs: Mapping[str, Path], optio
 def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precision_mode: str, seq_len: int,
                 max_len: int, batch: int, keep_dtype: list[str], weight_dtype: str, use_atc: str,
                 verify: bool, verify_tokens: int, progress: bool, on_step, on_line,
-                gears: Sequence[int] | None = None, cann_version: str | None = None) -> None:
+                gears: Sequence[int] | None = None, cann_version: str | None = None,
+                src_dtype: str = "float32", num_params: int = 0) -> None:
     from ascend_adapt.om_convert.analyze import analyze_model
     from ascend_adapt.om_convert.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
@@ -204,17 +233,22 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
           f"{res.weights_bytes / 2**20:.1f} MiB in weights.bin, ops: {', '.join(res.op_types)}", on_step)
 
     t0 = time.perf_counter()
-    analyses = {k: analyze_model(p, target, cann_version, rules=False,
-                                 input_shapes={n: [int(x) for x in d] for n, d in
-                                               graph_input_shapes(res.manifest, k)[0].items()}
-                                 if k != "step" else None)
-                for k, p in graphs.items()}
+    analyses = {}
+    for k, p in graphs.items():
+        # analysed as ATC will build it: a step graph with its gear profiles (-1 dims + --dynamic_dims)
+        shapes_k, dims_k = graph_input_shapes(res.manifest, k, target.soc_version)
+        analyses[k] = analyze_model(p, target, cann_version, rules=False,
+                                    input_shapes={n: [int(x) for x in d] for n, d in shapes_k.items()},
+                                    gears=dims_k)
     report.analysis = {k: {"accepted": a.accepted_as_is, "blocking": a.blocking, "nodes": a.node_count}
                        for k, a in analyses.items()}
     refused = {k: a.blocking for k, a in analyses.items() if not a.accepted_as_is}
     if refused:
+        hints = list(dict.fromkeys(f.hint for a in analyses.values() for f in a.findings
+                                   if f.level == "error" and f.hint))
         raise UnsupportedError(
             f"{target.name} refuses the built graphs: " + "; ".join(f"{k}: {', '.join(b)}" for k, b in refused.items()),
+            "; ".join(hints) if hints else
             "the builder should only emit supported ops for this target: report it with `ascend-adapt analyze`")
     _step(report, "analyze", t0, f"{' and '.join(graphs)} accepted by {target.name} as built "
           f"({sum(a.node_count for a in analyses.values())} nodes)", on_step)
@@ -231,7 +265,9 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
         shapes, dims = graph_input_shapes(manifest, kind, target.soc_version)
         options[kind] = _atc_options(path, out / kind, target, precision_mode, keep_file, shapes, dims)
     oms = _compile(report, out, graphs, options, use_atc, on_line)
-    omsim_from_export(exp, out / OMSIM, target, atc_options=options)
+    # link=True: the artifact's weights.bin is a hard link of export/weights.bin (one copy on disk;
+    # a copy only where the filesystem refuses links); both stay valid when OUT is moved
+    omsim_from_export(exp, out / OMSIM, target, atc_options=options, link=True)
     report.artifact = {"omsim": OMSIM, "simulated": not oms, "om": {k: p.name for k, p in oms.items()},
                        "graphs": list(graphs)}
     _step(report, "compile", t0, (f"ATC built {', '.join(p.name for p in oms.values())}" if oms else
@@ -242,22 +278,46 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
             shutil.copy2(f, out / f.name)
     if verify:
         t0 = time.perf_counter()
-        report.verify = verify_llm(src, out / OMSIM, n_tokens=verify_tokens)
-        _step(report, "verify", t0, report.verify["summary"], on_step)
+        spec = res.manifest["spec"]
+        host_kv = 2 * spec["num_layers"] * batch * max_len * spec["num_kv_heads"] * spec["head_dim"] * 4
+        plan = golden_plan(num_params, src_dtype, available_memory_bytes(),
+                           other_bytes=res.weights_bytes + host_kv, max_tokens=seq_len + verify_tokens,
+                           spec=spec)
+        if plan["dtype"] is None:  # never silently: the reason is a report step
+            report.steps.append({"step": "verify", "summary": f"SKIPPED: {plan['reason']}",
+                                 "seconds": round(time.perf_counter() - t0, 3), "skipped": True, "plan": plan})
+            if on_step:
+                on_step(f"[verify] SKIPPED: {plan['reason']}")
+        else:
+            report.verify = verify_llm(src, out / OMSIM, n_tokens=verify_tokens, golden_dtype=plan["dtype"])
+            if plan["dtype"] != "float32":
+                report.verify["golden"] = f"torch {plan['dtype']}"
+                report.verify["golden_plan"] = plan
+                report.verify["summary"] += f" [{plan['reason']}]"
+            _step(report, "verify", t0, report.verify["summary"], on_step)
 
 
 def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = None, min_cosine: float = 0.999,
-               precision_mode: str | None = None, keep_dtype: Any = "export") -> dict:
+               precision_mode: str | None = None, keep_dtype: Any = "export", golden_dtype: str = "float32") -> dict:
     """Golden (torch fp32) vs the simulator: prefill logits and layers, greedy parity, cost.
 
-    Passes when the greedy tokens are identical, or (for fp16 modes, where the card itself may
-    flip a near-tie) when every layer's cosine ≥ `min_cosine`.
+    Four checks, each with its own verdict in `checks` (text and JSON); `passed` is their
+    conjunction (`verdict`):
+
+    - tokens: the greedy tokens are identical, or they first differ at a step where the golden's
+      top-2 logit gap is within the fp16 error bound of the logits (`token_check`): the bound is
+      2 × the largest |Δ| of the prompt logits (sim vs golden), since a flip needs the top-1 and
+      top-2 logits to move towards each other by the gap and each moves by at most that error.
+      A difference at a step with a larger gap (e.g. the first generated token with a clear
+      winner) fails. Only the first difference is judged: after it the contexts differ.
+    - logits: the prompt logits are finite and their cosine ≥ `min_cosine`.
+    - layers: every layer output is finite and its cosine ≥ `min_cosine`.
     """
     from ascend_adapt.model_zoo.tokenizers import load_tokenizer
     from ascend_adapt.runtime.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
-    golden = get_backend("torch", golden_dir)
+    golden = get_backend("torch", golden_dir, dtype=golden_dtype)  # golden_plan picks it when fp32 does not fit
     # an override keeps the export's fp32 islands (RMSNorm / LayerNorm / softmax), as convert passes them to ATC
     sim = get_backend("sim", omsim, **({"precision_mode": precision_mode, "keep_dtype": keep_dtype}
                                        if precision_mode else {}))
@@ -276,24 +336,82 @@ def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = No
     n = min(n_tokens, sim.max_len - sim.seq_len)
     g_tok = greedy_tokens(golden.new_session, ids, n)
     s_tok = greedy_tokens(sim.new_session, ids, n)
-    same = bool(np.array_equal(g_tok, s_tok))
-    first_diff = None if same else int(np.argmax(g_tok[0] != s_tok[0]))
+    # the golden's logits at every generated step (its own context): the top-2 gap per step
+    ctx = np.concatenate([ids, g_tok[:, :-1]], axis=1) if n > 1 else ids
+    g_steps = np.asarray(golden.full_logits(ctx, np.ones_like(ctx)), dtype=np.float64)[0, ids.shape[1] - 1:]
+    logit_m = _metrics("logits", g_logits, s_logits, min_cosine)
+    toks = token_check(g_tok[0], s_tok[0], top2_gaps(g_steps), 2.0 * logit_m["max_abs"])
     min_cos = min((r["cosine"] for r in layers), default=float("nan"))
-    logit_m = _metrics("logits", g_logits, s_logits)
     cost = sim.cost_summary()
     bad = [r["name"] for r in layers if r["nonfinite"]]
-    passed = (same or min_cos >= min_cosine) and logit_m["finite"] and not bad
+    low = [r["name"] for r in layers if not r["cosine"] >= min_cosine]
+    checks = {
+        "tokens": {"passed": toks["passed"], "counts": True, "detail": toks["detail"]},
+        "logits": {"passed": logit_m["passed"], "counts": True,
+                   "detail": f"cosine {logit_m['cosine']:.6f} (needs ≥ {min_cosine})"
+                             + ("" if logit_m["finite"] else f", {logit_m['nonfinite']} non-finite values")},
+        "layers": {"passed": not bad and not low, "counts": True,
+                   "detail": f"min cosine {min_cos:.6f} (needs ≥ {min_cosine})"
+                             + (f"; NON-FINITE values (inf/NaN) in {', '.join(bad)}" if bad else "")
+                             + (f"; below: {', '.join(low[:4])}" if low else "")},
+    }
+    passed, failed = verdict(checks)
     nonfinite = (f"NON-FINITE values (inf/NaN) in {', '.join(bad)} — fp16 overflow? try "
                  "`ascend-adapt compare --layerwise` and --keep-dtype; " if bad else "")
-    summary = (f"{nonfinite}greedy tokens {'identical' if same else f'differ from step {first_diff}'} over {n} steps; "
-               f"logits max|Δ| {logit_m['max_abs']:.3g} (finite part), min layer cosine {min_cos:.6f}; "
+    finite_note = finite_note_for(logit_m)
+    summary = (f"{nonfinite}greedy tokens {toks['detail']}; "
+               f"logits max|Δ| {logit_m['max_abs']:.3g}{finite_note}, min layer cosine {min_cos:.6f}; "
                f"simulated {cost['decode_ms_per_token']:.3f} ms/token on {cost['target']} "
                f"({cost['precision_mode']})")
     sim.close()
     return {"runner": f"sim ({cost['precision_mode']}, simulated)", "golden": "torch fp32", "prompt": text,
             "prompt_ids": ids[0].tolist(), "golden_tokens": g_tok[0].tolist(), "sim_tokens": s_tok[0].tolist(),
-            "tokens_identical": same, "first_token_difference": first_diff, "logits": logit_m, "layers": layers,
-            "min_layer_cosine": min_cos, "cost": cost, "passed": passed, "summary": summary}
+            "tokens_identical": toks["identical"], "first_token_difference": toks["first_difference"],
+            "token_rule": toks, "logits": logit_m, "layers": layers, "min_layer_cosine": min_cos, "cost": cost,
+            "checks": checks, "failed": failed, "passed": passed, "summary": summary}
+
+
+def finite_note_for(metrics: Mapping[str, Any]) -> str:
+    """" (finite part; N non-finite values)" after a max|Δ| when some values are inf/NaN, else ""."""
+    n = int(metrics.get("nonfinite", 0))
+    return f" (finite part; {n} non-finite values)" if n else ""
+
+
+def verdict(checks: Mapping[str, Mapping[str, Any]]) -> tuple[bool, list[str]]:
+    """The one verdict rule: passed = every check that counts passed. Returns (passed, failed names)."""
+    failed = [k for k, c in checks.items() if c.get("counts", True) and not c.get("passed")]
+    return (not failed and any(c.get("counts", True) for c in checks.values())), failed
+
+
+def top2_gaps(step_logits) -> np.ndarray:
+    """Top-1 minus top-2 logit per step of a [steps, vocab] array (float64)."""
+    a = np.sort(np.asarray(step_logits, dtype=np.float64), axis=-1)
+    return a[:, -1] - a[:, -2]
+
+
+def token_check(golden_tokens, sim_tokens, golden_gaps, bound: float) -> dict:
+    """Greedy-token parity with the fp16 near-tie rule (see `verify_llm`).
+
+    Args:
+        golden_tokens / sim_tokens: the generated tokens (same length).
+        golden_gaps: the golden's top-1 minus top-2 logit at each generated step.
+        bound: the fp16 error bound of the logits: a flip is legitimate only where the gap ≤ it.
+
+    Returns:
+        {"passed", "identical", "first_difference" (step or None), "gap", "bound", "detail"}.
+    """
+    g, s = np.asarray(golden_tokens), np.asarray(sim_tokens)
+    diff = np.nonzero(g != s)[0]
+    if diff.size == 0:
+        return {"passed": True, "identical": True, "first_difference": None, "gap": None, "bound": float(bound),
+                "detail": f"identical over {len(g)} steps"}
+    k = int(diff[0])
+    gap = float(golden_gaps[k])
+    ok = bool(gap <= bound)
+    why = (f"a near-tie: golden top-2 gap {gap:.3g} ≤ fp16 bound {bound:.3g}" if ok else
+           f"NOT a near-tie: golden top-2 gap {gap:.3g} > fp16 bound {bound:.3g}")
+    return {"passed": ok, "identical": False, "first_difference": k, "gap": gap, "bound": float(bound),
+            "detail": f"differ from step {k} of {len(g)} ({why})"}
 
 
 # --------------------------------------------------------------------------------------- ONNX
@@ -329,21 +447,32 @@ def _convert_onnx(report: ConvertReport, src: Path, out: Path, target, *, precis
         raise ConfigError(f"{src}: not a readable ONNX model ({type(exc).__name__}: {exc})",
                           "check the file; external data must sit beside it") from None
     static = {k: v for k, v in input_shape.items() if all(d > 0 for d in v)}
-    before = analyze_model(model, target, cann_version, rules=False, input_shapes=static or None)
+    if gears:  # ATC's gear rules first, with ATC's own code (the one implementation validate() uses)
+        from ascend_adapt.om_convert.atc.validate import gear_problems
+
+        for err in gear_problems(dict(input_shape), "dynamic_dims", gears, soc_version=target.soc_version,
+                                 check_format=False):
+            raise err
+    # with gears the graph is analysed as ATC builds it: -1 dims bound to the --dynamic_dims profiles
+    gear_kw = {"input_shapes": dict(input_shape), "gears": gears} if gears else {"input_shapes": static or None}
+    before = analyze_model(model, target, cann_version, rules=False, **gear_kw)
     _step(report, "analyze", t0, f"{before.node_count} nodes, "
           f"{'accepted as is' if before.accepted_as_is else 'blocked: ' + '; '.join(before.blocking[:4])}", on_step)
 
     t0 = time.perf_counter()
     model, rw = apply_rules(model, target, input_shapes=static or None, cann_version=cann_version)
     fired = {k: v for k, v in rw.fired.items() if v}
-    after = analyze_model(model, target, cann_version, rules=False, input_shapes=static or None)
+    after = analyze_model(model, target, cann_version, rules=False, **gear_kw)
     report.analysis = {"before": {"accepted": before.accepted_as_is, "blocking": before.blocking},
                        "after": {"accepted": after.accepted_as_is, "blocking": after.blocking}}
     report.rewrite = {"fired": fired, "report": rw.to_dict()}
     if not after.accepted_as_is:
+        shape_fix = list(dict.fromkeys(f.hint for f in after.findings if f.level == "error" and f.hint
+                                       and not any(r.status != "supported" for r in after.rows)))
         raise UnsupportedError(
             f"{src.name}: {target.name} would still refuse the graph after the rewrite rules: "
             + "; ".join(after.blocking[:6]),
+            "; ".join(shape_fix) if shape_fix else
             "run `ascend-adapt analyze` for details, `ascend-adapt debug reduce` to isolate the op, "
             "or add a rewrite rule (docs/rewrite_rules.md)")
     onnx_path = out / "model.onnx"
@@ -391,24 +520,197 @@ def verify_graph(onnx_path, omsim, *, gears=None, input_shape=None, min_cosine: 
         a, b = ref.infer(feeds), sim.infer(feeds)
         sim_ms = sim.last_simulated_time_ms
         precision = sim.settings.precision_mode
-    outputs = {k: _metrics(k, a[k], b[k]) for k in a
+    outputs = {k: _metrics(k, a[k], b[k], min_cosine) for k in a
                if np.asarray(a[k]).dtype.kind == "f"}
     worst = min((m["cosine"] for m in outputs.values()), default=1.0)
     bad = [k for k, m in outputs.items() if not m["finite"]]
-    passed = not bad and worst >= min_cosine
+    checks = {f"output {k}": {"passed": m["passed"], "counts": True,
+                              "detail": f"cosine {m['cosine']:.6f} (needs ≥ {min_cosine})"
+                                        + ("" if m["finite"] else f", {m['nonfinite']} non-finite values")}
+              for k, m in outputs.items()}
+    passed, failed = verdict(checks)
     summary = ((f"NON-FINITE values (inf/NaN) in {', '.join(bad)}; " if bad else "")
                + f"{len(outputs)} outputs, min cosine {worst:.6f}, max|Δ| "
                f"{max((m['max_abs'] for m in outputs.values()), default=0):.3g}"
                + (f"; simulated {sim_ms:.3f} ms per inference" if sim_ms is not None else ""))
     return {"runner": f"sim ({precision}, simulated)", "golden": "onnxruntime fp32", "outputs": outputs,
-            "passed": passed, "summary": summary}
+            "checks": checks, "failed": failed, "passed": passed, "summary": summary}
+
+
+# ---------------------------------------------------------------------------------- defaults
+LAYOUTS = ("step", "two-graph")
+DEFAULT_CONTEXT = 2048      # KV-cache slots M when --max-len is not given (capped by the model's maximum)
+DEFAULT_MAX_PROMPT = 512    # the largest prefill gear when --seq-len is not given (capped at M / 2)
+MIN_GEAR = 16               # the smallest prefill gear of the default plan (powers of two up to S)
+# host memory the verify needs besides the weights and caches it counts: the Python process with
+# torch, onnxruntime and numpy loaded, and the golden's activations for a short prompt
+VERIFY_RUNTIME_BYTES = 1 << 30
+
+
+def source_dtype(src: Path) -> str:
+    """The checkpoint's weight dtype: the floating dtype holding most parameters (headers only),
+    else config.json `torch_dtype`, else float32."""
+    from collections import Counter
+
+    from ascend_adapt.checkpoint import open_checkpoint
+
+    counts: Counter = Counter()
+    try:
+        for info in open_checkpoint(src).infos().values():
+            if str(info.dtype).startswith(("float", "bfloat")):
+                counts[str(info.dtype)] += info.numel
+    except Exception:  # noqa: BLE001 - the build reports an unreadable checkpoint with its own error
+        counts.clear()
+    if counts:
+        return counts.most_common(1)[0][0]
+    try:
+        cfg = json.loads((src / "config.json").read_text())
+        return {"float16": "float16", "bfloat16": "bfloat16"}.get(str(cfg.get("torch_dtype")), "float32")
+    except (OSError, ValueError):
+        return "float32"
+
+
+def default_weight_dtype(precision_mode: str, src_dtype: str) -> str:
+    """The export's weight (and activation) dtype that the card will store under `precision_mode`.
+
+    fp16 for every mode that lowers to fp16 (force_fp16, allow_fp32_to_fp16, cube_fp16in_fp32out,
+    allow_mix_precision*_fp16): ATC would store fp32 weights in fp16 anyway, so exporting them in
+    fp16 halves the file without changing what the card computes. must_keep_origin_dtype keeps
+    the checkpoint's dtype: float16 stays float16; float32 and bfloat16 export as float32 (the
+    graph builder emits no bfloat16; the widening is exact). bf16 modes export float32.
+    """
+    from ascend_adapt.sim.settings import POLICIES
+
+    policy, low = POLICIES.get(precision_mode, ("force", "float16"))
+    if low == "float16":
+        return "float16"
+    if policy == "origin":
+        return "float16" if src_dtype == "float16" else "float32"
+    return "float32"
+
+
+def card_bytes(precision_mode: str, weight_dtype: str) -> tuple[int, int]:
+    """(bytes per weight element the card stores, bytes per activation / KV element it computes in)."""
+    from ascend_adapt.sim.settings import POLICIES
+
+    policy, low = POLICIES.get(precision_mode, ("force", "float16"))
+    export_b = 2 if weight_dtype in ("float16", "fp16") else 4
+    weights_b = 2 if (export_b == 2 or low is not None) else 4
+    compute_b = 2 if (export_b == 2 or policy in ("force", "mixed")) else 4
+    return weights_b, compute_b
+
+
+def default_context(spec, max_len: int | None, seq_len: int | None) -> tuple[int, int]:
+    """(max_len M, seq_len S) with the defaults filled in.
+
+    M defaults to min(DEFAULT_CONTEXT, the model's maximum positions): 2048 holds a chat turn
+    with its history for Llama-2 (4096) and ChatGLM-6B (2048) while the KV cache stays 1 GiB in
+    fp16 for a 7B; the static cache is read whole every decode step, so a larger M costs decode
+    speed even when unused. S (the longest prompt, the largest prefill gear) defaults to
+    min(DEFAULT_MAX_PROMPT, M // 2), leaving at least half the slots for generated tokens.
+    """
+    m = int(max_len) if max_len else min(DEFAULT_CONTEXT, int(spec.max_position))
+    s = int(seq_len) if seq_len else max(1, min(DEFAULT_MAX_PROMPT, m // 2))
+    return m, s
+
+
+def default_gears(seq_len: int, target) -> list[int]:
+    """Prefill gears of the default step-graph build: powers of two from MIN_GEAR up to `seq_len`
+    (the decode gear 1 is added by the builder)."""
+    from ascend_adapt.om_convert.atc import plan_gears
+
+    if seq_len < 2:
+        raise ConfigError(f"--seq-len {seq_len} leaves no prefill gear besides the decode gear 1",
+                          "use --seq-len 2 or more, or --layout two-graph")
+    lo = min(MIN_GEAR, seq_len)
+    if seq_len <= lo:
+        return [seq_len]
+    return plan_gears(lo, seq_len, max_gears=min(target.gear_max or 100, 100) - 1, soc_version=target.soc_version)
+
+
+def available_memory_bytes() -> int:
+    """This machine's available memory: /proc/meminfo MemAvailable, else free physical pages."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def golden_plan(num_params: int, src_dtype: str, available_bytes: int, *, other_bytes: int = 0,
+                max_tokens: int = 64, spec: Mapping | None = None,
+                runtime_bytes: int = VERIFY_RUNTIME_BYTES) -> dict:
+    """Which torch golden the verify can afford on this machine (a pure function of the figures).
+
+    The golden and the simulator are loaded side by side, so the need is the golden's weights
+    (4 B × params in fp32, 2 B × params in a 16-bit checkpoint dtype) + its activations for
+    `max_tokens` tokens + `other_bytes` (the simulator's weights and host KV cache) +
+    `runtime_bytes`. fp32 is used when it fits `available_bytes`; else the checkpoint's own
+    float16 / bfloat16 when that fits (the comparison then sets two 16-bit computations side by
+    side, see the reason text); else nothing, and the reason says why.
+
+    Returns:
+        {"dtype": "float32" | "float16" | "bfloat16" | None, "reason", "need_bytes" per dtype,
+         "available_bytes"}.
+    """
+    spec = spec or {}
+    T = int(max_tokens)
+    h, i, v, layers = (int(spec.get(k, 0)) for k in ("hidden_size", "intermediate_size", "vocab_size", "num_layers"))
+    heads = int(spec.get("num_heads", 0))
+    # fp32 activations: every layer's output kept for the layer-wise compare, the logits of every
+    # position, one layer's scratch (Q, K, V, MLP) and its attention scores
+    act = 4 * T * ((layers + 3) * h + 2 * v + 3 * h + 2 * i + heads * T)
+    gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
+    cands = [("float32", 4)] + ([(src_dtype, 2)] if src_dtype in ("float16", "bfloat16") else [])
+    need = {d: b * int(num_params) + act + int(other_bytes) + int(runtime_bytes) for d, b in cands}
+    out = {"available_bytes": int(available_bytes), "need_bytes": need, "dtype": None}
+    if need["float32"] <= available_bytes:
+        return out | {"dtype": "float32", "reason": f"fp32 golden: needs {gib(need['float32'])} of "
+                                                    f"{gib(available_bytes)} available"}
+    head = (f"the fp32 torch golden needs {gib(need['float32'])} (4 B × {num_params / 1e9:.2f} B params + the "
+            f"simulator's {gib(other_bytes)} + activations and runtime), MemAvailable is {gib(available_bytes)}")
+    if len(cands) > 1 and need[src_dtype] <= available_bytes:
+        eps = "2^-11 ≈ 4.9e-4" if src_dtype == "float16" else "2^-8 ≈ 3.9e-3"
+        return out | {"dtype": src_dtype, "reason": (
+            f"{head}: golden run in the checkpoint's {src_dtype} ({gib(need[src_dtype])}). Tolerance consequence: "
+            f"the golden rounds every op at {src_dtype}'s unit roundoff ({eps}) like the card, so the check shows "
+            "agreement of two 16-bit computations, not the error against exact arithmetic, and a greedy near-tie "
+            "may flip on either side")}
+    alt = f"; in {src_dtype} it needs {gib(need[src_dtype])}" if len(cands) > 1 else ""
+    return out | {"reason": f"{head}{alt}: verification skipped. Run it on a machine with more memory: "
+                            "`ascend-adapt compare` or verify_llm(checkpoint, OUT/model.omsim)"}
+
+
+def check_memory_fit(src: Path, target, *, precision_mode: str, weight_dtype: str, layout: str, batch: int,
+                     max_len: int, seq_len: int, spec=None):
+    """The fit check of `convert` (estimate's formula, from config.json): a FitCheck; raises
+    ModelDoesNotFitError before anything is written when the model cannot fit one chip."""
+    from ascend_adapt.estimate.core import spec_for
+    from ascend_adapt.estimate.fit import check_fit
+
+    spec = spec if spec is not None else spec_for(src)[0]
+    w_b, c_b = card_bytes(precision_mode, weight_dtype)
+    fc = check_fit(spec, target, weight_bytes_per_elem=w_b, compute_bytes=c_b, batch=batch, max_len=max_len,
+                   prompt_len=seq_len, weight_copies=2 if layout == "two-graph" else 1, layout=layout)
+    if not fc.fits:
+        raise fc.error(f"{src} ({spec.arch}, {spec.param_count() / 1e9:.2f} B params)")
+    return fc
 
 
 # ------------------------------------------------------------------------------------- entry
-def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_len: int = 32, max_len: int = 96,
-            batch: int = 1, input_shape: str | Mapping | None = None, gears: Sequence[Sequence[int]] | None = None,
-            keep_dtype: Sequence[str] | str | None = None, cann_version: str | None = None,
-            weight_dtype: str = "float32", use_atc: str = "auto", verify: bool = True, verify_tokens: int = 16,
+def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_len: int | None = None,
+            max_len: int | None = None, batch: int = 1, input_shape: str | Mapping | None = None,
+            gears: Sequence[Sequence[int]] | None = None, keep_dtype: Sequence[str] | str | None = None,
+            cann_version: str | None = None, weight_dtype: str | None = None, layout: str | None = None,
+            use_atc: str = "auto", verify: bool = True, verify_tokens: int = 16,
             force: bool = False, progress: bool = False, on_step: Callable[[str], None] | None = None,
             on_line: Callable[[str], None] | None = None) -> ConvertReport:
     """Convert an HF checkpoint directory or an .onnx file for `soc`; see the module docstring.
@@ -418,17 +720,28 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
         out: output directory (must not exist unless `force`).
         soc: target name or soc_version (Ascend310P3, Ascend310, Ascend310B1, Ascend910B, …).
         precision_mode: ATC --precision_mode (force_fp16 is ATC's inference default).
-        seq_len, max_len, batch: LLM prefill length S, KV-cache slots M, batch B.
+        seq_len, max_len, batch: LLM prefill length S (the largest prefill gear of a step-graph
+            build; default min(512, M // 2)), KV-cache slots M (default min(2048, the model's
+            maximum positions)), batch B. See `default_context`.
         input_shape: ONNX input: ATC --input_shape text or {name: dims} (-1 = gear-bound dim).
         gears: ONNX input: --dynamic_dims gears (one tuple per gear, a value per -1). HF input:
             prefill lengths; the LLM is then built as ONE step graph (decode = gear 1) compiled
             with --dynamic_dims into one OM, so the card holds one copy of the weights.
         keep_dtype: extra ops to keep in fp32 (node names / OpType::<Type>, or a file).
         cann_version: the CANN version to check opsets against (default: the target's).
-        weight_dtype: LLM export weights ("float32" or "float16").
+        weight_dtype: LLM export weights ("float32" or "float16"); default: the dtype the card
+            stores under `precision_mode` (`default_weight_dtype`: float16 for the fp16 modes,
+            the checkpoint's dtype for must_keep_origin_dtype).
+        layout: HF input: "step" (default: one step graph, prefill gears up to S plus the decode
+            gear 1, one OM holding the weights once) or "two-graph" (prefill.onnx + decode.onnx,
+            two OMs that each hold the weights).
         use_atc: "auto" (use ATC when found), "never", "always".
         verify: run the verification against the golden.
         force: replace `out`.
+
+    Raises:
+        ModelDoesNotFitError: (HF input) the model as it would be built needs more memory than a
+            chip of `soc` has — raised from config.json before anything is written.
     """
     from ascend_adapt.sim.settings import normalize_precision_mode
     from ascend_adapt.targets import load_target
@@ -446,21 +759,49 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
         input_shape = _parse_input_shape(input_shape)
     keep = _load_keep_dtype(keep_dtype)
     out = Path(out)
-    check_output(out, force)
+    check_output(out, force, inputs=[src])
     kind = "onnx" if src.is_file() else "hf"
+    fit = None
+    if kind == "hf":
+        from ascend_adapt.estimate.core import spec_for
+
+        if input_shape:
+            raise ConfigError("--input-shape applies to ONNX input; for an HF checkpoint use --seq-len "
+                              "(prefill length), --max-len (KV-cache slots) or --gears (prefill lengths)")
+        if layout not in (None, *LAYOUTS):
+            raise ConfigError(f"unknown layout '{layout}'", f"use one of: {', '.join(LAYOUTS)}")
+        if gears and layout == "two-graph":
+            raise ConfigError("--gears builds the step-graph layout; it cannot be combined with --layout two-graph",
+                              "drop --gears (the two-graph layout has one static prefill length, --seq-len)")
+        layout = layout or "step"
+        t_fit = time.perf_counter()
+        spec, _ = spec_for(src)
+        max_len, seq_len = default_context(spec, max_len, seq_len)
+        src_dtype = source_dtype(src)
+        weight_dtype = weight_dtype or default_weight_dtype(mode, src_dtype)
+        flat = [int(g[0]) if isinstance(g, (tuple, list)) else int(g) for g in gears] if gears else None
+        if layout == "step" and not flat:
+            flat = default_gears(seq_len, target)
+        prompt = max(flat) if flat else seq_len
+        # the fit check from the spec, in seconds, before any byte is written
+        fit = check_memory_fit(src, target, precision_mode=mode, weight_dtype=weight_dtype, layout=layout,
+                               batch=batch, max_len=max_len, seq_len=prompt, spec=spec)
+        t_fit = time.perf_counter() - t_fit
+    elif layout is not None:
+        raise ConfigError("--layout applies to HF checkpoints", "for an ONNX file use --input-shape and --gears")
     report = ConvertReport(source=str(src), kind=kind, target=target.name, soc_version=target.soc_version,
                            precision_mode=mode, out=str(out))
-    with atomic_output(out, force=force, is_dir=True) as tmp:
+    with atomic_output(out, force=force, is_dir=True, inputs=[src]) as tmp:
         report_out = report.out
         if kind == "hf":
-            if input_shape:
-                raise ConfigError("--input-shape applies to ONNX input; for an HF checkpoint use --seq-len "
-                                  "(prefill length), --max-len (KV-cache slots) or --gears (prefill lengths)")
-            flat = [int(g[0]) if isinstance(g, (tuple, list)) else int(g) for g in gears] if gears else None
+            report.steps.append({"step": "fit", "summary": fit.summary(), "seconds": round(t_fit, 3), "fit": fit.to_dict()})
+            if on_step:
+                on_step(f"[fit] {fit.summary()}")
             _convert_hf(report, src, tmp, target, precision_mode=mode, seq_len=seq_len, max_len=max_len,
                         batch=batch, keep_dtype=keep, weight_dtype=weight_dtype, use_atc=use_atc, verify=verify,
                         verify_tokens=verify_tokens, progress=progress, on_step=on_step, on_line=on_line,
-                        gears=flat, cann_version=cann_version)
+                        gears=flat, cann_version=cann_version, src_dtype=src_dtype,
+                        num_params=spec.param_count())
         else:
             _convert_onnx(report, src, tmp, target, precision_mode=mode, input_shape=input_shape or {},
                           gears=gears, keep_dtype=keep, cann_version=cann_version, use_atc=use_atc,

@@ -53,7 +53,7 @@ def test_convert_must_keep_reproduces_golden_tokens(tiny_dir, tmp_path, arch, ca
     src = tiny_dir(arch, untied=True)
     out = tmp_path / "out"
     report = convert(src, out, soc="Ascend310P3", precision_mode="must_keep_origin_dtype", use_atc="never",
-                     verify_tokens=24, seq_len=16, max_len=48)
+                     verify_tokens=24, seq_len=16, max_len=48, layout="two-graph")
     v = report.verify
     assert v["tokens_identical"], (v["golden_tokens"], v["sim_tokens"])
     assert len(v["golden_tokens"]) == 24 and len(set(v["golden_tokens"])) > 3
@@ -103,7 +103,8 @@ def test_fake_atc_failure_is_decoded_and_leaves_nothing(tiny_dir, tmp_path, monk
     record = _fake_atc(tmp_path, monkeypatch, ATC_FAILS)
     out = tmp_path / "out"
     with pytest.raises(AtcError) as e:
-        convert(tiny_dir("llama"), out, soc="Ascend310P3", precision_mode="force_fp16", seq_len=16, max_len=48)
+        convert(tiny_dir("llama"), out, soc="Ascend310P3", precision_mode="force_fp16", seq_len=16, max_len=48,
+                layout="two-graph")
     msg = str(e.value)
     assert "E19010" in msg and "layers.0/attn/Softmax" in msg
     argv = [json.loads(line) for line in record.read_text().splitlines()]
@@ -119,7 +120,8 @@ def test_fake_atc_failure_is_decoded_and_leaves_nothing(tiny_dir, tmp_path, monk
 def test_fake_atc_success_builds_om_files(tiny_dir, tmp_path, monkeypatch):
     _fake_atc(tmp_path, monkeypatch, ATC_SUCCEEDS)
     out = tmp_path / "out"
-    report = convert(tiny_dir("llama"), out, soc="Ascend310P3", seq_len=16, max_len=48, verify=False)
+    report = convert(tiny_dir("llama"), out, soc="Ascend310P3", seq_len=16, max_len=48, verify=False,
+                     layout="two-graph")
     assert report.atc["ran"] is True
     for g in ("prefill", "decode"):
         assert (out / f"{g}.om").read_bytes()[:4] == b"IMOD"
@@ -162,7 +164,8 @@ def test_convert_onnx_dynamic_shape_for_ascend310_is_refused(tmp_path):
 
 def test_run_command_on_convert_output(tiny_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    convert(tiny_dir("llama"), out, soc="Ascend310P3", use_atc="never", seq_len=16, max_len=48, verify=False)
+    convert(tiny_dir("llama"), out, soc="Ascend310P3", use_atc="never", seq_len=16, max_len=48, verify=False,
+            layout="two-graph")
     capsys.readouterr()
     assert cli(["run", str(out), "--graph", "decode", "--save", str(tmp_path / "npy")]) == 0
     text = capsys.readouterr().out
@@ -174,7 +177,7 @@ def test_convert_for_cann6_exports_at_opset_13(tiny_dir, tmp_path):
     import onnx
 
     report = convert(tiny_dir("chatglm"), tmp_path / "out", soc="Ascend310P3", cann_version="6.0", use_atc="never",
-                     seq_len=16, max_len=48, verify=False)
+                     seq_len=16, max_len=48, verify=False, layout="two-graph")
     assert report.analysis["prefill"]["accepted"]
     m = onnx.load(str(tmp_path / "out" / "export" / "prefill.onnx"), load_external_data=False)
     assert m.opset_import[0].version == 13

@@ -7,10 +7,24 @@ import json
 import click
 
 
-def _gears(text):
-    if not text:
+def _gears(text: str | None, source: str, input_shape: str | None) -> list[tuple[int, ...]] | None:
+    """--gears for `source`: prefill lengths of a checkpoint ("16;32;64" or "16,32,64"), or the
+    --dynamic_dims profiles of an ONNX file (one value per -1 of --input-shape, "1,8;4,8").
+
+    Both go through the one parser, `om_convert.atc.gearspec`; a bad value is a ConfigError
+    quoting the token, never a different gear set.
+    """
+    if text is None:
         return None
-    return [tuple(int(x) for x in g.split(",") if x.strip()) for g in text.split(";") if g.strip()]
+    from pathlib import Path
+
+    from ascend_adapt.om_convert.atc.gearspec import (count_dynamic_dims, parse_gears, parse_input_shape,
+                                                      parse_prefill_gears)
+
+    if not Path(source).is_file():  # an HF checkpoint directory: each gear is one prefill length
+        return [(g,) for g in parse_prefill_gears(text)]
+    per_gear = count_dynamic_dims(parse_input_shape(input_shape)) if input_shape else None
+    return list(parse_gears(text, values_per_gear=per_gear or None))
 
 
 @click.command("convert")
@@ -20,34 +34,56 @@ def _gears(text):
 @click.option("--precision-mode", default="force_fp16", show_default=True,
               help="ATC --precision_mode (force_fp16, allow_fp32_to_fp16, must_keep_origin_dtype, "
                    "allow_mix_precision, …) or a --precision_mode_v2 name (fp16, origin, mixed_float16).")
-@click.option("--seq-len", type=int, default=32, show_default=True, help="LLM prefill length S (static).")
-@click.option("--max-len", type=int, default=96, show_default=True, help="LLM KV-cache slots M.")
+@click.option("--seq-len", type=int, default=None,
+              help="LLM longest prompt S: the largest prefill gear (step layout: gears are the powers of two "
+                   "from 16 up to S) or the static prefill length (two-graph layout). "
+                   "[default: min(512, M/2), leaving at least half the slots for generated tokens]")
+@click.option("--max-len", type=int, default=None,
+              help="LLM KV-cache slots M (the context: prompt + generated tokens). [default: min(2048, the "
+                   "model's max_position_embeddings / ChatGLM seq_length): a chat turn with history, 1 GiB of "
+                   "fp16 KV cache for a 7B; the static cache is read whole every decode step, so a larger M "
+                   "costs speed even when unused]")
+@click.option("--layout", type=click.Choice(["step", "two-graph"]), default=None,
+              help="LLM graph layout. step (default): ONE step graph, prefill gears + decode gear 1, one OM "
+                   "holding the weights once. two-graph: prefill.onnx + decode.onnx, two OMs that EACH hold "
+                   "the weights (twice the device memory).")
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--input-shape", default=None, help='ONNX input: ATC syntax, e.g. "x:1,-1;mask:1,-1" (-1 = gear dim).')
 @click.option("--gears", default=None,
-              help='HF input: prefill lengths, e.g. "16;32;64": one step graph, decode = gear 1, one OM that '
-                   'holds the weights once. ONNX input: --dynamic_dims profiles, e.g. "1,8;4,8".')
+              help='HF input: prefill lengths, "16;32;64" or "16,32,64" (the same three gears; mixing ; and , '
+                   'is refused): one step graph, decode = gear 1, one OM that holds the weights once. '
+                   'ONNX input: --dynamic_dims profiles, ";" between gears, "," between the values of one '
+                   'gear (one per -1 of --input-shape), e.g. "1;4;8" or "1,8;4,8". Positive integers, no repeats.')
 @click.option("--keep-dtype", multiple=True, help="Ops kept in fp32: node names / OpType::<Type>, comma lists or a file.")
 @click.option("--cann", "cann_version", default=None, help="CANN version to check opsets against.")
-@click.option("--weight-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--weight-dtype", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="Exported LLM weights (and activations). [default: what the card stores under the precision "
+                   "mode: fp16 for force_fp16 / allow_fp32_to_fp16 / mixed modes, the checkpoint's dtype for "
+                   "must_keep_origin_dtype (bf16 → fp32)]")
 @click.option("--atc", "use_atc", type=click.Choice(["auto", "never", "always"]), default="auto", show_default=True,
               help="Run ATC when found (auto), never, or fail without it (always).")
-@click.option("--no-verify", is_flag=True, help="Skip the verification against the golden.")
+@click.option("--no-verify", is_flag=True,
+              help="Skip the verification against the golden. (Without it, an LLM golden that does not fit this "
+                   "machine's MemAvailable in fp32 runs in the checkpoint's fp16/bf16, or the verify is skipped "
+                   "with the reason in the report.)")
 @click.option("--verify-tokens", type=int, default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--force", is_flag=True, help="Replace the output directory.")
-def convert_cmd(source, soc, out, precision_mode, seq_len, max_len, batch, input_shape, gears, keep_dtype,
+def convert_cmd(source, soc, out, precision_mode, seq_len, max_len, layout, batch, input_shape, gears, keep_dtype,
                 cann_version, weight_dtype, use_atc, no_verify, verify_tokens, as_json, force):
     """HF checkpoint or ONNX → OM (ATC) or simulator artifact, verified against the golden.
 
-    export → analyze → rewrite → atc (or the simulator artifact `model.omsim` when ATC is absent;
-    the exact atc commands are always written to OUT/atc/*.sh) → verify → report.
+    fit → export → analyze → rewrite → atc (or the simulator artifact `model.omsim` when ATC is
+    absent; the exact atc commands are always written to OUT/atc/*.sh) → verify → report. The fit
+    check (HF input) runs first from config.json: a model that cannot fit the chip is refused
+    before anything is written, with what would fit.
     """
     from ascend_adapt.om_convert.convert import convert
 
     report = convert(source, out, soc=soc, precision_mode=precision_mode, seq_len=seq_len, max_len=max_len,
-                     batch=batch, input_shape=input_shape, gears=_gears(gears), keep_dtype=list(keep_dtype) or None,
-                     cann_version=cann_version, weight_dtype={"fp32": "float32", "fp16": "float16"}[weight_dtype],
+                     batch=batch, input_shape=input_shape, gears=_gears(gears, source, input_shape), keep_dtype=list(keep_dtype) or None,
+                     cann_version=cann_version, layout=layout,
+                     weight_dtype={"fp32": "float32", "fp16": "float16", None: None}[weight_dtype],
                      use_atc=use_atc, verify=not no_verify, verify_tokens=verify_tokens, force=force,
                      progress=not as_json, on_step=None if as_json else (lambda m: click.echo(m, err=True)))
     if as_json:

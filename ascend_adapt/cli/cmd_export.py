@@ -20,19 +20,24 @@ def _traced_export_available() -> bool:
 @click.argument("hf_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=str),
               help="Export directory to create (prefill.onnx, decode.onnx, weights.bin, export.json).")
-@click.option("--seq-len", type=int, default=64, show_default=True,
-              help="Prefill length S (prompts are left-padded to it).")
-@click.option("--max-len", type=int, default=256, show_default=True, help="KV-cache slots M of the decode graph.")
+@click.option("--seq-len", type=int, default=None,
+              help="Prefill length S (prompts are left-padded to it). [default: min(512, M/2), as convert]")
+@click.option("--max-len", type=int, default=None,
+              help="KV-cache slots M of the decode graph. [default: min(2048, the model's maximum positions), "
+                   "as convert]")
 @click.option("--batch", type=int, default=1, show_default=True, help="Static batch B of both graphs.")
 @click.option("--soc", default=None,
               help="Target (e.g. Ascend310P3): checks the opset and every node against its ATC op table.")
-@click.option("--weight-dtype", type=click.Choice(sorted(_DTYPES)), default="fp32", show_default=True,
-              help="Stored weights and activations (graph I/O stays float32; fp32 islands stay fp32).")
+@click.option("--weight-dtype", type=click.Choice(sorted(_DTYPES)), default=None,
+              help="Stored weights and activations (graph I/O stays float32; fp32 islands stay fp32). "
+                   "[default: fp16 with --soc (what the card stores under ATC's default force_fp16, as convert "
+                   "does), fp32 without (a reference export for onnxruntime)]")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13-18; ATC parses ≤ 18).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--gears", default=None,
-              help='Prefill lengths, e.g. "16,32,64": build ONE step.onnx (decode = gear 1) for ATC --dynamic_dims.')
+              help='Prefill lengths, "16;32;64" or "16,32,64" (the same three gears; mixing ; and , is refused; '
+                   'positive integers, no repeats): build ONE step.onnx (decode = gear 1) for ATC --dynamic_dims.')
 def export_cmd(hf_dir, out_dir, seq_len, max_len, batch, soc, weight_dtype, opset, force, quiet, gears):
     """Build static prefill/decode ONNX graphs (KV cache as input) for the checkpoint HF_DIR.
 
@@ -43,15 +48,28 @@ def export_cmd(hf_dir, out_dir, seq_len, max_len, batch, soc, weight_dtype, opse
     from ascend_adapt.errors import UnsupportedError
     from ascend_adapt.om_convert.builder import build_llm_onnx
 
+    from ascend_adapt.om_convert.atc.gearspec import parse_prefill_gears
+
+    prefill_gears = parse_prefill_gears(gears) if gears is not None else None
     target = None
     if soc:
         from ascend_adapt.targets import load_target
 
         target = load_target(soc)
+    weight_dtype = weight_dtype or ("fp16" if soc else "fp32")
+    if max_len is None or seq_len is None:
+        from ascend_adapt.errors import UnsupportedError as _NoAdapter
+        from ascend_adapt.estimate.core import spec_for
+        from ascend_adapt.om_convert.convert import default_context
+
+        try:
+            max_len, seq_len = default_context(spec_for(hf_dir)[0], max_len, seq_len)
+        except _NoAdapter:  # no adapter: the traced export below uses S only
+            max_len, seq_len = max_len or 256, seq_len or 64
     try:
         r = build_llm_onnx(hf_dir, out_dir, batch=batch, seq_len=seq_len, max_len=max_len, target=target,
                            opset=opset, weight_dtype=_DTYPES[weight_dtype], force=force, progress=not quiet,
-                           gears=[int(g) for g in gears.replace(";", ",").split(",") if g.strip()] if gears else None)
+                           gears=prefill_gears)
     except UnsupportedError as exc:
         if "unsupported architecture" not in exc.message or not _traced_export_available():
             raise

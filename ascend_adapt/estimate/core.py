@@ -39,6 +39,7 @@ DEFAULT_TARGETS = ("Ascend310", "Ascend310P3", "Atlas300IDuo", "Ascend310B1", "A
 
 # precision -> (bits per quantized weight, scale scheme text)
 PRECISIONS: dict[str, tuple[int, str]] = {
+    "fp32": (32, "no quantization: every tensor fp32 (4 bytes; must_keep_origin_dtype of an fp32 checkpoint)"),
     "fp16": (16, "no quantization: every tensor fp16 (2 bytes)"),
     "w8a16": (8, "int8 weights of the transformer-block Linear layers, one fp16 scale per output "
                  "channel (+2 bytes per row); embedding, lm_head and norms stay fp16; activations fp16"),
@@ -64,9 +65,12 @@ def load_config(config_or_dir: Any) -> tuple[dict, str]:
     Returns:
         (config dict, a display name for the model).
     """
+    from ascend_adapt.checkpoint.config import ConfigDict, load_config_json
+
     if isinstance(config_or_dir, Mapping):
-        cfg = dict(config_or_dir)
-        return cfg, str(cfg.get("_name_or_path") or cfg.get("model_type") or "model")
+        cfg = ConfigDict(config_or_dir)
+        name = cfg.get("_name_or_path") or cfg.get("model_type")
+        return cfg, str(name) if isinstance(name, str) and name else "model"
     p = Path(os.fspath(config_or_dir))
     if p.is_dir():
         for name in ("config.json", "params.json"):
@@ -80,14 +84,11 @@ def load_config(config_or_dir: Any) -> tuple[dict, str]:
         f = p
     else:
         raise ConfigError(f"'{p}' does not exist", "pass an HF model directory or a config.json")
-    try:
-        cfg = json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"'{f}' is not valid JSON: {exc}", "pass the checkpoint's config.json") from exc
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"'{f}' does not hold a JSON object", "pass the checkpoint's config.json")
-    name = cfg.get("_name_or_path") or (f.parent.name if f.name in ("config.json", "params.json") else f.stem)
-    return cfg, str(name)
+    cfg = load_config_json(f)  # strict JSON (no NaN / Infinity), a ConfigError naming the file
+    name = cfg.get("_name_or_path")
+    if not isinstance(name, str) or not name:
+        name = f.parent.name if f.name in ("config.json", "params.json") else f.stem
+    return cfg, name
 
 
 def spec_for(config_or_dir: Any):
@@ -99,7 +100,7 @@ def spec_for(config_or_dir: Any):
     from ascend_adapt.model_zoo.base import adapter_for_config
 
     cfg, name = load_config(config_or_dir)
-    return adapter_for_config(cfg).spec_from_config(cfg), name
+    return adapter_for_config(cfg, cfg.source).spec_from_config(cfg), name
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ def weight_bytes(spec, precision: str = "fp16", group_size: int = 128) -> Weight
     if spec.tie_word_embeddings:
         shapes.pop("embed.weight" if spec.tied_source == "lm_head.weight" else "lm_head.weight", None)
     quant = scales = fp16 = 0
+    plain_bytes = 4 if bits == 32 else 2  # the unquantized tensors: fp32 only at precision "fp32"
     for name, shape in shapes.items():
         n = math.prod(shape)
         if bits < 16 and name.startswith("layers.") and name.endswith(_QUANT_SUFFIXES):
@@ -181,9 +183,9 @@ def weight_bytes(spec, precision: str = "fp16", group_size: int = 128) -> Weight
             else:
                 scales += out_f * math.ceil(in_f / group_size) * 4
         else:
-            fp16 += n * 2
+            fp16 += n * plain_bytes
     embed_name = "embed.weight" if "embed.weight" in shapes else None
-    embed = math.prod(shapes[embed_name]) * 2 if embed_name and not spec.tie_word_embeddings else 0
+    embed = math.prod(shapes[embed_name]) * plain_bytes if embed_name and not spec.tie_word_embeddings else 0
     total = quant + scales + fp16
     extra_bits = 32 / group_size
     return WeightBytes(total, quant, scales, fp16, embed,
@@ -191,20 +193,76 @@ def weight_bytes(spec, precision: str = "fp16", group_size: int = 128) -> Weight
                        100.0 * scales / quant if quant else 0.0)
 
 
-def workspace_bytes(spec, batch: int, prompt_len: int, seq_len: int) -> int:
+def workspace_bytes(spec, batch: int, prompt_len: int, seq_len: int, act_bytes: int = ACT_BYTES) -> int:
     """Activation memory of the largest step: a prefill of `prompt_len` tokens over a `seq_len` cache.
 
     One layer's live tensors at once (layers run one after another and reuse the buffers):
-    fp16 hidden states ×2 (residual + normed), Q, K, V, gate and up of the MLP, the attention
-    scores [batch, heads, prompt_len, seq_len] in fp16 plus their fp32 softmax, and the fp32
-    logits of the last position [batch, vocab]:
+    hidden states ×2 (residual + normed), Q, K, V, gate and up of the MLP, the attention
+    scores [batch, heads, prompt_len, seq_len] in the activation dtype plus their fp32 softmax,
+    and the fp32 logits of the last position [batch, vocab] (a = `act_bytes`, 2 for fp16):
 
-        ws = 2·B·T·(2H + q_dim + 2·kv_dim + 2I) + 6·B·heads·T·S + 4·B·V
+        ws = a·B·T·(2H + q_dim + 2·kv_dim + 2I) + (a + 4)·B·heads·T·S + 4·B·V
     """
     B, T, S = batch, prompt_len, seq_len
     per_token = 2 * spec.hidden_size + spec.q_dim + 2 * spec.kv_dim + 2 * spec.intermediate_size
-    return (ACT_BYTES * B * T * per_token + (ACT_BYTES + 4) * B * spec.num_heads * T * S
+    return (act_bytes * B * T * per_token + (act_bytes + 4) * B * spec.num_heads * T * S
             + 4 * B * spec.vocab_size)
+
+
+@dataclass(frozen=True)
+class MemoryFootprint:
+    """Device memory of one loaded model on one chip, from `memory_footprint` (bytes).
+
+    Attributes:
+        weights: the weight storage of ONE copy (`WeightBytes`).
+        weight_copies: copies the card loads (1: one OM; 2: a prefill OM + a decode OM each
+            embedding the weights).
+        weights_bytes: weights.total × weight_copies.
+        kv_cache_bytes: the static K and V cache of `batch` × `seq_len` slots.
+        workspace_bytes: activations of the largest step (`workspace_bytes`).
+        kv_bytes / act_bytes: bytes per KV element / activation element used.
+    """
+
+    weights: WeightBytes
+    weight_copies: int
+    weights_bytes: int
+    kv_cache_bytes: int
+    workspace_bytes: int
+    kv_bytes: int
+    act_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.workspace_bytes
+
+    def chips_needed(self, usable_bytes: int) -> int:
+        """Chips of `usable_bytes` each (tensor parallel: weights and KV split over the chips,
+        activations conservatively not); 0 when the workspace alone exceeds one chip."""
+        if self.workspace_bytes >= usable_bytes:
+            return 0
+        return max(1, math.ceil((self.weights_bytes + self.kv_cache_bytes) / (usable_bytes - self.workspace_bytes)))
+
+
+def memory_footprint(spec, precision: str = "fp16", *, batch: int = 1, seq_len: int, prompt_len: int | None = None,
+                     kv_bytes: int = KV_BYTES, act_bytes: int = ACT_BYTES, weight_copies: int = 1,
+                     group_size: int = 128) -> MemoryFootprint:
+    """Weights + KV cache + workspace of `spec` on one chip: THE memory formula of `estimate`
+    (and of `convert`'s fit check, which passes the dtypes and graph layout it will build).
+
+    Args:
+        spec: the ModelSpec.
+        precision: weight storage, a key of PRECISIONS ("fp32", "fp16", "w8a16", "w4a16").
+        batch: B. seq_len: context slots M of the static KV cache. prompt_len: tokens of the
+            largest prefill step (default: seq_len).
+        kv_bytes: bytes per cached K/V element (2 = fp16, 4 = fp32).
+        act_bytes: bytes per activation element (2 = fp16, 4 = fp32).
+        weight_copies: copies of the weights the card holds (2 for a prefill + a decode OM).
+    """
+    w = weight_bytes(spec, precision, group_size)
+    prompt_len = int(prompt_len or seq_len)
+    return MemoryFootprint(w, int(weight_copies), w.total * int(weight_copies),
+                           spec.kv_cache_bytes(batch, seq_len, kv_bytes),
+                           workspace_bytes(spec, batch, prompt_len, seq_len, act_bytes), kv_bytes, act_bytes)
 
 
 def linear_params(spec) -> int:
@@ -322,12 +380,12 @@ def _compile_cost(fig: TargetFigures, weights_total: int, min_prompt: int, seq_l
     lo = max(1, min(min_prompt, seq_len))
     gears = plan_gears(lo, seq_len, max_gears=max_gears, soc_version=fig.soc_version) if seq_len > lo else [seq_len]
     kw = {} if seconds_per_gear is None else {"seconds_per_gear": seconds_per_gear}
-    pre = estimate_compile_cost(gears, weight_bytes=weights_total, **kw)
-    dec = estimate_compile_cost([1], weight_bytes=weights_total, **kw)
-    text = (f"two OMs: prefill with {len(gears)} sequence gears (plan_gears pow2 from {lo} to {seq_len}) "
-            f"and a static decode graph, each storing the weights unless --external_weight. "
-            + pre.assumption)
-    return CompileCost(list(gears), pre.seconds + dec.seconds, pre.om_bytes + dec.om_bytes, text), None
+    # convert's default layout: ONE step graph, the prefill gears + the decode gear 1 as
+    # --dynamic_dims profiles of one OM that stores the weights once
+    one = estimate_compile_cost([1, *gears], weight_bytes=weights_total, **kw)
+    text = (f"one OM (convert's step-graph layout): {len(gears)} prefill gears (plan_gears pow2 from {lo} to "
+            f"{seq_len}) + the decode gear 1, the weights stored once. " + one.assumption)
+    return CompileCost(list(gears), one.seconds, one.om_bytes, text), None
 
 
 def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision: str = "fp16",
@@ -341,7 +399,7 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
         config_or_dir: an HF model directory, a config.json path, a config dict or a ModelSpec.
             Only the config is read; no weights are needed.
         targets: target names (default: DEFAULT_TARGETS).
-        precision: "fp16", "w8a16" or "w4a16" (see PRECISIONS).
+        precision: "fp16", "w8a16", "w4a16" or "fp32" (see PRECISIONS).
         seq_len: context length the static KV cache holds (default: min(2048, max_position)).
         batch: sequences decoded together.
         prompt_len: tokens of the prefill step (default: seq_len, the largest prefill gear).
@@ -364,9 +422,9 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
     if prompt_len > seq_len:
         raise ConfigError(f"estimate: prompt_len {prompt_len} exceeds seq_len {seq_len}",
                           "the static KV cache must hold the prompt; raise --seq-len")
-    w = weight_bytes(spec, precision, group_size)
-    kv = spec.kv_cache_bytes(batch, seq_len, KV_BYTES)
-    ws = workspace_bytes(spec, batch, prompt_len, seq_len)
+    mem = memory_footprint(spec, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
+                           group_size=group_size)
+    w, kv, ws = mem.weights, mem.kv_cache_bytes, mem.workspace_bytes
     step_bytes = w.total - w.embedding + kv
     flops = prefill_flops(spec, batch, prompt_len, seq_len)
     out: list[TargetEstimate] = []
@@ -376,12 +434,8 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
         p_eff = prefill_efficiency if prefill_efficiency is not None else PREFILL_EFFICIENCY.get(
             fig.family, DEFAULT_PREFILL_EFFICIENCY)
         usable = fig.usable_bytes
-        needed = w.total + kv + ws
-        # tensor parallel: weights and KV split over n chips, activations (conservatively) not
-        if ws >= usable:
-            chips = 0
-        else:
-            chips = max(1, math.ceil((w.total + kv) / (usable - ws)))
+        needed = mem.total_bytes
+        chips = mem.chips_needed(usable)  # tensor parallel: weights and KV split, activations not
         notes: list[str] = []
         if chips == 0:
             notes.append(f"the prefill workspace alone ({ws / 1e9:.2f} GB) exceeds a chip: lower --seq-len/--batch")

@@ -360,7 +360,7 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
 
     t0 = time.perf_counter()
     model_dir = Path(model_dir)
-    check_output(out_dir, force)
+    check_output(out_dir, force, inputs=[model_dir])
     if weight_dtype not in WEIGHT_DTYPES:
         raise ConfigError(f"weight dtype '{weight_dtype}' is not supported", "use float32 or float16")
     act = np.dtype(WEIGHT_DTYPES[weight_dtype])
@@ -396,7 +396,7 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
     if spec.tie_word_embeddings:
         skip.add("embed.weight" if spec.tied_source == "lm_head.weight" else "lm_head.weight")
 
-    with atomic_output(out_dir, force=force, is_dir=True) as d:
+    with atomic_output(out_dir, force=force, is_dir=True, inputs=[model_dir]) as d:
         stored: dict = {}
         with ExternalWeights(d / "weights.bin") as wf:
             bar = _progress(n_expected, progress)
