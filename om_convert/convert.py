@@ -81,10 +81,17 @@ class ConvertReport:
             return False
         return verdict(self.checks)[0]
 
+    @property
+    def outcome(self) -> str:
+        """"passed", "failed", or "unverified" (verify skipped or not asked for: nothing was checked)."""
+        if not self.verify:
+            return "unverified"
+        return "passed" if self.passed else "failed"
+
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("source", "kind", "target", "soc_version", "precision_mode", "out",
                                                "steps", "analysis", "rewrite", "atc", "artifact", "verify")} | {
-            "passed": self.passed}
+            "passed": self.passed, "outcome": self.outcome}
 
     def to_text(self) -> str:
         v, a = self.verify, self.artifact
@@ -99,6 +106,11 @@ class ConvertReport:
             lines.append(f"  artifact: {a.get('omsim')} (simulated: no ATC on this machine)")
         for g, om in (a.get("om") or {}).items():
             lines.append(f"  artifact: {om} (built by ATC)")
+        if not v:
+            skipped = next((s for s in self.steps if s.get("step") == "verify" and s.get("skipped")), None)
+            lines.append("  verdict: UNVERIFIED — " + ("the verify step was skipped (see above); run "
+                                                       "`ascend-adapt compare` on a machine with more memory"
+                                                       if skipped else "--no-verify: nothing was checked"))
         if v:
             ok, failed = verdict(self.checks) if self.checks else (False, [])
             head = "PASSED" if ok else ("FAILED (" + ", ".join(failed) + ")" if failed else "FAILED")
@@ -108,6 +120,24 @@ class ConvertReport:
                 lines.append(f"    {name}: {mark}{'' if c.get('counts', True) else ' (not counted)'} — "
                              f"{c.get('detail', '')}")
         return "\n".join(lines)
+
+
+def _prefill_gears(gears) -> list[int] | None:
+    """HF input: `gears` are prefill lengths, each an int or a 1-tuple (the CLI parser's form)."""
+    if not gears:
+        return None
+    flat = []
+    for g in gears:
+        if isinstance(g, (tuple, list)):
+            if len(g) != 1:
+                raise ConfigError(f"gear {tuple(g)}: for an HF checkpoint a gear is one prefill length",
+                                  "pass lengths, e.g. gears=[16, 32, 64] (CLI: --gears \"16;32;64\")")
+            g = g[0]
+        if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 1:
+            raise ConfigError(f"gear {g!r}: a prefill length must be a positive integer",
+                              "pass lengths, e.g. gears=[16, 32, 64]")
+        flat.append(int(g))
+    return flat
 
 
 def _metrics(name: str, ref, got, min_cosine: float = 0.999) -> dict:
@@ -779,7 +809,7 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
         max_len, seq_len = default_context(spec, max_len, seq_len)
         src_dtype = source_dtype(src)
         weight_dtype = weight_dtype or default_weight_dtype(mode, src_dtype)
-        flat = [int(g[0]) if isinstance(g, (tuple, list)) else int(g) for g in gears] if gears else None
+        flat = _prefill_gears(gears)
         if layout == "step" and not flat:
             flat = default_gears(seq_len, target)
         prompt = max(flat) if flat else seq_len

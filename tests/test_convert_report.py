@@ -93,3 +93,27 @@ def test_real_convert_report_is_consistent(tiny_dir, tmp_path):
     if v["logits"]["nonfinite"] == 0:
         assert "finite part" not in text
     assert r.passed == d["passed"]
+
+
+def test_unverified_report_says_so_and_is_not_passed():
+    """A skipped or switched-off verify is neither PASSED nor FAILED: the report says UNVERIFIED."""
+    from ascend_adapt.om_convert.convert import ConvertReport
+
+    r = ConvertReport(source="s", kind="hf", target="Ascend310P3", soc_version="Ascend310P3",
+                      precision_mode="force_fp16", out="o")
+    r.steps.append({"step": "verify", "summary": "SKIPPED: needs 41 GiB", "seconds": 0.0, "skipped": True})
+    assert r.outcome == "unverified" and r.passed is False and r.to_dict()["outcome"] == "unverified"
+    text = r.to_text()
+    assert "UNVERIFIED" in text and "skipped" in text and "PASSED" not in text
+
+
+def test_hf_gears_from_python_are_lengths_not_tuples():
+    """gears=[(16, 32, 64)] used to build [1, 16] silently (first number of the tuple kept)."""
+    from ascend_adapt.errors import ConfigError
+    from ascend_adapt.om_convert.convert import _prefill_gears
+
+    assert _prefill_gears([16, (32,), 64]) == [16, 32, 64]
+    assert _prefill_gears(None) is None
+    for bad in ([(16, 32, 64)], [0], [True], ["16"]):
+        with pytest.raises(ConfigError, match="gear"):
+            _prefill_gears(bad)
