@@ -1,4 +1,5 @@
-"""`ascend-adapt inspect`: what a checkpoint is, without reading tensor data."""
+"""`ascend-adapt inspect`: what a checkpoint is, and whether its weights match its config,
+without reading tensor data."""
 
 from __future__ import annotations
 
@@ -8,10 +9,23 @@ from pathlib import Path
 
 from .checkpoint import open_checkpoint
 from .checkpoint.dtypes import ITEMSIZE
+from .errors import AscendAdaptError, CheckpointError
+
+_MAX_LISTED = 20  # problem lines in the text report
 
 
 @dataclass
 class InspectReport:
+    """What `inspect` read, and every way the weights and the config disagree.
+
+    Attributes:
+        problems: one line per problem (an invalid or missing config, an unsupported
+            architecture, each tensor mismatch); empty when the weights match the config.
+        mismatches: the tensor mismatches, structured: `kind` ("shape", "missing",
+            "unexpected"), `name`, `expected` and `actual` shapes (None where not applicable),
+            `file`.
+    """
+
     path: Path
     layout: str
     architecture: str
@@ -24,9 +38,24 @@ class InspectReport:
     shards: list[tuple[str, int, int]]  # file, tensors, bytes
     stored_bytes: int
     problems: list[str] = field(default_factory=list)
+    mismatches: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
     def bytes_at(self, bits: int) -> int:
         return self.num_params * bits // 8
+
+    def failure(self) -> AscendAdaptError | None:
+        """The error `ascend-adapt inspect` exits with (status 2) after printing, or None."""
+        if self.ok:
+            return None
+        return InspectError(
+            f"{self.path}: {len(self.problems)} problem{'s' if len(self.problems) != 1 else ''} "
+            f"(listed above): the config and the weights do not describe one model",
+            "each line names the key or tensor (expected vs actual); use the config.json that came "
+            "with these weights, or re-download the shards")
 
     def to_dict(self) -> dict:
         return {
@@ -36,8 +65,30 @@ class InspectReport:
             "shards": [{"file": f, "tensors": n, "bytes": b} for f, n, b in self.shards],
             "stored_bytes": self.stored_bytes,
             "bytes_fp32": self.bytes_at(32), "bytes_fp16": self.bytes_at(16), "bytes_int8": self.bytes_at(8),
-            "spec": self.spec, "problems": self.problems,
+            "spec": self.spec, "ok": self.ok, "problems": self.problems,
+            "mismatches": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in m.items()}
+                           for m in self.mismatches],
         }
+
+
+class InspectError(CheckpointError):
+    """`inspect` found the config and the weights disagree (or the config is unusable)."""
+
+
+def _one_line(exc: AscendAdaptError) -> str:
+    return exc.message + (f" (fix: {exc.hint})" if exc.hint else "")
+
+
+def mismatch_line(m: dict, config_name: str = "config.json") -> str:
+    """One problem line for a tensor mismatch: name, expected, actual."""
+    shape = lambda s: "(" + ", ".join(map(str, s)) + ("," if len(s) == 1 else "") + ")"  # noqa: E731
+    if m["kind"] == "shape":
+        return (f"{m['name']}: expected shape {shape(m['expected'])} from {config_name}, "
+                f"actual {shape(m['actual'])} in {m['file']}")
+    if m["kind"] == "missing":
+        return f"{m['name']}: expected shape {shape(m['expected'])} from {config_name}, actual: missing"
+    return (f"{m['name']}: expected: not part of this architecture per {config_name}, "
+            f"actual {shape(m['actual'])} in {m['file']}")
 
 
 def human_bytes(n: float) -> str:
@@ -49,28 +100,38 @@ def human_bytes(n: float) -> str:
 
 
 def inspect_checkpoint(path) -> InspectReport:
-    """Describe a model directory: layout, architecture, parameters, dtypes, shards, sizes."""
-    from ascend_adapt.errors import AscendAdaptError
+    """Describe a model directory and check its weights against the shapes its config implies.
+
+    Reads headers only. The weights are listed first; a config that is missing, invalid or of an
+    unsupported architecture, and every tensor whose shape differs from the config's, is missing
+    or does not belong to the architecture, is recorded in `problems` (`mismatches` for the
+    tensors) instead of stopping, so the report shows what could be read.
+
+    Raises:
+        CheckpointError: the weights themselves cannot be listed (no weights, corrupt headers).
+    """
+    from ascend_adapt.checkpoint.config import check_identity_keys
     from ascend_adapt.model_zoo import adapter_for_config
 
-    reader = open_checkpoint(path)
+    reader = open_checkpoint(path, read_config=False)
     infos = reader.infos()
-    arch = (reader.config.get("architectures") or [reader.config.get("model_type") or
-                                                   ("llama (Meta layout)" if reader.layout == "meta" else "?")])[0]
-    adapter_name, spec_dict, problems = None, None, []
+    meta = reader.layout == "meta"
+    arch, adapter_name, spec_dict, problems, mismatches = "?", None, None, [], []
     try:
-        adapter = adapter_for_config(reader.config, str(Path(path) / "config.json"))
+        config = reader.load_config(required=True)
+        config_name = Path(config.source).name
+        archs, model_type = check_identity_keys(config)
+        arch = (archs or [model_type or ("llama (Meta layout)" if meta else "?")])[0]
+        adapter = adapter_for_config(config, config.source)
         adapter_name = adapter.name
-        spec = adapter.spec_from_config(reader.config)
+        spec = adapter.spec_from_config(config)
         spec_dict = spec.to_dict()
-        expected = adapter.source_shapes(spec, "meta" if reader.layout == "meta" else "hf")
-        for name, shape in expected.items():
-            if name in infos and tuple(infos[name].shape) != tuple(shape):
-                problems.append(f"{name}: shape {infos[name].shape}, config implies {shape}")
-            elif name not in infos and not name.startswith("lm_head"):
-                problems.append(f"{name}: missing")
+        layout = "meta" if meta else "hf"
+        mismatches = adapter.tensor_problems(infos, adapter.entries(spec, layout),
+                                             adapter.source_shapes(spec, layout), strict=True)
+        problems += [mismatch_line(m, config_name) for m in mismatches]
     except AscendAdaptError as exc:
-        problems.append(str(exc).splitlines()[0])
+        problems.append(_one_line(exc))
     counts, params = Counter(), Counter()
     for info in infos.values():
         counts[info.dtype] += 1
@@ -80,7 +141,7 @@ def inspect_checkpoint(path) -> InspectReport:
         spec=spec_dict, num_tensors=len(infos), num_params=sum(params.values()),
         dtype_counts=dict(counts), dtype_params=dict(params),
         shards=[(f.name, n, b) for f, n, b in reader.shard_summary()],
-        stored_bytes=sum(i.nbytes for i in infos.values()), problems=problems,
+        stored_bytes=sum(i.nbytes for i in infos.values()), problems=problems, mismatches=mismatches,
     )
 
 
@@ -109,5 +170,9 @@ def format_report(r: InspectReport) -> str:
                  f"fp16 {human_bytes(r.bytes_at(16))}, int8 {human_bytes(r.bytes_at(8))}")
     if r.problems:
         lines.append(f"problems     {len(r.problems)}")
-        lines += [f"  - {p}" for p in r.problems[:20]]
+        lines += [f"  - {p}" for p in r.problems[:_MAX_LISTED]]
+        if len(r.problems) > _MAX_LISTED:
+            lines.append(f"  … and {len(r.problems) - _MAX_LISTED} more (--json lists every one)")
+    else:
+        lines.append("check        every tensor matches the shapes config.json implies")
     return "\n".join(lines)

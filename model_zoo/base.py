@@ -30,6 +30,7 @@ from typing import Callable, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ascend_adapt.checkpoint.config import ConfigFields, check_identity_keys, config_source, shown
 from ascend_adapt.errors import CheckpointError, ConfigError, ShapeMismatchError, UnsupportedError
 from ascend_adapt.registry import Registry
 
@@ -135,16 +136,60 @@ class Adapter:
         return getattr(self, f"merge_{entry.transform}")(arrays, spec)
 
     def source_shapes(self, spec: ModelSpec, layout: str = "hf") -> dict[str, tuple[int, ...]]:
-        """Shapes of the checkpoint's tensors implied by the spec (for writers)."""
+        """Shapes of the checkpoint's tensors implied by the spec (for writers and checks).
+
+        Allocates nothing proportional to the model: a transform's shape comes from its
+        `shape_<t>` method when the adapter has one; otherwise `merge_<t>` runs on zero-stride
+        placeholders (a transform that copies its input then allocates that tensor's size).
+        """
         shapes = spec.canonical_shapes()
         out = {}
         for e in self.entries(spec, layout):
-            dummy = [np.empty(shapes[c], dtype=np.uint8) for c in e.canonical]
-            out[e.source] = self.merge(e, dummy, spec).shape
+            in_shapes = [tuple(shapes[c]) for c in e.canonical]
+            if e.transform is None:
+                out[e.source] = in_shapes[0]
+            elif hasattr(self, f"shape_{e.transform}"):
+                out[e.source] = tuple(getattr(self, f"shape_{e.transform}")(in_shapes, spec))
+            else:
+                dummy = [np.broadcast_to(np.zeros((), np.uint8), s) for s in in_shapes]
+                out[e.source] = tuple(self.merge(e, dummy, spec).shape)
         return out
 
     def is_ignored(self, name: str) -> bool:
         return any(re.search(p, name) for p in self.ignored)
+
+    def tensor_problems(self, infos, entries, expected: dict, strict: bool = True) -> list[dict]:
+        """Every way a checkpoint's tensors differ from the spec, from their headers alone.
+
+        Args:
+            infos: name → TensorInfo of the checkpoint.
+            entries: the concrete weight table of the checkpoint's naming.
+            expected: source name → expected shape.
+            strict: list tensors that are not part of this architecture.
+
+        Returns:
+            dicts with `kind` ("unexpected", "missing", "shape"), `name`, `expected` (shape or
+            None), `actual` (shape or None), `file` (or None) and, for "missing", `layer`:
+            unexpected tensors first, then table order.
+        """
+        problems = []
+        if strict:
+            known = {e.source for e in entries}
+            for n, info in infos.items():
+                if n not in known and not self.is_ignored(n):
+                    problems.append({"kind": "unexpected", "name": n, "expected": None,
+                                     "actual": tuple(info.shape), "file": Path(info.file).name})
+        for e in entries:
+            info = infos.get(e.source)
+            if info is None:
+                if not e.optional:
+                    layer = re.search(r"\.(\d+)\.", e.source)
+                    problems.append({"kind": "missing", "name": e.source, "expected": tuple(expected[e.source]),
+                                     "actual": None, "file": None, "layer": layer.group(1) if layer else None})
+            elif tuple(info.shape) != tuple(expected[e.source]):
+                problems.append({"kind": "shape", "name": e.source, "expected": tuple(expected[e.source]),
+                                 "actual": tuple(info.shape), "file": Path(info.file).name})
+        return problems
 
     def check_tensors(self, path, infos, spec: ModelSpec, entries, expected: dict, strict: bool = True,
                       naming: str = "") -> list[tuple[WeightEntry, object]]:
@@ -167,32 +212,24 @@ class Adapter:
                 checkpoint holds tensors this architecture does not have.
             ShapeMismatchError: a tensor's shape does not match the config (name, expected, actual).
         """
-        if strict:
-            known = {e.source for e in entries}
-            unexpected = [n for n in infos if n not in known and not self.is_ignored(n)]
-            if unexpected:
-                what = f" ({naming} names)" if naming else ""
+        problems = self.tensor_problems(infos, entries, expected, strict)
+        unexpected = [p["name"] for p in problems if p["kind"] == "unexpected"]
+        if unexpected:
+            what = f" ({naming} names)" if naming else ""
+            raise CheckpointError(
+                f"{path}: {len(unexpected)} tensors are not part of a {self.name} model{what}, "
+                f"e.g. '{unexpected[0]}'",
+                "check that config.json's architecture and layer count match the weights",
+            )
+        for p in problems:
+            if p["kind"] == "missing":
+                where = f" (layer {p['layer']})" if p["layer"] else ""
                 raise CheckpointError(
-                    f"{path}: {len(unexpected)} tensors are not part of a {self.name} model{what}, "
-                    f"e.g. '{unexpected[0]}'",
-                    "check that config.json's architecture and layer count match the weights",
-                )
-        present = []
-        for e in entries:
-            info = infos.get(e.source)
-            if info is None:
-                if e.optional:
-                    continue
-                layer = re.search(r"\.(\d+)\.", e.source)
-                where = f" (layer {layer.group(1)})" if layer else ""
-                raise CheckpointError(
-                    f"{path}: tensor '{e.source}'{where} is missing",
+                    f"{path}: tensor '{p['name']}'{where} is missing",
                     f"config.json says {spec.num_layers} layers; check the shards and the index",
                 )
-            if tuple(info.shape) != tuple(expected[e.source]):
-                raise ShapeMismatchError(e.source, expected[e.source], info.shape, Path(info.file).name)
-            present.append((e, info))
-        return present
+            raise ShapeMismatchError(p["name"], p["expected"], p["actual"], p["file"])
+        return [(e, infos[e.source]) for e in entries if e.source in infos]
 
     def iter_canonical(self, reader, spec: ModelSpec | None = None, layout: str | None = None,
                        strict: bool = True) -> Iterator[tuple[str, np.ndarray]]:
@@ -248,29 +285,40 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
 
 
 def adapter_for_config(config: Mapping, source: str = "config.json") -> Adapter:
-    """Pick the adapter for an HF config (by `architectures`, then `model_type`)."""
+    """Pick the adapter for an HF config (by `architectures`, then `model_type`).
+
+    Raises:
+        ConfigError: `architectures` is not a list of strings or `model_type` not a string.
+        UnsupportedError: no adapter handles it.
+    """
     ADAPTERS.names()  # make sure built-ins are loaded
-    for arch in config.get("architectures") or []:
+    source = config_source(config, source)
+    archs, mt = check_identity_keys(config, source)
+    for arch in archs:
         if arch in _BY_ARCH:
             return ADAPTERS.get(_BY_ARCH[arch])
-    mt = config.get("model_type")
     if mt in _BY_TYPE:
         return ADAPTERS.get(_BY_TYPE[mt])
     if "dim" in config and "n_layers" in config:  # Meta params.json
         return ADAPTERS.get("llama")
     supported = ", ".join(sorted(_BY_ARCH)) + "; model_type " + ", ".join(sorted(_BY_TYPE))
     raise UnsupportedError(
-        f"{source}: unsupported architecture {config.get('architectures')} (model_type {mt!r})",
+        f"{source}: unsupported architecture {shown(archs)} (model_type {shown(mt)})",
         f"supported: {supported}. To add one, see docs/adding_an_architecture.md",
     )
 
 
 def get_alias(config: Mapping, aliases: Mapping[str, Sequence[str]], key: str, default=...):
-    """Read `key` from `config` under any of its aliases (data in each adapter)."""
-    for k in aliases.get(key, (key,)):
-        if k in config and config[k] is not None:
-            return config[k]
+    """Read `key` from `config` under any of its aliases, untyped.
+
+    The built-in adapters read typed, bounded values with
+    `ascend_adapt.checkpoint.config.ConfigFields` instead; prefer it in new adapters.
+    """
+    k, value = ConfigFields(config, aliases).find(key)
+    if value is not None:
+        return value
     if default is ...:
-        raise ConfigError(f"config.json: missing key '{key}' (looked for {', '.join(aliases.get(key, (key,)))})",
+        raise ConfigError(f"{config_source(config)}: missing key '{key}' "
+                          f"(looked for {', '.join(aliases.get(key, (key,)))})",
                           "use the config.json that came with the checkpoint")
     return default

@@ -7,7 +7,10 @@ builder, the simulator and the estimator read only this (never the raw config).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import numbers
+from dataclasses import asdict, dataclass, field, fields
+
+from ascend_adapt.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,28 @@ class ModelSpec:
     gmask_token_id: int | None = None
     torch_dtype: str = "float32"
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        """Refuse sizes a config could not have produced (a spec read back from a manifest is
+        checked too): the same bounds as the config validator, so nothing is sized by a bad value."""
+        from ascend_adapt.checkpoint.config import (MAX_HEAD_DIM, MAX_HEADS, MAX_HIDDEN, MAX_INTERMEDIATE,
+                                                     MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB)
+
+        bounds = {"hidden_size": MAX_HIDDEN, "num_layers": MAX_LAYERS, "num_heads": MAX_HEADS,
+                  "num_kv_heads": MAX_HEADS, "head_dim": MAX_HEAD_DIM, "intermediate_size": MAX_INTERMEDIATE,
+                  "vocab_size": MAX_VOCAB, "max_position": MAX_POSITIONS}
+        for name, hi in bounds.items():
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or not 1 <= v <= hi:
+                raise ConfigError(f"model spec: {name} = {v!r:.60}, expected an integer in [1, {hi}]",
+                                  "the spec comes from config.json or a manifest written by ascend-adapt; "
+                                  "regenerate it from the checkpoint's config.json")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"model spec: num_heads {self.num_heads} is not a multiple of num_kv_heads "
+                              f"{self.num_kv_heads}", "regenerate the spec from the checkpoint's config.json")
+        if not isinstance(self.norm_eps, numbers.Real) or not math.isfinite(self.norm_eps):
+            raise ConfigError(f"model spec: norm_eps = {self.norm_eps!r:.60}, expected a finite number",
+                              "regenerate the spec from the checkpoint's config.json")
 
     @property
     def q_dim(self) -> int:
@@ -148,6 +173,10 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"model spec: unknown field(s) {', '.join(map(str, unknown))[:200]}",
+                              "the manifest was written by another version of ascend-adapt; rebuild it")
         if d.get("mask_fill") == "-inf":
             d["mask_fill"] = float("-inf")
         if isinstance(d.get("eos_token_id"), list):

@@ -25,6 +25,7 @@ import numpy as np
 
 from .._optional import require
 from ..errors import CheckpointError
+from .config import ConfigDict, load_config_json, parse_strict_json
 from .dtypes import canonical_name, numpy_dtype
 from .safetensors_io import TensorInfo, read_safetensors_header, read_tensor
 
@@ -39,15 +40,18 @@ _META_CONCAT_DIM = [
 
 
 def _read_json(path: Path, what: str) -> dict:
+    """A JSON object from `path` (strict JSON: no NaN / Infinity), as a CheckpointError if not."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        text = path.read_bytes().decode("utf-8")
+        data = parse_strict_json(text)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read {what} ({exc.strerror})") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: {what} is not valid JSON ({exc})", "fix or re-download the file") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: {what} must be a JSON object")
+        raise CheckpointError(f"{path}: {what} must be a JSON object", "fix or re-download the file")
     return data
 
 
@@ -110,11 +114,19 @@ class CheckpointReader(TensorIndex):
     Attributes:
         path: the directory.
         layout: "safetensors", "bin" or "meta".
-        config: config.json (or params.json for the Meta layout) as a dict.
+        config: config.json (or params.json for the Meta layout) as a `ConfigDict` (a dict that
+            names its file); empty when there is none and it is not required, or `read_config`
+            is False.
         shards: the data files, in order.
+
+    Args:
+        path: the model directory.
+        require_config: refuse a directory without config.json (params.json for Meta's layout).
+        read_config: False lists the weights without reading the config (`load_config()` reads
+            it later; `inspect` does this to report a bad config beside what it could read).
     """
 
-    def __init__(self, path, require_config: bool = True):
+    def __init__(self, path, require_config: bool = True, read_config: bool = True):
         self.path = Path(path)
         if not self.path.exists():
             raise CheckpointError(f"{self.path}: no such directory")
@@ -123,21 +135,30 @@ class CheckpointReader(TensorIndex):
         self._torch_cache: dict[Path, dict] = {}
         self._meta_parts: dict[str, list[TensorInfo]] = {}
         self.layout, self.shards, self._infos = self._scan()
-        self.config = self._load_config(require_config)
+        self.config = (self.load_config(require_config) if read_config
+                       else ConfigDict({}, str(self.path / "config.json")))
 
     # ---- layout detection -------------------------------------------------------------------
-    def _load_config(self, required: bool) -> dict:
+    def load_config(self, required: bool = True) -> ConfigDict:
+        """Read config.json (params.json for Meta's layout) as strict JSON; sets `self.config`.
+
+        Raises:
+            CheckpointError: it is missing and `required`.
+            ConfigError: it is not UTF-8, strict JSON or a JSON object (naming the file).
+        """
         cfg = self.path / "config.json"
         if cfg.exists():
-            return _read_json(cfg, "config.json")
-        if self.layout == "meta":
-            return _read_json(self.path / "params.json", "params.json")
-        if required:
+            self.config = load_config_json(cfg, "config.json")
+        elif self.layout == "meta":
+            self.config = load_config_json(self.path / "params.json", "params.json")
+        elif required:
             raise CheckpointError(
                 f"{self.path}: config.json is missing",
                 "copy the model's config.json into the directory (it comes with every HF checkpoint)",
             )
-        return {}
+        else:
+            self.config = ConfigDict({}, str(cfg))
+        return self.config
 
     def _scan(self):
         p = self.path
@@ -209,6 +230,13 @@ class CheckpointReader(TensorIndex):
         wmap = index.get("weight_map")
         if not isinstance(wmap, dict) or not wmap:
             raise CheckpointError(f"{index_path}: has no 'weight_map'", "re-save the checkpoint to rebuild its index")
+        for name, fname in wmap.items():
+            # a shard is a plain file name beside the index (never a path that leaves the directory)
+            if not isinstance(fname, str) or not fname or fname in (".", "..") or "/" in fname or "\\" in fname:
+                raise CheckpointError(
+                    f"{index_path}: 'weight_map' maps tensor '{name}' to {fname!r}, expected the file name "
+                    "of a shard in this directory",
+                    "re-save the checkpoint to rebuild its index")
         files = []
         for fname in dict.fromkeys(wmap.values()):
             f = self.path / fname
@@ -300,6 +328,6 @@ class CheckpointReader(TensorIndex):
         return sum(i.nbytes for i in self._infos.values())
 
 
-def open_checkpoint(path, require_config: bool = True) -> CheckpointReader:
+def open_checkpoint(path, require_config: bool = True, read_config: bool = True) -> CheckpointReader:
     """Open a model directory; see `CheckpointReader`."""
-    return CheckpointReader(path, require_config=require_config)
+    return CheckpointReader(path, require_config=require_config, read_config=read_config)

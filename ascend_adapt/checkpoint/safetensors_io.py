@@ -27,7 +27,15 @@ from ..errors import CheckpointError, OutputExistsError
 from .dtypes import (CANONICAL_TO_SAFETENSORS, ITEMSIZE, SAFETENSORS_TO_CANONICAL,
                      canonical_name, numpy_dtype)
 
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
+# What the safetensors format (and its reference library, which refuses anything else) requires:
+# a header of at most 100,000,000 bytes (the library's MAX_HEADER_SIZE), JSON nested at most 127
+# levels deep (serde_json's recursion limit), and sizes that fit an unsigned 64-bit integer.
+_MAX_HEADER_BYTES = 100_000_000
+_MAX_JSON_DEPTH = 127
+_U64_MAX = 2 ** 64 - 1
+# dtypes the format defines that ascend-adapt has no numpy representation for
+_FORMAT_ONLY_DTYPES = ("F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64")
+_ENTRY_FIELDS = ("dtype", "shape", "data_offsets")
 
 
 @dataclass(frozen=True)
@@ -57,60 +65,219 @@ class TensorInfo:
         return self.numel * ITEMSIZE[self.dtype]
 
 
+class _JsonObject(dict):
+    """A parsed JSON object that remembers which of its keys were repeated."""
+
+    repeated: frozenset = frozenset()
+
+
+def _json_object(pairs):
+    obj = _JsonObject(pairs)
+    if len(obj) != len(pairs):
+        seen, rep = set(), set()
+        for k, _ in pairs:
+            (rep if k in seen else seen).add(k)
+        obj.repeated = frozenset(rep)
+    return obj
+
+
+def _header_int(text: str):
+    # as the format's reader (serde_json) parses JSON integers: "-0" is a float (refused where an
+    # integer is due), and an integer beyond 64 bits is a float, out of range past ~1.8e308
+    if text == "-0":
+        return -0.0
+    if len(text) > 300 and math.isinf(float(text)):
+        raise ValueError(f"number {text[:20]}... ({len(text)} digits) is out of range")
+    return int(text)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"'{name}' is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _check_json_tree(root) -> str | None:
+    """Why the parsed header is not what a strict JSON reader accepts (too deep, a lone surrogate), or None."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > _MAX_JSON_DEPTH:
+            return f"nesting deeper than {_MAX_JSON_DEPTH} levels"
+        if isinstance(node, dict):
+            items = list(node.items())
+            for k, v in items:
+                stack.append((k, depth))
+                stack.append((v, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+        elif isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a string holds an unpaired UTF-16 surrogate escape"
+    return None
+
+
+def _is_u64(v) -> bool:
+    return type(v) is int and 0 <= v <= _U64_MAX
+
+
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse a safetensors header and validate it against the file size.
 
+    Reads only the 8-byte length and the header; see `parse_safetensors_header` for the checks.
+
     Returns:
-        (tensors by name in file order, the `__metadata__` dict).
+        (tensors by name in header order, the `__metadata__` dict).
 
     Raises:
-        CheckpointError: truncated file, invalid JSON, unknown dtype, offsets outside the file or
-            not matching the shape.
+        CheckpointError: naming the file (and the tensor) with a hint.
     """
     path = Path(path)
-    fix = "the file is truncated or corrupt: re-download or re-save it"
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise CheckpointError(f"{path}: file is {size} bytes, too short for a safetensors header", fix)
-            (n,) = struct.unpack("<Q", raw)
-            if n > min(size - 8, _MAX_HEADER_BYTES):
-                raise CheckpointError(
-                    f"{path}: header length {n} exceeds the file size ({size} bytes)", fix)
-            header_bytes = f.read(n)
+            head = f.read(8)
+            if len(head) == 8:
+                (n,) = struct.unpack("<Q", head)
+                if n <= min(size - 8, _MAX_HEADER_BYTES):
+                    head += f.read(n)
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from exc
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse_safetensors_header(head, size, path)
+
+
+def parse_safetensors_header(head: bytes, file_size: int, path="<bytes>"
+                             ) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Validate a safetensors header as the format (and its reference library) requires.
+
+    Checks: an 8-byte little-endian length N with 8 + N <= the file and N <= 100,000,000; N bytes
+    of UTF-8 JSON holding one object (strict JSON: no NaN / Infinity, nesting <= 127, no unpaired
+    surrogates); `__metadata__` absent, null or a str -> str map; every other entry an object with
+    `dtype` (a known dtype string), `shape` (a list of unsigned ints), `data_offsets` (two unsigned
+    ints, begin <= end), no repeated field, and end - begin = numel x itemsize (computed without
+    overflowing 64 bits); the tensors, sorted by offsets, tile the data section exactly: the first
+    starts at 0, each starts where the previous ends (no overlap, no gap) and the last ends at the
+    end of the file.
+
+    Args:
+        head: the first bytes of the file (at least 8 + N when the length is sane).
+        file_size: the size of the whole file in bytes.
+        path: the file, for messages and for the returned `TensorInfo`s.
+
+    Returns:
+        (tensors by name in header order, the `__metadata__` dict).
+
+    Raises:
+        CheckpointError: naming the file and the tensor, with a hint.
+    """
+    path = Path(path)
+    fix = "the file is truncated or corrupt: re-download it or re-save it with the safetensors library"
+    if file_size < 8 or len(head) < 8:
+        raise CheckpointError(f"{path}: file is {file_size} bytes, too short for a safetensors header", fix)
+    (n,) = struct.unpack("<Q", head[:8])
+    if 8 + n > file_size:
+        raise CheckpointError(f"{path}: header length {n} exceeds the file size ({file_size} bytes)", fix)
+    if n > _MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"{path}: header length {n} exceeds the format's limit of {_MAX_HEADER_BYTES} bytes", fix)
+    if len(head) < 8 + n:
+        raise CheckpointError(f"{path}: header length {n}, but only {len(head) - 8} header bytes were given", fix)
+
+    def bad(why: str, hint: str = fix) -> CheckpointError:
+        return CheckpointError(f"{path}: {why}", hint)
+
     try:
-        header = json.loads(header_bytes)
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({exc})", fix) from None
-    meta = header.pop("__metadata__", None) or {}
+        text = head[8:8 + n].decode("utf-8")
+        header = json.loads(text, object_pairs_hook=_json_object, parse_int=_header_int,
+                            parse_constant=_no_constant, parse_float=_finite)
+    except UnicodeDecodeError as exc:
+        raise bad(f"safetensors header is not valid UTF-8 (byte {exc.start} of the header)") from None
+    except (ValueError, RecursionError) as exc:
+        raise bad(f"safetensors header is not valid JSON ({str(exc)[:200] or 'nesting is too deep'})") from None
+    if not isinstance(header, dict):
+        raise bad(f"safetensors header is not valid JSON: expected an object, got {type(header).__name__}")
+    why = _check_json_tree(header)
+    if why:
+        raise bad(f"safetensors header is not valid JSON ({why})")
+    if "__metadata__" in header.repeated:
+        raise bad("safetensors header has '__metadata__' twice")
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise bad(f"'__metadata__' must map strings to strings, got {_shown(meta)}")
     data_start = 8 + n
+    data_len = file_size - data_start
     out: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
-        try:
-            tag, shape, (begin, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor '{name}' has a malformed header entry {entry!r}", fix) from None
-        if tag not in SAFETENSORS_TO_CANONICAL:
-            raise CheckpointError(
-                f"{path}: tensor '{name}' has unknown dtype '{tag}'",
-                f"supported safetensors dtypes: {', '.join(SAFETENSORS_TO_CANONICAL)}",
-            )
+        where = f"tensor '{name}'"
+        if not isinstance(entry, dict):
+            raise bad(f"{where}: header entry is {_shown(entry)}, expected an object with dtype, shape, data_offsets")
+        rep = [k for k in _ENTRY_FIELDS if k in entry.repeated]
+        if rep:
+            raise bad(f"{where}: header entry repeats the field '{rep[0]}'")
+        missing = [k for k in _ENTRY_FIELDS if k not in entry]
+        if missing:
+            raise bad(f"{where}: header entry has no '{missing[0]}'")
+        tag, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(tag, str) or (tag not in SAFETENSORS_TO_CANONICAL and tag not in _FORMAT_ONLY_DTYPES):
+            raise bad(f"{where} has unknown dtype " + (f"'{tag}'" if isinstance(tag, str) else _shown(tag)),
+                      f"supported safetensors dtypes: {', '.join(SAFETENSORS_TO_CANONICAL)}")
+        if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
+            raise bad(f"{where}: shape {_shown(shape)} is not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_u64(o) for o in offsets)):
+            raise bad(f"{where}: data_offsets {_shown(offsets)} is not two non-negative integers [begin, end]")
+        begin, end = offsets
+        if end < begin:
+            raise bad(f"{where}: data_offsets [{begin}, {end}] end before they begin")
+        if tag in _FORMAT_ONLY_DTYPES:
+            raise bad(f"{where} has dtype '{tag}', which ascend-adapt cannot read",
+                      f"supported safetensors dtypes: {', '.join(SAFETENSORS_TO_CANONICAL)}; "
+                      "re-save the tensor in one of them")
         dtype = SAFETENSORS_TO_CANONICAL[tag]
-        expected = math.prod(shape) * ITEMSIZE[dtype]
-        if end - begin != expected or begin < 0:
-            raise CheckpointError(
-                f"{path}: tensor '{name}' spans {end - begin} bytes but shape {shape} {dtype} needs {expected}", fix)
-        if data_start + end > size:
-            raise CheckpointError(
-                f"{path}: tensor '{name}' ends at byte {data_start + end} but the file has {size} bytes", fix)
-        out[name] = TensorInfo(name, shape, dtype, path, data_start + begin)
-    return out, meta
+        numel = 1
+        for d in shape:
+            numel *= d
+            if numel > _U64_MAX:
+                break
+        if numel > _U64_MAX or numel * ITEMSIZE[dtype] * 8 > _U64_MAX:
+            raise bad(f"{where}: shape {_shown(shape)} {dtype} has more bytes than a 64-bit size can hold")
+        expected = numel * ITEMSIZE[dtype]
+        if end - begin != expected:
+            raise bad(f"{where} spans {end - begin} bytes but shape {tuple(shape)} {dtype} needs {expected}")
+        if data_start + end > file_size:
+            raise bad(f"{where} ends at byte {data_start + end} but the file has {file_size} bytes")
+        spans.append((begin, end, name))
+        out[name] = TensorInfo(name, tuple(shape), dtype, path, data_start + begin)
+    # the tensors tile the data section: sorted by offsets, each starts where the previous ended
+    pos, prev = 0, None
+    layout_fix = "re-save the file with the safetensors library (tensors must not overlap or leave gaps)"
+    for begin, end, name in sorted(spans):
+        if begin < pos:
+            raise bad(f"tensor '{name}' (bytes [{begin}, {end}) of the data section) overlaps tensor "
+                      f"'{prev[2]}' (bytes [{prev[0]}, {prev[1]}))", layout_fix)
+        if begin > pos:
+            raise bad(f"tensor '{name}' starts at byte {begin} of the data section, leaving bytes "
+                      f"[{pos}, {begin}) unused", layout_fix)
+        pos, prev = end, (begin, end, name)
+    if pos != data_len:
+        last = f"the last tensor '{prev[2]}'" if prev else "the header (it lists no tensors)"
+        raise bad(f"the data section has {data_len} bytes but its tensors cover {pos}: "
+                  f"{data_len - pos} bytes after {last} belong to no tensor", fix)
+    return out, dict(meta)
+
+
+def _shown(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def read_tensor(info: TensorInfo) -> np.ndarray:

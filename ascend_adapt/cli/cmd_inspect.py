@@ -14,11 +14,17 @@ def inspect_cmd(model_dir, as_json):
     """Architecture, parameter count, tensors per dtype, shards and bytes at fp32/fp16/int8.
 
     Reads only headers (safetensors) or maps files (torch .bin): no tensor data is loaded.
+    Checks every tensor against the shapes config.json implies: prints what it could read, then
+    exits with status 2 when the config is invalid or a tensor is mismatched, missing or unexpected
+    (each listed with its expected and actual shape).
     """
     from ascend_adapt.inspect_model import format_report, inspect_checkpoint
 
     report = inspect_checkpoint(model_dir)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    failure = report.failure()
+    if failure is not None:
+        raise failure
 
 
 @click.command("make-tiny")

@@ -16,9 +16,11 @@ from typing import Mapping
 
 import numpy as np
 
+from ascend_adapt.checkpoint.config import (MAX_HEADS, MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS,
+                                             MAX_VOCAB, ConfigFields, check_head_dim)
 from ascend_adapt.errors import UnsupportedError
 
-from ..base import Adapter, get_alias, register_adapter, table
+from ..base import Adapter, register_adapter, table
 from ..spec import ModelSpec, glm_alpha
 
 ALIASES = {
@@ -87,47 +89,63 @@ class ChatGLMAdapter(Adapter):
     tokenizer_kind = "chatglm"
 
     def spec_from_config(self, config: Mapping) -> ModelSpec:
-        c = dict(config)
+        """ChatGLM-6B config.json → ModelSpec, every field typed and bounded.
+
+        Raises:
+            ConfigError: a missing key or a bad value (naming the file, the key, the value and
+                what is expected; see `ascend_adapt/checkpoint/config.py` for the bounds).
+            UnsupportedError: ChatGLM2/3, 1-D positions, quantized or P-tuning configs.
+        """
+        f = ConfigFields(config, ALIASES)
+        c = config
         if "multi_query_attention" in c or "padded_vocab_size" in c or "rmsnorm" in c:
             raise UnsupportedError(
-                "config.json describes ChatGLM2/ChatGLM3 (multi_query_attention / padded_vocab_size), "
+                f"{f.source} describes ChatGLM2/ChatGLM3 (multi_query_attention / padded_vocab_size), "
                 "not ChatGLM-6B v1",
                 "ChatGLM2/3 are not supported yet: their QKV layout, RoPE and norms differ (reference §2)",
             )
-        if not c.get("position_encoding_2d", True):
-            raise UnsupportedError("config.json: position_encoding_2d=false is not supported",
+        if not f.bool("position_encoding_2d", True):
+            raise UnsupportedError(f"{f.source}: position_encoding_2d=false is not supported",
                                    "ChatGLM-6B uses 2-D positions; this checkpoint is a different GLM")
-        if c.get("quantization_bit"):
+        # quantization_bit is 4 or 8 in the int4 / int8 repos; pre_seq_len a prefix length (128)
+        qbits = f.int("quantization_bit", 0, lo=0, hi=64)
+        if qbits:
             raise UnsupportedError(
-                f"config.json: quantization_bit={c['quantization_bit']} (int4/int8 ChatGLM) is not supported",
+                f"{f.source}: quantization_bit={qbits} (int4/int8 ChatGLM) is not supported",
                 "use the fp16 checkpoint THUDM/chatglm-6b; quantize for the target with ATC/AMCT later",
             )
-        if c.get("pre_seq_len"):
-            raise UnsupportedError("config.json: pre_seq_len (P-tuning v2 prefix) is not supported",
+        if f.int("pre_seq_len", 0, lo=0, hi=MAX_POSITIONS):
+            raise UnsupportedError(f"{f.source}: pre_seq_len (P-tuning v2 prefix) is not supported",
                                    "merge or drop the prefix encoder first")
-        H = int(get_alias(c, ALIASES, "hidden_size"))
-        heads = int(get_alias(c, ALIASES, "num_heads"))
-        head_dim = H // heads
+        H = f.int("hidden_size", hi=MAX_HIDDEN)
+        heads = f.int("num_heads", hi=MAX_HEADS)
+        f.divisible("hidden_size", H, "num_heads", heads)
+        # glm2d: each half of a head is rotated in (half-split) pairs, so head_dim % 4 == 0
+        head_dim = check_head_dim(f, H // heads, f.find("hidden_size")[0], even=4)
         return ModelSpec(
-            arch="chatglm", hidden_size=H, num_layers=int(get_alias(c, ALIASES, "num_layers")),
+            arch="chatglm", hidden_size=H, num_layers=f.int("num_layers", hi=MAX_LAYERS),
             num_heads=heads, num_kv_heads=heads, head_dim=head_dim,
-            intermediate_size=int(get_alias(c, ALIASES, "intermediate_size", 4 * H)),
-            vocab_size=int(get_alias(c, ALIASES, "vocab_size")), ffn="gelu_tanh", norm="layernorm",
-            norm_eps=float(get_alias(c, ALIASES, "norm_eps", 1e-5)),
+            intermediate_size=f.int("intermediate_size", 4 * H, hi=MAX_INTERMEDIATE),
+            vocab_size=f.int("vocab_size", hi=MAX_VOCAB), ffn="gelu_tanh", norm="layernorm",
+            # eps is added to a variance: positive and far below 1 in every model (1e-5)
+            norm_eps=f.float("norm_eps", 1e-5, lo=0.0, lo_open=True, hi=1.0),
             residual="glm_alpha", residual_alpha=glm_alpha(),
             rotary="glm2d", rotary_dim=head_dim // 2, rope_theta=10000.0, rotary_table_dtype="float16",
             attn_layer_scaling=True, mask_fill=-10000.0,
             qkv_bias=True, o_bias=True, mlp_bias=True,
-            tie_word_embeddings=bool(c.get("tie_word_embeddings", True)), tied_source="lm_head.weight",
-            max_position=int(get_alias(c, ALIASES, "max_position", 2048)), kv_layout="sbhd",
-            bos_token_id=c.get("bos_token_id", 130004), eos_token_id=c.get("eos_token_id", 130005),
-            pad_token_id=c.get("pad_token_id", 3), mask_token_id=c.get("mask_token_id", 130000),
-            gmask_token_id=c.get("gmask_token_id", 130001),
-            torch_dtype=str(c.get("torch_dtype", "float16")),
+            tie_word_embeddings=f.bool("tie_word_embeddings", True), tied_source="lm_head.weight",
+            max_position=f.int("max_position", 2048, hi=MAX_POSITIONS), kv_layout="sbhd",
+            bos_token_id=f.token_id("bos_token_id", 130004), eos_token_id=f.token_ids("eos_token_id", 130005),
+            pad_token_id=f.token_id("pad_token_id", 3), mask_token_id=f.token_id("mask_token_id", 130000),
+            gmask_token_id=f.token_id("gmask_token_id", 130001),
+            torch_dtype=f.dtype(("torch_dtype",), "float16"),
         )
 
     def split_glm_qkv(self, w, spec):
         return split_glm_qkv(w, spec.num_heads)
+
+    def shape_glm_qkv(self, shapes, spec):
+        return (sum(s[0] for s in shapes), *shapes[0][1:])  # q, k, v rows stacked
 
     def merge_glm_qkv(self, arrays, spec):
         return merge_glm_qkv(*arrays, spec.num_heads)

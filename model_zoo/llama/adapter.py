@@ -10,9 +10,12 @@ from typing import Mapping
 
 import numpy as np
 
+from ascend_adapt.checkpoint.config import (MAX_FFN_MULTIPLIER, MAX_HEAD_DIM, MAX_HEADS, MAX_HIDDEN,
+                                             MAX_INTERMEDIATE, MAX_LAYERS, MAX_MULTIPLE_OF, MAX_POSITIONS,
+                                             MAX_VOCAB, ConfigFields, check_head_dim, shown)
 from ascend_adapt.errors import ConfigError, UnsupportedError
 
-from ..base import Adapter, get_alias, register_adapter, table
+from ..base import Adapter, register_adapter, table
 from ..spec import ModelSpec
 
 ALIASES = {
@@ -24,6 +27,7 @@ ALIASES = {
     "vocab_size": ("vocab_size",),
     "norm_eps": ("rms_norm_eps", "norm_eps"),
     "max_position": ("max_position_embeddings", "max_seq_len"),
+    "head_dim": ("head_dim",),
 }
 
 HF_TABLE = table([
@@ -104,47 +108,68 @@ class LlamaAdapter(Adapter):
     ignored = (r"rotary_emb\.inv_freq$", r"^rope\.freqs$")
 
     def spec_from_config(self, config: Mapping) -> ModelSpec:
-        c = dict(config)
+        """HF config.json (or Meta params.json) → ModelSpec, every field typed and bounded.
+
+        Raises:
+            ConfigError: a missing key or a bad value (naming the file, the key, the value and
+                what is expected; see `ascend_adapt/checkpoint/config.py` for the bounds).
+            UnsupportedError: rope scaling, biases or an activation other than silu.
+        """
+        f = ConfigFields(config, ALIASES)
+        c = config
         meta = "dim" in c and "n_layers" in c
-        H = int(get_alias(c, ALIASES, "hidden_size"))
-        heads = int(get_alias(c, ALIASES, "num_heads"))
-        kv = int(get_alias(c, ALIASES, "num_kv_heads", heads))
-        if heads % kv:
-            raise ConfigError(f"config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
-        head_dim = int(c.get("head_dim") or H // heads)
-        if meta:
-            inter = _ffn_size(H, int(c.get("multiple_of", 256)), c.get("ffn_dim_multiplier"))
-            vocab = int(c.get("vocab_size", -1))
-            if vocab <= 0:
-                raise ConfigError("params.json: vocab_size is -1",
-                                  "set vocab_size in params.json to the tokenizer's size (32000 for Llama-2)")
+        H = f.int("hidden_size", hi=MAX_HIDDEN)
+        layers = f.int("num_layers", hi=MAX_LAYERS)
+        heads = f.int("num_heads", hi=MAX_HEADS)
+        kv = f.int("num_kv_heads", heads, hi=heads)
+        f.divisible("num_heads", heads, "num_kv_heads", kv)
+        if c.get("head_dim") is not None:
+            head_dim = check_head_dim(f, f.int("head_dim", hi=MAX_HEAD_DIM))
         else:
-            inter = int(get_alias(c, ALIASES, "intermediate_size"))
-            vocab = int(get_alias(c, ALIASES, "vocab_size"))
-        rope = c.get("rope_parameters") or {}
-        theta = float(rope.get("rope_theta", c.get("rope_theta", 10000.0)))
-        scaling = c.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+            f.divisible("hidden_size", H, "num_heads", heads)
+            head_dim = check_head_dim(f, H // heads, f.find("hidden_size")[0])
+        if meta:
+            if c.get("vocab_size") == -1:
+                raise ConfigError(f"{f.source}: vocab_size is -1",
+                                  "set vocab_size in params.json to the tokenizer's size (32000 for Llama-2)")
+            vocab = f.int("vocab_size", hi=MAX_VOCAB)
+            multiplier = f.float("ffn_dim_multiplier", None, lo=0.0, lo_open=True, hi=MAX_FFN_MULTIPLIER)
+            inter = _ffn_size(H, f.int("multiple_of", 256, hi=MAX_MULTIPLE_OF), multiplier)
+            if inter > MAX_INTERMEDIATE:
+                raise f.error("ffn_dim_multiplier", multiplier,
+                              f"a factor that keeps the FFN size <= {MAX_INTERMEDIATE} (it gives {inter})")
+        else:
+            inter = f.int("intermediate_size", hi=MAX_INTERMEDIATE)
+            vocab = f.int("vocab_size", hi=MAX_VOCAB)
+        rope = f.mapping("rope_parameters")
+        rf = ConfigFields(rope, source=f"{f.source} (rope_parameters)")
+        theta = rf.float("rope_theta", None, lo=0.0, lo_open=True)
+        if theta is None:
+            theta = f.float("rope_theta", 10000.0, lo=0.0, lo_open=True)
+        rope_type = rf.str("rope_type", "default")
+        scaling = c.get("rope_scaling") or (rope if rope_type != "default" else None)
         if scaling:
-            raise UnsupportedError(f"config.json: rope scaling {scaling} is not supported yet",
+            raise UnsupportedError(f"{f.source}: rope scaling {shown(scaling)} is not supported yet",
                                    "Llama-2 uses none; remove rope_scaling or open an issue for this model")
-        if c.get("attention_bias") or c.get("mlp_bias"):
-            raise UnsupportedError("config.json: attention_bias / mlp_bias are not supported for llama",
+        if f.bool("attention_bias", False) or f.bool("mlp_bias", False):
+            raise UnsupportedError(f"{f.source}: attention_bias / mlp_bias are not supported for llama",
                                    "Llama-2 has no biases; this checkpoint is a different architecture")
-        act = c.get("hidden_act", "silu")
+        act = f.str("hidden_act", "silu")
         if act != "silu":
-            raise UnsupportedError(f"config.json: hidden_act '{act}' is not supported for llama (expected silu)")
-        dtype = c.get("torch_dtype") or c.get("dtype") or "float32"
+            raise UnsupportedError(f"{f.source}: hidden_act {shown(act)} is not supported for llama (expected silu)")
         return ModelSpec(
-            arch="llama", hidden_size=H, num_layers=int(get_alias(c, ALIASES, "num_layers")),
+            arch="llama", hidden_size=H, num_layers=layers,
             num_heads=heads, num_kv_heads=kv, head_dim=head_dim, intermediate_size=inter,
             vocab_size=vocab, ffn="swiglu", norm="rmsnorm",
-            norm_eps=float(get_alias(c, ALIASES, "norm_eps", 1e-5)),
+            # eps is added to a mean of squares: positive and far below 1 in every model (1e-5, 1e-6)
+            norm_eps=f.float("norm_eps", 1e-5, lo=0.0, lo_open=True, hi=1.0),
             residual="prenorm", rotary="half_split", rotary_dim=head_dim, rope_theta=theta,
             rotary_table_dtype="float32", mask_fill=float("-inf"),
-            tie_word_embeddings=bool(c.get("tie_word_embeddings", False)), tied_source="embed.weight",
-            max_position=int(get_alias(c, ALIASES, "max_position", 4096)), kv_layout="bhsd",
-            bos_token_id=c.get("bos_token_id", 1), eos_token_id=c.get("eos_token_id", 2),
-            pad_token_id=c.get("pad_token_id"), torch_dtype=str(dtype),
+            tie_word_embeddings=f.bool("tie_word_embeddings", False), tied_source="embed.weight",
+            max_position=f.int("max_position", 4096, hi=MAX_POSITIONS), kv_layout="bhsd",
+            bos_token_id=f.token_id("bos_token_id", 1), eos_token_id=f.token_ids("eos_token_id", 2),
+            pad_token_id=f.token_id("pad_token_id"),
+            torch_dtype=f.dtype(("torch_dtype", "dtype"), "float32"),
         )
 
     # Meta's Q/K permutation (§3.2) — the only real transform of this family
@@ -153,6 +178,11 @@ class LlamaAdapter(Adapter):
 
     def merge_meta_q(self, arrays, spec):
         return hf_to_meta_rows(arrays[0], spec.num_heads)
+
+    def shape_meta_q(self, shapes, spec):
+        return shapes[0]  # a row permutation
+
+    shape_meta_k = shape_meta_q
 
     def split_meta_k(self, w, spec):
         return (meta_to_hf_rows(w, spec.num_kv_heads),)
