@@ -26,9 +26,18 @@ in fp32 in onnxruntime. Consequences:
   Reductions and Softmax accumulate in fp32 here; a sum of fp16 values whose *partial* sums
   exceed 65504 but whose result does not overflows on a card that accumulates in fp16 and not
   here. An *output* above 65504 overflows here too.
-- Weights are rounded once when the session is built (ATC converts them at compile time).
-- Ops that exist only in fp16 on a chip (e.g. Conv2D on older chips under must_keep) are not
-  modelled: must_keep_origin_dtype here always runs fp32.
+- Data-movement ops (Reshape, Transpose, Gather, Concat, ..., Resize in `nearest` mode) only copy
+  or select values that are already fp16-exact, so their outputs are not rounded again. Resize in
+  `linear` / `cubic` mode (and Scatter ops with an add / mul reduction) compute new values: their
+  outputs are rounded like any computing op (`moves_values_only`).
+- Weights are rounded once when the session is built (ATC converts them at compile time): only
+  the fp32 ones that rounding ops read are loaded for that. Every other weight in external data
+  (an export's `weights.bin`, fp16 ones included) stays in its file, memory-mapped once per
+  process and shared by every session; onnxruntime's CPU kernels widen fp16 weights to fp32 at
+  use (exact), so an fp16 7B runs in about its weight bytes plus activations (docs/simulator.md).
+- Ops that exist only in fp16 on a chip (the target's `fp16_only_ops`, e.g. Conv on Ascend310)
+  are refused under must_keep_origin_dtype by acceptance (`sim.acceptance`), as ATC refuses
+  them; what is accepted runs in fp32 here.
 
 The rewritten graph runs in onnxruntime with every graph optimization disabled
 (`ORT_DISABLE_ALL`), so no pass folds or fuses the rounding casts away. must_keep_origin_dtype
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +79,24 @@ MIX_BLACK = frozenset({"Exp", "Log", "Pow", "Softmax", "LogSoftmax", "ReduceSum"
 _NON_DATA_INPUTS = {"Resize": {1, 2}, "Upsample": {1}, "Range": {0, 1, 2}, "Dropout": {1}}
 _LOW_ONNX = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
 _SUFFIX = "__sim"
+
+
+def moves_values_only(node: onnx.NodeProto) -> bool:
+    """True when the op's outputs are copies / selections of its input values (no rounding needed).
+
+    Most of `MOVE_OPS` always are. Resize (and Upsample) only in `nearest` mode: `linear` and
+    `cubic` interpolate new values, which the card computes (and stores) in the low dtype like any
+    computing op. Scatter ops with a `reduction` add / multiply values.
+    """
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in ("Resize", "Upsample"):
+        mode = attrs.get("mode", b"nearest")
+        return (mode.decode() if isinstance(mode, bytes) else str(mode)) == "nearest"
+    if node.op_type in ("ScatterND", "ScatterElements"):
+        red = attrs.get("reduction", b"none")
+        if (red.decode() if isinstance(red, bytes) else str(red)) not in ("none", "max", "min"):
+            return False
+    return node.op_type in MOVE_OPS
 
 
 def _round_array(a: np.ndarray, low: str) -> np.ndarray:
@@ -225,6 +253,18 @@ def plan_precision(model: onnx.ModelProto, settings: SimSettings, *, target: Any
     return PrecisionPlan(modes, low, kept, keep.unmatched())
 
 
+def rounded_initializers(model: onnx.ModelProto, plan: PrecisionPlan,
+                         infos: Mapping[str, TensorInfo]) -> set[str]:
+    """Names of the float32 initializers `emulate_precision` rounds (read as a float input by a
+    LOW / LOW_IN node): the only weights it needs in memory."""
+    inits = {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT}
+    names: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if plan.modes.get(i) in (LOW, LOW_IN):
+            names.update(node.input[j] for j in _float_inputs(node, infos) if node.input[j] in inits)
+    return names
+
+
 @dataclass
 class EmulationStats:
     """What `emulate_precision` did."""
@@ -246,8 +286,9 @@ def emulate_precision(model: onnx.ModelProto, settings: SimSettings, *, target: 
                       plan: PrecisionPlan | None = None) -> tuple[onnx.ModelProto, EmulationStats]:
     """Rewrite `model` so that onnxruntime computes it as the card does under `settings`.
 
-    The input model must have its weights loaded (initializers are rounded in the copy). Tensor
-    names of the original graph keep their meaning: each holds the value as the card stores it.
+    The fp32 initializers it rounds must have their data loaded (`rounded_initializers` names
+    them; the others may stay in external data). Tensor names of the original graph keep their
+    meaning: each holds the value as the card stores it.
 
     Returns:
         (the rewritten copy, statistics). For must_keep_origin_dtype the copy is unchanged.
@@ -340,7 +381,7 @@ def emulate_precision(model: onnx.ModelProto, settings: SimSettings, *, target: 
                 exact.add(dst)
             node.input[j] = rounded[src]
         fout = _float_outputs(node, infos)
-        if mode == LOW and node.op_type in MOVE_OPS:
+        if mode == LOW and moves_values_only(node):
             new_nodes.append(node)
             exact.update(node.output[j] for j in fout)
             continue
@@ -373,6 +414,81 @@ def _session_options(optimize: bool, threads: int | None):
 
 _PROTO_LIMIT = 1_800_000_000
 
+# weights files memory-mapped in this process: (path, size, mtime, inode) -> the read-only map
+_MAPS: "weakref.WeakValueDictionary[tuple, np.memmap]" = weakref.WeakValueDictionary()
+
+
+def _mapped_file(path: Path) -> np.memmap:
+    """`path` memory-mapped read-only, once per process while any session uses it (sessions of
+    the same weights file share its pages, which then count once in the process's RSS)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    mapped = _MAPS.get(key)
+    if mapped is None:
+        mapped = np.memmap(path, mode="r")
+        _MAPS[key] = mapped
+    return mapped
+
+
+def _external_bytes(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray | None:
+    """`tensor`'s bytes (uint8) in its memory-mapped external data file; None when the file is
+    missing (onnxruntime then names it). Raises ConfigError when the file is too short."""
+    from ascend_adapt.errors import ConfigError
+
+    from .graph import elem_size
+
+    info = {e.key: e.value for e in tensor.external_data}
+    dims = tuple(int(d) for d in tensor.dims)
+    need = int(np.prod(dims, dtype=np.int64)) * elem_size(tensor.data_type)
+    offset, length = int(info.get("offset", 0)), int(info.get("length", need))
+    path = Path(base_dir) / info.get("location", "")
+    if not path.is_file():
+        return None
+    size = path.stat().st_size
+    if length != need or offset + length > size:
+        raise ConfigError(f"{path}: initializer '{tensor.name}' {list(dims)} needs {need} bytes at offset "
+                          f"{offset}, the file holds {size} bytes (length recorded: {length})",
+                          "the weights file does not belong to this graph: re-export the model")
+    if need == 0:
+        return np.zeros(0, np.uint8)
+    return _mapped_file(path)[offset:offset + length]
+
+
+def _shared_initializer(tensor: onnx.TensorProto, base_dir: Path):
+    """An OrtValue viewing `tensor`'s bytes in its memory-mapped external data file, or None when
+    onnxruntime should read it itself (a dtype numpy views cannot carry, an unaligned offset)."""
+    import onnxruntime as ort
+
+    from .graph import elem_size, np_dtype
+
+    if tensor.data_type in (TensorProto.BFLOAT16, TensorProto.STRING, TensorProto.UNDEFINED):
+        return None
+    raw = _external_bytes(tensor, base_dir)
+    if raw is None or raw.size == 0 or int(raw.ctypes.data) % elem_size(tensor.data_type):
+        return None
+    view = raw.view(np_dtype(tensor.data_type)).reshape(tuple(int(d) for d in tensor.dims))
+    return ort.OrtValue.ortvalue_from_numpy(view)
+
+
+def _inline_external(model: onnx.ModelProto, base_dir, names: set[str] | None = None) -> None:
+    """Copy the external data of the initializers in `names` (all when None) into `model`, in
+    place (read through the shared mapping: onnx's loader refuses hard-linked weights files)."""
+    from onnx.external_data_helper import uses_external_data
+
+    for t in model.graph.initializer:
+        if uses_external_data(t) and (names is None or t.name in names):
+            raw = _external_bytes(t, Path(base_dir))
+            if raw is None:
+                from ascend_adapt.errors import ConfigError
+
+                loc = {e.key: e.value for e in t.external_data}.get("location", "?")
+                raise ConfigError(f"{Path(base_dir) / loc}: the external data of '{t.name}' is missing",
+                                  "keep the graph beside its weights file, or re-export the model")
+            t.raw_data = raw.tobytes()
+            t.data_location = TensorProto.DEFAULT
+            del t.external_data[:]
+
+
 
 class SimSession:
     """An onnxruntime session computing a graph as the card does under `settings`.
@@ -400,6 +516,7 @@ class SimSession:
 
         self.settings = settings
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._weights: list = []  # OrtValues viewing the mapped weights file (kept alive with the session)
         path = None if isinstance(model, onnx.ModelProto) else Path(model)
         if path is not None and base_dir is None:
             base_dir = path.parent
@@ -413,40 +530,71 @@ class SimSession:
             self._sess = ort.InferenceSession(str(path), _session_options(True, threads),
                                               providers=["CPUExecutionProvider"])
         else:
-            full = self._with_weights(model, light, base_dir)
+            # weights in external data stay there (see _make_session) but the fp32 ones to round
+            full = self._load_rounded(model if isinstance(model, onnx.ModelProto) else light,
+                                      rounded_initializers(light, self.plan, infos), base_dir)
             rewritten, self.stats = emulate_precision(full, settings, target=target, infos=infos, plan=self.plan)
             if dump:
                 expose_all_outputs(rewritten, [i.name for i in light.graph.input] + originals)
-            self._sess = self._make_session(rewritten, _session_options(settings.keeps_origin, threads))
+            self._sess = self._make_session(rewritten, _session_options(settings.keeps_origin, threads), base_dir)
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
 
     @staticmethod
-    def _with_weights(model, light: onnx.ModelProto, base_dir) -> onnx.ModelProto:
-        from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    def _load_rounded(model: onnx.ModelProto, names: set[str], base_dir) -> onnx.ModelProto:
+        """`model`, or a copy with the external data of the fp32 initializers in `names` loaded."""
+        from onnx.external_data_helper import uses_external_data
 
-        if isinstance(model, onnx.ModelProto):
-            m = onnx.ModelProto()
-            m.CopyFrom(model)
-        else:
-            m = onnx.ModelProto()
-            m.CopyFrom(light)
-        if any(uses_external_data(t) for t in m.graph.initializer):
-            if base_dir is None:
-                raise ValueError("the model keeps its weights in external data: pass base_dir")
-            load_external_data_for_model(m, str(base_dir))
+        todo = {t.name for t in model.graph.initializer
+                if t.name in names and t.data_type == TensorProto.FLOAT and uses_external_data(t)}
+        if not todo:
+            return model
+        if base_dir is None:
+            raise ValueError("the model keeps its weights in external data: pass base_dir")
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        _inline_external(m, base_dir, todo)
         return m
 
-    def _make_session(self, model: onnx.ModelProto, so):
-        import onnxruntime as ort
+    def _make_session(self, model: onnx.ModelProto, so, base_dir):
+        """The onnxruntime session of the rewritten proto.
 
-        if model.ByteSize() < _PROTO_LIMIT:
-            return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        self._tmp = tempfile.TemporaryDirectory(prefix="ascend-adapt-sim-")
-        p = Path(self._tmp.name) / "sim.onnx"
-        onnx.save_model(model, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="sim.weights")
-        return ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        Initializers in external data are not copied into the proto: onnxruntime resolves them in
+        `base_dir`, and each one it can take as a numpy view is handed over as a view of the
+        weights file memory-mapped once per process (`_mapped_file`), so every session of the same
+        file (prefill + decode, a dump session) shares those pages. A proto holding more than
+        protobuf's 2 GB in its own initializers goes through a temporary file instead.
+        """
+        import onnxruntime as ort
+        from onnx.external_data_helper import uses_external_data
+
+        external = [t for t in model.graph.initializer if uses_external_data(t)]
+        if external and base_dir is None:
+            raise ValueError("the model keeps its weights in external data: pass base_dir")
+        if model.ByteSize() >= _PROTO_LIMIT:  # big inline weights (a ModelProto built in memory)
+            if external:
+                _inline_external(model, base_dir)
+            self._tmp = tempfile.TemporaryDirectory(prefix="ascend-adapt-sim-")
+            p = Path(self._tmp.name) / "sim.onnx"
+            onnx.save_model(model, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location="sim.weights")
+            return ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        self._weights = []
+        # Memory, not values: onnxruntime widens fp16 weights to fp32 with Cast nodes that read only
+        # an initializer; the default order runs such nodes early, holding many widened weights at
+        # once, the priority-based order runs them next to their consumers. No CPU arena: it keeps
+        # the largest per-step buffers (the widened [vocab, H] head) after each step.
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        so.enable_cpu_mem_arena = False
+        if external:
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                        str(Path(base_dir).resolve()))
+            for t in external:
+                value = _shared_initializer(t, Path(base_dir))
+                if value is not None:
+                    so.add_initializer(t.name, value)
+                    self._weights.append(value)  # must outlive the session
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference; returns {output name: array} (every tensor with dump=True)."""
@@ -459,6 +607,7 @@ class SimSession:
 
     def close(self) -> None:
         self._sess = None
+        self._weights = []
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
