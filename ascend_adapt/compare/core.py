@@ -355,7 +355,8 @@ def _lm_sim_fix(B: LMSide, ids, mask, atol, rtol, fix_dir, notes):
         captured.update(feeds)
         return pre.infer(feeds)
 
-    GraphLMSession(be.spec, run, run, be.batch, be.max_len, be.seq_len).prefill_all(ids, mask)
+    GraphLMSession(be.spec, run, run, be.batch, be.max_len, be.seq_len,
+                   cache_dtype=getattr(be, "cache_dtype", np.float32)).prefill_all(ids, mask)
     graph_file = pre.model_path if pre.artifact is None else pre.artifact.graph_path("prefill")
     with OrtRunner(str(graph_file), dump=True, optimize=False) as r:
         ref = r.infer(captured)

@@ -38,14 +38,16 @@ class GraphLMSession(StaticCacheSession):
         prefill_len: S, the prefill graph's length (prompts up to S tokens; shorter ones are
             left-padded, which costs S - len(prompt) slots of the M).
         pad_id: id written into padding positions (never attended to).
+        cache_dtype: dtype of the graphs' past_* / present_* (the export's activation dtype:
+            float16 for an fp16 export; `contract.cache_dtype(manifest)`).
 
     Attributes:
-        cache_k, cache_v: float32 [L, B, KVH, M, D] host cache (post-rotary keys / values).
+        cache_k, cache_v: [L, B, KVH, M, D] host cache in `cache_dtype` (post-rotary keys / values).
         last_outputs: the executor's outputs of the latest step.
     """
 
     def __init__(self, spec: ModelSpec, run_prefill: Executor, run_decode: Executor, batch: int, max_len: int,
-                 prefill_len: int | Sequence[int], pad_id: int | None = None):
+                 prefill_len: int | Sequence[int], pad_id: int | None = None, cache_dtype=np.float32):
         super().__init__(spec, batch, max_len)
         # a step graph (built with gears) serves prefill and decode: `prefill_len` lists its gears
         self.gears = sorted(int(g) for g in prefill_len) if not isinstance(prefill_len, (int, np.integer)) else None
@@ -56,8 +58,8 @@ class GraphLMSession(StaticCacheSession):
         self.prefill_len = prefill_len
         self.pad_id = int(pad_id if pad_id is not None else (spec.pad_token_id or 0))
         shape = (spec.num_layers, batch, spec.num_kv_heads, max_len, spec.head_dim)
-        self.cache_k = np.zeros(shape, np.float32)
-        self.cache_v = np.zeros(shape, np.float32)
+        self.cache_k = np.zeros(shape, cache_dtype)
+        self.cache_v = np.zeros(shape, cache_dtype)
         self.last_outputs: Mapping[str, np.ndarray] = {}
         self.pad = 0  # left padding added to the prompt in the latest prefill
 
@@ -133,4 +135,5 @@ def open_session(backend, batch: int, max_len: int, run_prefill: Executor, run_d
     if max_len > backend.max_len:
         raise ConfigError(f"{backend.path}: the graphs have {backend.max_len} cache slots, asked for {max_len}",
                           f"re-export (and rebuild the OMs) with --max-len {max_len} (or more)")
-    return GraphLMSession(backend.spec, run_prefill, run_decode, backend.batch, backend.max_len, prefill_lengths)
+    return GraphLMSession(backend.spec, run_prefill, run_decode, backend.batch, backend.max_len, prefill_lengths,
+                          cache_dtype=getattr(backend, "cache_dtype", np.float32))

@@ -24,6 +24,7 @@ import numpy as np
 
 from ascend_adapt._optional import require
 from ascend_adapt.model_zoo.spec import ModelSpec
+from ascend_adapt.om_convert.builder.contract import cache_dtype
 
 from .backends import BACKENDS
 from .graph_session import GraphLMSession, open_session
@@ -59,6 +60,7 @@ class OrtLMBackend:
         self.batch = int(self.manifest["batch"])
         self.seq_len = int(self.manifest["seq_len"])
         self.max_len = int(self.manifest["max_len"])
+        self.cache_dtype = cache_dtype(self.manifest)
         # a gear build has one step graph for prefill and decode
         self.gears = self.manifest.get("gears") or None
         self.kinds = ("step", "step") if self.gears else ("prefill", "decode")
@@ -141,7 +143,7 @@ class OrtLMBackend:
         pk, dk = self.kinds
         run = self.executor(pk, extra)
         session = GraphLMSession(self.spec, run, run if pk == dk else self.executor(dk), self.batch, self.max_len,
-                                 self.prefill_lengths)
+                                 self.prefill_lengths, cache_dtype=self.cache_dtype)
         logits = session.prefill_all(input_ids, attention_mask)
         if not layer_outputs:
             return logits

@@ -102,6 +102,9 @@ class SimLMBackend:
         self.manifest = export
         self.spec = ModelSpec.from_dict(export["spec"])
         self.batch, self.seq_len, self.max_len = (int(export[k]) for k in ("batch", "seq_len", "max_len"))
+        from ascend_adapt.om_convert.builder.contract import cache_dtype
+
+        self.cache_dtype = cache_dtype(export)
         # roles → graphs: prefill / decode graphs, or one step graph (a gear build) for both
         self.roles = {"prefill": kinds[0], "decode": kinds[-1]}
         self.gears = export.get("gears") or None
@@ -217,7 +220,7 @@ class SimLMBackend:
                                graph=self.roles["prefill"], dump=True, check=False, cost=False,
                                threads=pre.threads).activate()
         session = GraphLMSession(self.spec, lambda f: runner.infer(f), self.executor("decode"), self.batch,
-                                 self.max_len, self.gears or self.seq_len)
+                                 self.max_len, self.gears or self.seq_len, cache_dtype=self.cache_dtype)
         try:
             logits = session.prefill_all(input_ids, attention_mask)
             if not layer_outputs:

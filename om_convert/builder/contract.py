@@ -7,28 +7,30 @@ prefill.onnx (S = prefill length, padded on the left; M = cache slots):
     position_ids     int32   [B, S]        (ChatGLM-6B: [B, 2, S] = positions, block ids)
     attention_mask   float32 [B, 1, S, S]  additive: 0 visible, MASK_FILL hidden
   → logits           float32 [B, S, V]
-    present_keys     float32 [L, B, KVH, S, D]  (post-rotary)
-    present_values   float32 [L, B, KVH, S, D]
+    present_keys     kv      [L, B, KVH, S, D]  (post-rotary)
+    present_values   kv      [L, B, KVH, S, D]
 
 decode.onnx:
     input_ids        int32   [B, 1]
     position_ids     int32   [B, 1]        (ChatGLM-6B: [B, 2, 1])
     attention_mask   float32 [B, 1, 1, M + 1]  cache slots ⊕ the new token
-    past_keys        float32 [L, B, KVH, M, D]
-    past_values      float32 [L, B, KVH, M, D]
+    past_keys        kv      [L, B, KVH, M, D]
+    past_values      kv      [L, B, KVH, M, D]
   → logits           float32 [B, 1, V]
-    present_keys     float32 [L, B, KVH, 1, D]  (the host writes them into slot `start_slot`)
-    present_values   float32 [L, B, KVH, 1, D]
+    present_keys     kv      [L, B, KVH, 1, D]  (the host writes them into slot `start_slot`)
+    present_values   kv      [L, B, KVH, 1, D]
 
 step.onnx (one graph for prefill AND decode, built with `gears`; weights loaded once on the card):
     input_ids        int32   [B, seq]
     position_ids     int32   [B, seq]      (ChatGLM-6B: [B, 2, seq])
     attention_mask   float32 [B, 1, seq, seq + M]  cache slots ⊕ this step's tokens
-    past_keys        float32 [L, B, KVH, M, D]
-    past_values      float32 [L, B, KVH, M, D]
+    past_keys        kv      [L, B, KVH, M, D]
+    past_values      kv      [L, B, KVH, M, D]
   → logits           float32 [B, seq, V]
-    present_keys     float32 [L, B, KVH, seq, D]
-    present_values   float32 [L, B, KVH, seq, D]
+    present_keys     kv      [L, B, KVH, seq, D]
+    present_values   kv      [L, B, KVH, seq, D]
+  `kv` is the activation dtype (float16 for an fp16 export, else float32): the cache crosses the
+  graph boundary in the dtype the graph computes in, so no widened copy exists on either side.
   `seq` is a gear: ATC compiles one static graph per value of --dynamic_dims (1 = a decode step,
   the others prefill lengths) inside one OM that shares the weights. A prefill is a step whose
   cache slots are all hidden.
@@ -57,8 +59,11 @@ def layer_output_names(num_layers: int) -> list[str]:
 SEQ = "seq"  # the step graph's gear dimension (an ONNX dim_param)
 
 
-def io_spec(spec, kind: str, batch: int, seq_len: int, max_len: int) -> dict:
+def io_spec(spec, kind: str, batch: int, seq_len: int, max_len: int, kv_dtype: str = "float32") -> dict:
     """{"inputs": [(name, shape, dtype)], "outputs": [...]} of graph `kind` ("prefill" / "decode" / "step").
+
+    `kv_dtype` is the dtype of past_* / present_*: the graph's activation dtype (float16 for an fp16
+    export), so the host cache holds what the card computes and no widened copy exists anywhere.
 
     In "step" shapes the gear dimension is the string `SEQ` and the mask's last dimension the
     string f"{SEQ}+{max_len}" (see `step_shape` for a concrete gear) — the notation of
@@ -73,9 +78,9 @@ def io_spec(spec, kind: str, batch: int, seq_len: int, max_len: int) -> dict:
     inputs = [("input_ids", [B, S], "int32"), ("position_ids", pos, "int32"),
               ("attention_mask", [B, 1, S, T], "float32")]
     if kind != "prefill":
-        inputs += [("past_keys", [L, B, KVH, M, D], "float32"), ("past_values", [L, B, KVH, M, D], "float32")]
-    outputs = [("logits", [B, S, V], "float32"), ("present_keys", [L, B, KVH, S, D], "float32"),
-               ("present_values", [L, B, KVH, S, D], "float32")]
+        inputs += [("past_keys", [L, B, KVH, M, D], kv_dtype), ("past_values", [L, B, KVH, M, D], kv_dtype)]
+    outputs = [("logits", [B, S, V], "float32"), ("present_keys", [L, B, KVH, S, D], kv_dtype),
+               ("present_values", [L, B, KVH, S, D], kv_dtype)]
     return {"inputs": inputs, "outputs": outputs}
 
 
@@ -121,3 +126,13 @@ def graph_input_shapes(manifest: dict, kind: str, soc_version: str | None = None
 
     gs = prefill_gear_shapes(inputs, gears, SEQ, soc_version=soc_version)
     return dict(gs.input_shape), tuple(gs.dynamic_dims)
+
+
+def cache_dtype(manifest) -> np.dtype:
+    """The KV-cache dtype of an export manifest (its graphs' past_keys input); float32 for exports
+    written before the cache followed the activation dtype."""
+    for graph in (manifest.get("graphs") or {}).values():
+        for inp in graph.get("inputs", ()):
+            if inp.get("name") == "past_keys":
+                return np.dtype(inp["dtype"])
+    return np.dtype(np.float32)

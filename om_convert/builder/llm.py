@@ -157,16 +157,15 @@ class _LLMGraph:
     # -- the graph ------------------------------------------------------------------------------
     def build(self):
         spec, b = self.spec, self.b
-        io = io_spec(spec, self.kind, self.B, self.S or 0, self.M)
+        io = io_spec(spec, self.kind, self.B, self.S or 0, self.M, kv_dtype=self.b.act_dtype.name)
         for name, shape, dtype in io["inputs"]:
             b.add_input(name, dtype, shape)
         act = b.act_dtype
         with b.scope("inputs"):
             mask = b.cast("attention_mask", act, name="CastMask") if act != np.float32 else "attention_mask"
             past_k = past_v = None
-            if self.kind != "prefill":
-                past_k = b.cast("past_keys", act, name="CastPastKeys") if act != np.float32 else "past_keys"
-                past_v = b.cast("past_values", act, name="CastPastValues") if act != np.float32 else "past_values"
+            if self.kind != "prefill":  # the cache is in the activation dtype (io_spec): no cast
+                past_k, past_v = "past_keys", "past_values"
 
         tied = spec.tie_word_embeddings
         embed_w = spec.tied_source if tied else "embed.weight"
@@ -198,8 +197,6 @@ class _LLMGraph:
             for name, parts in (("present_keys", presents_k), ("present_values", presents_v)):
                 stacked = b.node("Concat", [b.unsqueeze(p, [0], name=f"Unsqueeze_{name}") for p in parts],
                                  name=f"Stack_{name}", axis=0)
-                if act != np.float32:
-                    stacked = b.cast(stacked, np.float32, name=f"Cast_{name}")
                 outs[name] = stacked
         for name, shape, dtype in io["outputs"]:
             b.rename(outs[name], name)
@@ -447,7 +444,8 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
             "mask_fill": MASK_FILL,
             "graphs": {kind: {"file": f"{kind}.onnx",
                               **{k: [{"name": n, "shape": s, "dtype": t} for n, s, t in v]
-                                 for k, v in io_spec(spec, kind, batch, seq_len, max_len).items()}}
+                                 for k, v in io_spec(spec, kind, batch, seq_len, max_len,
+                                                     kv_dtype=np.dtype(weight_dtype).name).items()}}
                        for kind in kinds},
             "gears": gears or None,
             "weights": {"file": "weights.bin", "bytes": weights_bytes, "tensors": n_tensors,
