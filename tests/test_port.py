@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tracemalloc
 from pathlib import Path
@@ -15,6 +16,7 @@ from ascend_adapt.errors import CheckpointError, OutputExistsError, ShapeMismatc
 from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
 from ascend_adapt.port import MANIFEST_NAME, port_to_hf, port_to_mindspore, read_manifest
 from ascend_adapt.port.ckpt import CkptReader, CkptWriter
+from tolerances import fp32_atol
 
 pytestmark = pytest.mark.mindspore
 
@@ -77,7 +79,7 @@ def test_port_output_layout_and_manifest(tiny_dir, tmp_path):
     assert names == sorted([MANIFEST_NAME, "config.json", "ice_text.model", "model.ckpt", "tokenizer_config.json"])
     m = read_manifest(out)
     assert (m["arch"], m["naming"], m["format"], m["dtype"]) == ("chatglm", "mindformers", "ckpt", "source")
-    assert m["spec"]["residual_alpha"] == pytest.approx(56 ** 0.5)
+    assert m["spec"]["residual_alpha"] == math.sqrt(56)  # exact: sqrt is correctly rounded, JSON keeps repr
     assert m["source"]["files"][0]["name"] == "model.safetensors" and m["source"]["config_sha256"]
     reader = CkptReader(out / "model.ckpt")
     assert set(m["tensors"]) == set(reader.names())
@@ -256,4 +258,7 @@ def test_mindir_prefill_decode_match_the_eager_cell(arch, tiny_dir, tmp_path):
     got, got_logits = greedy_tokens(lambda b, m: MindIRSession(out), ids, 16, return_logits=True)
     want, want_logits = greedy_tokens(eager, ids, 16, return_logits=True)
     assert np.array_equal(got, want)
-    assert np.abs(got_logits - want_logits).max() <= 1e-4
+    # same MindSpore kernels, compiled graph vs eager (other fusions, the static 32-slot cache): the
+    # fp32 accumulation bound of tests/tolerances.py, 2·u·Σn·max|logits| ≈ 1e-3 on the unit-head
+    # logits; it refuses a bound that would not catch a 1e-1 error (a stale slot, a wrong position)
+    assert np.abs(got_logits - want_logits).max() <= fp32_atol(spec, np.abs(want_logits).max(), keys=32)

@@ -13,6 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tolerances import (ELEMENTARY_ABS, U_FP32, fp32_ops_atol, layer_norm_atol, layer_norm_magnitude,
+                        low_precision_atol)
+
 from ascend_adapt.errors import RegistryError
 from ascend_adapt.operators.rewrites import (RULES, SKIP, NodeRule, apply_rules, write_keep_dtype,
                                              write_modify_mixlist)
@@ -43,8 +46,12 @@ def run(model, feeds):
     return sess.run(None, {k: v.astype(cast[dtypes[k]]) for k, v in feeds.items() if k in dtypes})
 
 
-def rewrite_and_compare(model, feeds, rules=None, target="Ascend310P3", atol=1e-6, **kw):
-    """Apply rules to a copy; assert the outputs match onnxruntime on the original. Returns (new, report)."""
+def rewrite_and_compare(model, feeds, rules=None, target="Ascend310P3", atol=0.0, **kw):
+    """Apply rules to a copy; assert the outputs match onnxruntime on the original. Returns (new, report).
+
+    atol 0 (the default): the rewrite must be bit-exact — it moves, folds, retypes integers or
+    drops nodes but leaves every float operation as it was. A rewrite that replaces or reorders
+    float operations passes a tolerance derived from them (tests/tolerances.py)."""
     before = run(model, feeds)
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -188,17 +195,31 @@ def test_int64_constant_that_does_not_fit_stays_int64():
 
 
 # ---------------------------------------------------------------------------------- gelu20
-@pytest.mark.parametrize("approx,atol", [("none", 1e-6), ("tanh", 1e-6)])
-def test_gelu20_becomes_primitives(approx, atol):
+def _gelu_atol(x) -> float:
+    """onnxruntime's Gelu-20 kernel vs the primitives: y = 0.5·x·(1 + f(z)), f = erf or tanh.
+
+    The two f kernels differ by ≤ 2·ELEMENTARY_ABS; z by ≤ 2·5·u·|z| (x/√2; or x², x³, ·C, + x, ·K),
+    which f scales by its slope: |z|·f'(z) ≤ 0.48 (erf), 0.45 (tanh) → ≤ 4.8·u; times 0.5·|x|.
+    Then 1 + f, 0.5·x and the product: 2·u·3·max|x| (tests/tolerances.py). ≈ 1e-5 for |x| ≤ 8;
+    the other GELU form (erf for tanh) is 4e-4 off, a wrong constant (C = 0.04) 3e-3.
+    """
+    mx = float(np.abs(x).max())
+    return fp32_ops_atol([1, 1, 1], mx, extra_abs=0.5 * mx * (2 * ELEMENTARY_ABS + 4.8 * U_FP32))
+
+
+@pytest.mark.parametrize("approx", ["none", "tanh"])
+def test_gelu20_becomes_primitives(approx):
     m = make([helper.make_node("Gelu", ["x"], ["y"], approximate=approx)], [vi("x", F, [3, 7])], [vi("y", F, [3, 7])],
              opset=20)
-    new, rep = rewrite_and_compare(m, {"x": RNG.standard_normal((3, 7)) * 3}, ["gelu20_to_tanh_or_erf"], atol=atol)
+    x = (RNG.standard_normal((3, 7)) * 3).astype(np.float32)
+    new, rep = rewrite_and_compare(m, {"x": x}, ["gelu20_to_tanh_or_erf"], atol=_gelu_atol(x))
     assert "Gelu" not in ops(new) and ("Tanh" if approx == "tanh" else "Erf") in ops(new)
 
 
 def test_gelu20_automatic_mode_then_opset_is_lowered():
     m = make([helper.make_node("Gelu", ["x"], ["y"])], [vi("x", F, [4])], [vi("y", F, [4])], opset=20)
-    new, rep = rewrite_and_compare(m, {"x": RNG.standard_normal(4)}, None)
+    x = RNG.standard_normal(4).astype(np.float32)
+    new, rep = rewrite_and_compare(m, {"x": x}, None, atol=_gelu_atol(x))  # the erf form: _gelu_atol
     assert rep.fired.get("gelu20_to_tanh_or_erf") == 1 and rep.fired.get("opset_downconvert") == 1
     assert new.opset_import[0].version == 18
 
@@ -216,8 +237,15 @@ def test_layernorm_to_primitives(axis, bias, dtype):
         ins.append("b")
     m = make([helper.make_node("LayerNormalization", ins, ["y"], axis=axis, epsilon=1e-5)],
              [vi("x", elem, shape)], [vi("y", elem, shape)], inits)
-    atol = 1e-5 if dtype == np.float32 else 4e-3
-    new, rep = rewrite_and_compare(m, {"x": RNG.standard_normal(shape)}, ["layernorm_to_primitives"], atol=atol)
+    x = RNG.standard_normal(shape).astype(dtype)
+    # fused (one-pass variance) vs primitives (two-pass), both fp32: layer_norm_atol ≈ 1e-5. fp16:
+    # the fused kernel rounds y to fp16 once, the primitives three times (Cast back, Mul scale,
+    # Add bias), each ≤ 2^-11 relative to a value ≤ max|norm·s| + max|b|: + 4·2^-11·that
+    # (tests/tolerances.py) ≈ 1e-2. A dropped bias or scale, or the wrong axis, is ≥ 1e-1 relative.
+    atol = layer_norm_atol(x, inits["s"], inits.get("b"), axis)
+    if dtype == np.float16:
+        atol += low_precision_atol(4, layer_norm_magnitude(x, inits["s"], inits.get("b"), axis))
+    new, rep = rewrite_and_compare(m, {"x": x}, ["layernorm_to_primitives"], atol=atol)
     assert "LayerNormalization" not in ops(new) and ops(new)["ReduceMean"] == 2
 
 
@@ -245,8 +273,13 @@ def test_layernorm_kept_where_the_target_parses_it():
 def test_einsum_to_matmul(eq, sa, sb):
     out = vi("y", F, np.einsum(eq, np.zeros(sa), np.zeros(sb)).shape)
     m = make([helper.make_node("Einsum", ["a", "b"], ["y"], equation=eq)], [vi("a", F, sa), vi("b", F, sb)], [out])
-    new, rep = rewrite_and_compare(m, {"a": RNG.standard_normal(sa), "b": RNG.standard_normal(sb)},
-                                   ["einsum_to_matmul"], atol=1e-5)
+    a, b = RNG.standard_normal(sa).astype(np.float32), RNG.standard_normal(sb).astype(np.float32)
+    # Einsum and MatMul sum the same K products in their own orders: 2·u·K·max Σ|a||b|
+    # (tests/tolerances.py); K and Σ|a||b| from einsum over ones and over |a|, |b|. A wrong
+    # transpose or contracted axis is O(1).
+    K = int(np.einsum(eq, np.ones(sa), np.ones(sb)).max())
+    atol = fp32_ops_atol([K], np.einsum(eq, np.abs(a).astype(np.float64), np.abs(b)).max())
+    new, rep = rewrite_and_compare(m, {"a": a, "b": b}, ["einsum_to_matmul"], atol=atol)
     assert "Einsum" not in ops(new) and ops(new)["MatMul"] == 1
 
 
@@ -406,7 +439,11 @@ def test_float64_to_float32():
     m = make([helper.make_node("Mul", ["x", "w"], ["a"]), helper.make_node("Cast", ["a"], ["b"], to=D),
               helper.make_node("Add", ["b", "c"], ["y"])],
              [vi("x", D, [3])], [vi("y", D, [3])], {"w": np.array([1.5, 2, 3]), "c": np.array(0.25)})
-    new, rep = rewrite_and_compare(m, {"x": RNG.standard_normal(3)}, None, atol=1e-6)
+    x = RNG.standard_normal(3)
+    # the float64 graph is exact to 2^-53; the fp32 one rounds x, x·w and + c (w and c are exact in
+    # fp32): 3·u·max(|x·w| + |c|) ≈ 2e-7·max. A dropped or mis-typed constant is ≥ 2.5e-1.
+    mag = float(np.max(np.abs(x * [1.5, 2, 3])) + 0.25)
+    new, rep = rewrite_and_compare(m, {"x": x}, None, atol=3 * U_FP32 * mag)
     assert rep["float64_to_float32"].fired == 1
     assert all(t.data_type == F for t in new.graph.initializer)
     assert new.graph.input[0].type.tensor_type.elem_type == F

@@ -9,6 +9,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 from conftest import left_pad, tiny_prompts  # noqa: E402
+from tolerances import cosine_floor, fp16_rel  # noqa: E402
 
 from ascend_adapt.errors import ConfigError  # noqa: E402
 from ascend_adapt.om_convert.artifact import omsim_from_export  # noqa: E402
@@ -71,9 +72,13 @@ def test_force_fp16_tracks_the_golden_layer_by_layer(case, arch, tmp_path):
     got, got_layers = sim.full_logits(ids, mask, layer_outputs=True)
     valid = mask.astype(bool)
     assert set(want_layers) <= set(got_layers)
+    # fp16 compute is within fp16_rel(spec) of the fp32 golden (6 weight + ~12 activation roundings
+    # per layer; ChatGLM's fp16 rotary table adds 2·P·2^-11), so each layer's cosine is ≥ 1 − rel²/2
+    # (tests/tolerances.py) ≈ 0.9998 (Llama); an fp16 overflow or a zeroed layer drops it below 0.9
+    rel = fp16_rel(golden.spec, rotary_positions=ids.shape[1] if arch == "chatglm" else 0)
     for name in want_layers:
         c = cosine(want_layers[name][valid], got_layers[name][valid])
-        assert c >= 0.999, f"{name}: cosine {c:.6f}"
+        assert c >= cosine_floor(rel), f"{name}: cosine {c:.6f}"
     emb = got_layers["embed"][valid]
     assert np.array_equal(emb, emb.astype(np.float16).astype(np.float32))  # stored in fp16
     assert not np.array_equal(got, want)

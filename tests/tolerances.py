@@ -115,3 +115,71 @@ def low_precision_atol(roundings: int, magnitude: float, dtype: str = "float16")
     """
     u = {"float16": U_FP16, "bfloat16": U_BF16}[dtype]
     return u * roundings * float(magnitude)
+
+
+# ---- single operators and graph rewrites (test_operators, test_rewrites, …) --------------------
+# Elementary functions are not correctly rounded. Measured against float64 on a 4M-point grid:
+# onnxruntime 1.32's MLAS fp32 Tanh is off by up to 3.3e-7 absolute (5.5 ulp), Sigmoid 1.7e-7, Erf
+# 6e-8; numpy's fp32 tanh 6e-8. Their values lie in [-1, 1], so the bound is absolute: 2^-20 =
+# 9.5e-7 ≥ 2.9× the largest (other SIMD paths of the same polynomials stay within that).
+ELEMENTARY_ABS = 2.0 ** -20
+# fp32 exp, relative: onnxruntime 7.4e-8, numpy 2.0e-7 (2.4 ulp) measured; 2^-21 = 4.8e-7.
+EXP_REL = 2.0 ** -21
+
+
+def fp32_ops_atol(lengths, magnitude: float, *, extra_abs: float = 0.0) -> float:
+    """|Δ| bound between two correct fp32 evaluations of one small computation (an operator
+    against its numpy reference, a graph before and after a rewrite): 2·u·Σn·magnitude + extra_abs.
+
+    The same model as `fp32_atol`, for a computation that is not a whole decoder: each stage an
+    accumulation of n terms (a mean over H, a dot product of length K) or, with n = 1, one
+    correctly rounded element-wise op (a Mul, Add, Div, Sqrt) that the two evaluations may order
+    or fuse differently; both evaluations round, hence ×2.
+
+    Args:
+        lengths: n per stage along the path to the compared output.
+        magnitude: max |value| along that path (the compared output's, unless an intermediate is
+            larger: the roundings are relative to the values they round).
+        extra_abs: absolute error of non-correctly-rounded elementary functions on the path, already
+            multiplied by whatever scales them (e.g. `ELEMENTARY_ABS`·max|x| for x·tanh(…)).
+
+    Raises:
+        AssertionError: when the tolerance would not be 5× below an error of `BUG_SIZE` relative to
+            the magnitude (a wrong axis, constant, weight or bias: the bugs an operator test is for).
+    """
+    tol = 2 * U_FP32 * sum(lengths) * float(magnitude) + extra_abs
+    assert tol <= BUG_SIZE / 5 * float(magnitude), (
+        f"derived tolerance {tol:.3g} is too loose to catch a {BUG_SIZE} relative error of {float(magnitude):.3g}")
+    return tol
+# MindSpore 2.10 CPU fp32 kernels, absolute (measured against float64 on a 2M-point grid over
+# [-30, 30]): tanh 1.006e-4 (a fast approximation), sigmoid 8.3e-7; 2^-12 and 2^-19 are ≥ 2.3× that.
+MS_TANH_ABS = 2.0 ** -12
+MS_SIGMOID_ABS = 2.0 ** -19
+
+
+def layer_norm_magnitude(x, weight, bias=None, axis: int = -1) -> float:
+    """max |normalized·weight| + max |bias| of a LayerNorm of x over axes ≥ `axis` (float64)."""
+    import numpy as np
+
+    a = np.asarray(x, np.float64)
+    axes = tuple(range(axis % a.ndim, a.ndim))
+    norm = (a - a.mean(axis=axes, keepdims=True)) / np.sqrt(np.var(a, axis=axes, keepdims=True))
+    mag = float(np.abs(norm * np.asarray(weight, np.float64)).max())
+    return mag + (0.0 if bias is None else float(np.abs(np.asarray(bias, np.float64)).max()))
+
+
+def layer_norm_atol(x, weight, bias=None, axis: int = -1) -> float:
+    """|Δ| bound between two fp32 LayerNorms (a fused kernel, primitives, numpy) over axes ≥ `axis`.
+
+    Stages: the mean over H, the centring, the variance over H, + eps, Sqrt, Div, the weight, the
+    bias. onnxruntime's fused LayerNormalization takes var = E[x²] − E[x]² in one pass, whose error
+    is H·u·E[x²], i.e. H·κ·u relative to var with κ = max over rows of E[x²] / var (from the data;
+    ≈ 1 for centred x). Magnitude: `layer_norm_magnitude`.
+    """
+    import numpy as np
+
+    a = np.asarray(x, np.float64)
+    axes = tuple(range(axis % a.ndim, a.ndim))
+    H = int(np.prod([a.shape[i] for i in axes]))
+    kappa = float((np.mean(a * a, axis=axes) / np.var(a, axis=axes)).max())
+    return fp32_ops_atol([H, 1, int(np.ceil(H * kappa)), 1, 1, 1, 1, 1], layer_norm_magnitude(x, weight, bias, axis))
