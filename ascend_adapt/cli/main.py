@@ -47,6 +47,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "Debugging tools (reduce a failing graph)."),
     "estimate": ("ascend_adapt.cli.cmd_estimate", "estimate_cmd",
                  "Estimate memory, tokens/s and compile cost on targets from config.json."),
+    "serve": ("ascend_adapt.cli.cmd_serve", "serve_cmd",
+              "Serve a model with an OpenAI-compatible API (continuous batching)."),
 }
 
 

@@ -1,0 +1,58 @@
+"""`ascend-adapt serve` (light: nothing of fastapi / uvicorn / the backends at import)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("serve")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--backend", default="sim", show_default=True,
+              help="Backend: sim, onnxruntime, acl (a converted artifact) or torch (an HF checkpoint).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port (0 = any free port; the address is printed).")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Rows decoded together. A converted artifact: its graphs' B (the default; another value is "
+                   "refused). torch: any (default 4).")
+@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Requests that may wait for a row; beyond it requests get 429 with Retry-After.")
+@click.option("--model-name", default=None, help="Model id clients send (default: MODEL_DIR's name).")
+@click.option("--request-log", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Append one JSON line per finished request to this file.")
+@click.option("--graceful-timeout", "graceful_s", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="On SIGINT / SIGTERM: seconds to finish the requests in flight before stopping.")
+@click.option("--precision-mode", default=None, help="Simulator only: override the artifact's precision mode.")
+@click.option("--device-id", type=click.IntRange(min=0), default=None, help="acl only: NPU index.")
+@click.option("--dtype", default=None, help="torch only: compute dtype (float32, float16).")
+def serve_cmd(model_dir, backend, host, port, batch, max_queue, model_name, request_log, graceful_s,
+              precision_mode, device_id, dtype):
+    """Serve MODEL_DIR with an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
+    /v1/models, /health, /metrics), with continuous batching over the graphs' static batch.
+
+    Stop it with Ctrl-C or SIGTERM: it stops taking requests and finishes the ones in flight.
+    """
+    from ascend_adapt.serve.server import build, serve_forever
+
+    options = {}
+    for flag, value, only, key in (("--precision-mode", precision_mode, "sim", "precision_mode"),
+                                   ("--device-id", device_id, "acl", "device_id"),
+                                   ("--dtype", dtype, "torch", "dtype")):
+        if value is not None:
+            if backend != only:
+                raise click.UsageError(f"{flag} applies to --backend {only}")
+            options[key] = value
+    if request_log:
+        from pathlib import Path
+
+        if not Path(request_log).resolve().parent.is_dir():
+            raise click.BadParameter(f"the directory of '{request_log}' does not exist", param_hint="--request-log")
+    served = build(model_dir, backend, batch=batch, max_queue=max_queue, model_name=model_name,
+                   request_log=request_log, backend_options=options)
+    rows = served.engine.rows
+
+    def ready(url):
+        click.echo(f"serving '{served.model_name}' ({backend}, {rows.batch} rows, context {rows.max_len}) on {url}",
+                   err=True)
+
+    serve_forever(served, host, port, graceful_s, on_ready=ready)
