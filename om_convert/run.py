@@ -58,6 +58,12 @@ def _resolve(path: Path, backend: str, graph: str | None):
             return path / info["omsim"], graph
         if backend == "acl":
             oms = info.get("om") or {}
+            if not oms and os.environ.get("ASCEND_ADAPT_ACL", "").strip().lower() == "fake":
+                from ascend_adapt.testing.fake_acl import stand_in_om  # the strict fake's stand-in OMs
+
+                g = graph or ("prefill" if stand_in_om(path, "prefill") else "step")
+                if stand_in_om(path, g) is not None:
+                    return stand_in_om(path, g), g
             if not oms:
                 raise ConfigError(f"{path}: no .om was built here (ATC was absent)",
                                   f"run the scripts in {path / 'atc'} on a CANN host, then run there")

@@ -29,7 +29,7 @@ def parse_prompt_ids(text: str, option: str = "--prompt-ids") -> list[int]:
 
 
 @click.command("generate")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("model_dir", type=click.Path(exists=True, path_type=str))
 @click.option("--prompt", "prompts", multiple=True,
               help="Prompt text; repeat for a batch (left-padded).")
 @click.option("--prompt-ids", "prompt_ids", multiple=True,
@@ -79,6 +79,14 @@ def generate_cmd(model_dir, prompts, prompt_ids, backend, dtype, max_new_tokens,
 
     from ascend_adapt.om_convert.convert import resolve_artifact
 
+    from pathlib import Path
+
+    from ascend_adapt.checkpoint.gguf_io import is_gguf, resolve_source
+
+    if is_gguf(model_dir):  # a llama.cpp file: unpacked once into the cache as an HF checkpoint
+        model_dir = str(resolve_source(model_dir, note=lambda m: click.echo(m, err=True)))
+    elif not Path(model_dir).is_dir():
+        raise click.UsageError(f"{model_dir} is a file: pass a model directory, an artifact or a .gguf file")
     if prompts and prompt_ids:
         raise click.UsageError("give --prompt (text) or --prompt-ids (token ids), not both")
     if not prompts and not prompt_ids:
@@ -106,6 +114,8 @@ def generate_cmd(model_dir, prompts, prompt_ids, backend, dtype, max_new_tokens,
         if backend != "sim":
             raise click.UsageError("--precision-mode applies to --backend sim")
         options["precision_mode"] = precision_mode
+    if backend == "acl":
+        options["kv_cache"] = "device"  # the KV cache stays on the card (docs/deployment.md)
     runner = get_backend(backend, resolve_artifact(model_dir, backend), **options)
     if batch is None:
         batch = [tokenizer.build_chat_prompt(p) if chat else p for p in prompts]

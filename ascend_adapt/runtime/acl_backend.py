@@ -1,15 +1,19 @@
 """Real `.om` files on an Ascend card: `AclRunner` (pyACL), `AisBenchRunner` (ais_bench) and the
 "acl" LM backend.
 
-pyACL flow (reference sheet §5.1): `acl.init` → `acl.rt.set_device` → `acl.rt.create_context`
-→ `acl.mdl.load_from_file` → `acl.mdl.create_desc` / `get_desc` → one device buffer per input and
-output in two datasets → per inference: `memcpy` host→device, `set_input_dynamic_dims` when the
-model has gears, `execute`, `memcpy` device→host → teardown in reverse.
+pyACL flow (reference sheet §5.1): the process's `AclRuntime` (`acl_runtime.py`) does `acl.init`
+once per process and `acl.rt.set_device` / `create_context` once per device, reference-counted
+over every model; each runner then does `acl.mdl.load_from_file` → `acl.mdl.create_desc` /
+`get_desc` → one device buffer per input and output in two datasets → per inference: `memcpy`
+host→device, `set_input_dynamic_dims` when the model has gears, `execute`, `memcpy` device→host
+→ teardown in reverse, releasing its hold on the device (never `acl.finalize`: that runs once, at
+exit).
 
-The host-side marshalling (numpy ↔ bytes by aclDataType code, gear selection, output
-reshaping) is plain Python and is unit-tested without a card by passing a fake `acl` module
-object (`AclRunner(..., acl=fake)`). Without CANN, `activate()` raises MissingDependencyError
-naming pyACL / CANN; importing this module never imports `acl`.
+The `acl` module is `acl_runtime.acl_module()`: CANN's pyACL, or with `ASCEND_ADAPT_ACL=fake` the
+strict fake `ascend_adapt.testing.fake_acl.acl`, which runs the graphs through onnxruntime on fake
+device memory (tests pass their own `FakeAcl()` as `acl=`). Without CANN (and without the fake),
+`activate()` raises MissingDependencyError naming pyACL / CANN; importing this module never
+imports `acl`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 
 from ascend_adapt.errors import AscendAdaptError, ConfigError, MissingDependencyError
 
+from .acl_runtime import ACL_SUCCESS, ENV, AclRuntime, AclRuntimeError, acl_module, check, split_ret
 from .backends import BACKENDS
 from .runners import Metadata, Runner, RunnerError
 
@@ -33,13 +38,8 @@ ACL_DTYPES: dict[int, str] = {0: "float32", 1: "float16", 2: "int8", 3: "int32",
 ACL_MEM_MALLOC_HUGE_FIRST = 0
 ACL_MEMCPY_HOST_TO_DEVICE = 1
 ACL_MEMCPY_DEVICE_TO_HOST = 2
-ACL_SUCCESS = 0
 # the extra input ATC adds to gear models (aclmdlSetInputDynamicDims writes it)
 ACL_DYNAMIC_TENSOR_NAME = "ascend_mbatch_shape_data"
-
-
-class AclRuntimeError(AscendAdaptError):
-    """A pyACL call returned an error code."""
 
 
 # ---------------------------------------------------------------------------- marshalling
@@ -132,31 +132,11 @@ def select_gear(feed_shapes: Mapping[str, Sequence[int]], input_shape: Mapping[s
                       "pad the inputs to the smallest gear that holds them (see the manifest's gears)")
 
 
-def _ret(value: Any) -> tuple[Any, int]:
-    """pyACL returns `ret` alone or `(value, ret)`; normalize to (value, ret)."""
-    if isinstance(value, tuple):
-        return (value[0] if len(value) == 2 else value[:-1]), int(value[-1])
-    return None, int(value)
+_ret, _check = split_ret, check
 
 
-def _check(value: Any, api: str) -> Any:
-    v, ret = _ret(value)
-    if ret != ACL_SUCCESS:
-        raise AclRuntimeError(f"pyACL {api} returned error {ret}",
-                              "look the code up in CANN's aclError list; export ASCEND_SLOG_PRINT_TO_STDOUT=1 "
-                              "and ASCEND_GLOBAL_LOG_LEVEL=1 for the device log")
-    return v
-
-
-def _import_acl():
-    try:
-        import acl  # type: ignore  # noqa: F401 - only on CANN hosts
-
-        return acl
-    except ImportError as exc:
-        raise MissingDependencyError("pyACL (CANN toolkit)", None,
-                                     "running .om files on an Ascend card; install CANN and "
-                                     "source set_env.sh, or use the 'sim' backend without a card") from exc
+class AclTeardownError(AscendAdaptError):
+    """Closing a model reported pyACL errors (each with its code)."""
 
 
 # ---------------------------------------------------------------------------- pyACL runner
@@ -173,7 +153,13 @@ class AclRunner(Runner):
         gear_flag: which gear option they come from.
         output_shapes: {output name: shape} (static), or {gear index: {name: shape}}, e.g. from
             the export manifest; default: the OM's current output dims.
-        acl: the `acl` module to use (tests inject a fake; default `import acl`).
+        acl: the `acl` module to use (tests pass a `FakeAcl()`; default `acl_runtime.acl_module()`:
+            pyACL, or the strict fake with ASCEND_ADAPT_ACL=fake).
+        resident: {input name: (device pointer, size in bytes)}: inputs whose data already lives
+            on the card (the KV cache of `AclDeviceKVCache`): the input dataset points at that
+            memory, nothing is copied for them and they are not fed.
+        fetch: output names to copy back to the host (default: all); the others stay on the
+            card (`output_buffer`).
 
     Attributes:
         inputs / outputs: [(name, size_bytes, acl_dtype, dims)] read from the model description.
@@ -183,7 +169,8 @@ class AclRunner(Runner):
     def __init__(self, om_path: str | os.PathLike, device_id: int = 0, *,
                  input_shape: Mapping[str, Sequence[int]] | None = None, gears: Sequence[Sequence[int]] | None = None,
                  gear_flag: str = "dynamic_dims", output_shapes: Mapping | None = None, acl: Any = None,
-                 name: str | None = None):
+                 name: str | None = None, resident: Mapping[str, tuple[int, int]] | None = None,
+                 fetch: Sequence[str] | None = None):
         super().__init__(name or f"acl:{Path(om_path).name}")
         self.om_path = Path(om_path)
         self.device_id = int(device_id)
@@ -192,11 +179,14 @@ class AclRunner(Runner):
         self.gear_flag = gear_flag
         self.output_shapes = output_shapes
         self._acl = acl
+        self.resident = dict(resident or {})
+        self.fetch = set(fetch) if fetch is not None else None
         self.last_gear: int | None = None
         self._reset_handles()
 
     def _reset_handles(self) -> None:
         self.acl = None
+        self.runtime: AclRuntime | None = None
         self.context = None
         self.model_id = None
         self.desc = None
@@ -205,23 +195,26 @@ class AclRunner(Runner):
         self._dev_out: list[tuple[Any, int]] = []
         self._host_out: list[Any] = []
         self._buffers: list[Any] = []
+        self._borrowed: set[Any] = set()  # resident inputs' device memory: not ours to free
         self.inputs: list[tuple[str, int, int, list[int]]] = []
         self.outputs: list[tuple[str, int, int, list[int]]] = []
         self._dyn_index: int | None = None
         self._gears_full: list[list[int]] | None = None
-        self._stage = 0
 
     # ------------------------------------------------------------------ activate
     def activate_impl(self) -> None:
-        acl = self._acl if self._acl is not None else _import_acl()
+        acl = acl_module(self._acl)
         if not self.om_path.is_file():
             raise ConfigError(f"OM file '{self.om_path}' not found", "build it with ATC (atc.sh of the artifact)")
-        from ascend_adapt.om_convert.artifact import read_om_header
+        if self.om_path.suffix == ".onnx" and getattr(acl, "loads_stand_ins", False):
+            pass  # the strict fake's stand-in OM (ascend_adapt.testing.fake_acl): a graph of an .omsim
+        else:
+            from ascend_adapt.om_convert.artifact import read_om_header
 
-        header = read_om_header(self.om_path)
-        if header.simulated:
-            raise ConfigError(f"'{self.om_path}' is a simulator stub, not an OM",
-                              "run the .omsim with the 'sim' backend, or build real OMs with its atc.sh")
+            header = read_om_header(self.om_path)
+            if header.simulated:
+                raise ConfigError(f"'{self.om_path}' is a simulator stub, not an OM",
+                                  "run the .omsim with the 'sim' backend, or build real OMs with its atc.sh")
         self.acl = acl
         try:
             self._open(acl)
@@ -230,22 +223,20 @@ class AclRunner(Runner):
             raise
 
     def _open(self, acl) -> None:
-        _check(acl.init(), "acl.init")
-        self._stage = 1
-        _check(acl.rt.set_device(self.device_id), "acl.rt.set_device")
-        self._stage = 2
-        self.context = _check(acl.rt.create_context(self.device_id), "acl.rt.create_context")
-        self.model_id = _check(acl.mdl.load_from_file(str(self.om_path)), "acl.mdl.load_from_file")
+        runtime = AclRuntime.of(acl)
+        self.context = runtime.acquire(self.device_id)  # acl.init / set_device / context: once, shared
+        self.runtime = runtime
+        self.model_id = _check(acl.mdl.load_from_file(str(self.om_path)), "acl.mdl.load_from_file", acl)
         self.desc = acl.mdl.create_desc()
-        _check(acl.mdl.get_desc(self.desc, self.model_id), "acl.mdl.get_desc")
+        _check(acl.mdl.get_desc(self.desc, self.model_id), "acl.mdl.get_desc", acl)
         n_in, n_out = acl.mdl.get_num_inputs(self.desc), acl.mdl.get_num_outputs(self.desc)
         for i in range(n_in):
-            dims = _check(acl.mdl.get_input_dims(self.desc, i), "acl.mdl.get_input_dims")
+            dims = _check(acl.mdl.get_input_dims(self.desc, i), "acl.mdl.get_input_dims", acl)
             name = acl.mdl.get_input_name_by_index(self.desc, i) or dims.get("name", f"input_{i}")
             self.inputs.append((name, int(acl.mdl.get_input_size_by_index(self.desc, i)),
                                 int(acl.mdl.get_input_data_type(self.desc, i)), list(dims.get("dims", []))))
         for i in range(n_out):
-            dims = _check(acl.mdl.get_output_dims(self.desc, i), "acl.mdl.get_output_dims")
+            dims = _check(acl.mdl.get_output_dims(self.desc, i), "acl.mdl.get_output_dims", acl)
             name = acl.mdl.get_output_name_by_index(self.desc, i) or dims.get("name", f"output_{i}")
             self.outputs.append((name, int(acl.mdl.get_output_size_by_index(self.desc, i)),
                                  int(acl.mdl.get_output_data_type(self.desc, i)), list(dims.get("dims", []))))
@@ -253,33 +244,45 @@ class AclRunner(Runner):
         if ACL_DYNAMIC_TENSOR_NAME in names:
             self._dyn_index = names.index(ACL_DYNAMIC_TENSOR_NAME)
             self._gears_full = self._read_gears(acl)
-        self.ds_in = self._dataset(acl, self.inputs, self._dev_in)
+        unknown = set(self.resident) - {n for n, *_ in self.inputs}
+        if unknown:
+            raise RunnerError(f"resident inputs {sorted(unknown)} are not inputs of {self.om_path.name}",
+                              f"its inputs: {', '.join(n for n, *_ in self.inputs)}")
+        self.ds_in = self._dataset(acl, self.inputs, self._dev_in, self.resident)
         self.ds_out = self._dataset(acl, self.outputs, self._dev_out)
         for _, size, _, _ in self.outputs:
-            self._host_out.append(_check(acl.rt.malloc_host(size), "acl.rt.malloc_host"))
+            self._host_out.append(_check(acl.rt.malloc_host(size), "acl.rt.malloc_host", acl))
 
     def _read_gears(self, acl) -> list[list[int]]:
         if self.input_shape and self.gears:
             return gear_dims(self.input_shape, self.gears, self.gear_flag)
-        count = _check(acl.mdl.get_input_dynamic_gear_count(self.desc, -1), "acl.mdl.get_input_dynamic_gear_count")
-        dims = _check(acl.mdl.get_input_dynamic_dims(self.desc, -1, count), "acl.mdl.get_input_dynamic_dims")
+        count = _check(acl.mdl.get_input_dynamic_gear_count(self.desc, -1), "acl.mdl.get_input_dynamic_gear_count",
+                       acl)
+        dims = _check(acl.mdl.get_input_dynamic_dims(self.desc, -1, count), "acl.mdl.get_input_dynamic_dims", acl)
         return [list(d["dims"])[: d.get("dimCount", len(d["dims"]))] for d in dims]
 
-    def _dataset(self, acl, specs, dev: list) -> Any:
+    def _dataset(self, acl, specs, dev: list, resident: Mapping[str, tuple[int, int]] | None = None) -> Any:
         ds = acl.mdl.create_dataset()
-        for _, size, _, _ in specs:
-            ptr = _check(acl.rt.malloc(size, ACL_MEM_MALLOC_HUGE_FIRST), "acl.rt.malloc")
+        for name, size, _, _ in specs:
+            if resident and name in resident:
+                ptr, have = resident[name]
+                if have < size:
+                    raise RunnerError(f"resident input '{name}' has {have} bytes on the card, the OM takes {size}",
+                                      "allocate the device buffer with the OM's input size")
+                self._borrowed.add(ptr)
+            else:
+                ptr = _check(acl.rt.malloc(size, ACL_MEM_MALLOC_HUGE_FIRST), "acl.rt.malloc", acl)
             dev.append((ptr, size))
             buf = acl.create_data_buffer(ptr, size)
             self._buffers.append(buf)
-            _check(acl.mdl.add_dataset_buffer(ds, buf), "acl.mdl.add_dataset_buffer")
+            _check(acl.mdl.add_dataset_buffer(ds, buf), "acl.mdl.add_dataset_buffer", acl)
         return ds
 
     # ------------------------------------------------------------------ metadata
     def get_input_metadata_impl(self) -> Metadata:
         meta = {}
         for name, _, dt, dims in self.inputs:
-            if name == ACL_DYNAMIC_TENSOR_NAME:
+            if name == ACL_DYNAMIC_TENSOR_NAME or name in self.resident:
                 continue
             if self.input_shape and name in self.input_shape:
                 dims = [d if d != -1 else None for d in self.input_shape[name]]
@@ -289,37 +292,59 @@ class AclRunner(Runner):
     # ------------------------------------------------------------------ infer
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         acl = self.acl
+        self.runtime.use(self.device_id)  # this device's context, current on the calling thread
         keep_alive = []
         for i, (name, size, dt, _) in enumerate(self.inputs):
-            if i == self._dyn_index:
+            if i == self._dyn_index or name in self.resident:
                 continue
             data = to_device_bytes(feeds[name], dt, size, name)
             keep_alive.append(data)
             ptr, cap = self._dev_in[i]
             _check(acl.rt.memcpy(ptr, cap, acl.util.bytes_to_ptr(data), len(data), ACL_MEMCPY_HOST_TO_DEVICE),
-                   "acl.rt.memcpy (host to device)")
+                   "acl.rt.memcpy (host to device)", acl)
         self.last_gear = None
         if self._dyn_index is not None:
-            shapes = {n: np.shape(feeds[n]) for n, *_ in self.inputs if n != ACL_DYNAMIC_TENSOR_NAME}
+            shapes = {n: (np.shape(feeds[n]) if n not in self.resident else self._resident_shape(n))
+                      for n, *_ in self.inputs if n != ACL_DYNAMIC_TENSOR_NAME}
             order = self.input_shape or {n: s for n, s in shapes.items()}
             self.last_gear = select_gear(shapes, order, self._gears_full or [])
             dims = self._gears_full[self.last_gear]
             _check(acl.mdl.set_input_dynamic_dims(self.model_id, self.ds_in, self._dyn_index,
                                                   {"dimCount": len(dims), "name": "", "dims": list(dims)}),
-                   "acl.mdl.set_input_dynamic_dims")
-        _check(acl.mdl.execute(self.model_id, self.ds_in, self.ds_out), "acl.mdl.execute")
+                   "acl.mdl.set_input_dynamic_dims", acl)
+        _check(acl.mdl.execute(self.model_id, self.ds_in, self.ds_out), "acl.mdl.execute", acl)
         out = {}
+        self.last_output_shapes: dict[str, tuple[int, ...]] = {}
         for i, (name, size, dt, dims) in enumerate(self.outputs):
             shape = self._output_shape(i, name, dims)
+            self.last_output_shapes[name] = shape
+            if self.fetch is not None and name not in self.fetch:
+                continue  # stays on the card (output_buffer)
             nbytes = math.prod(shape) * acl_dtype_to_numpy(dt).itemsize
             if nbytes > size:
                 raise RunnerError(f"output '{name}' of shape {list(shape)} exceeds its buffer of {size} bytes",
                                   "the output shapes given to AclRunner do not match the OM")
             ptr, _ = self._dev_out[i]
             host = self._host_out[i]
-            _check(acl.rt.memcpy(host, size, ptr, nbytes, ACL_MEMCPY_DEVICE_TO_HOST), "acl.rt.memcpy (device to host)")
+            _check(acl.rt.memcpy(host, size, ptr, nbytes, ACL_MEMCPY_DEVICE_TO_HOST), "acl.rt.memcpy (device to host)",
+                   acl)
             out[name] = from_device_bytes(acl.util.ptr_to_bytes(host, nbytes), dt, shape)
         return out
+
+    def _resident_shape(self, name: str) -> tuple[int, ...]:
+        dims = next(d for n, _, _, d in self.inputs if n == name)
+        if self.input_shape and name in self.input_shape:
+            dims = list(self.input_shape[name])
+        if any(d < 0 for d in dims):
+            raise RunnerError(f"resident input '{name}' has dynamic dims {dims}", "a resident input must be static")
+        return tuple(int(d) for d in dims)
+
+    def output_buffer(self, name: str) -> tuple[Any, int]:
+        """(device pointer, size in bytes) of output `name`'s buffer (valid while active)."""
+        for (n, *_), dev in zip(self.outputs, self._dev_out):
+            if n == name:
+                return dev
+        raise RunnerError(f"{self.om_path.name} has no output '{name}'", "see runner.outputs")
 
     def _output_shape(self, i: int, name: str, dims: list[int]) -> tuple[int, ...]:
         shapes = self.output_shapes
@@ -329,7 +354,7 @@ class AclRunner(Runner):
             if name in shapes:
                 return tuple(int(d) for d in shapes[name])
         if self._dyn_index is not None and hasattr(self.acl.mdl, "get_cur_output_dims"):
-            cur = _check(self.acl.mdl.get_cur_output_dims(self.desc, i), "acl.mdl.get_cur_output_dims")
+            cur = _check(self.acl.mdl.get_cur_output_dims(self.desc, i), "acl.mdl.get_cur_output_dims", self.acl)
             return tuple(int(d) for d in cur["dims"][: cur.get("dimCount", len(cur["dims"]))])
         if any(d < 0 for d in dims):
             raise RunnerError(f"output '{name}' has dynamic dims {dims}",
@@ -342,6 +367,12 @@ class AclRunner(Runner):
         if acl is None:
             return
         errors = []
+        runtime = self.runtime
+        if runtime is not None and self.context is not None:
+            try:
+                runtime.use(self.device_id)
+            except AclRuntimeError as exc:
+                errors.append(str(exc.message))
 
         def call(fn, *args):
             try:
@@ -354,7 +385,8 @@ class AclRunner(Runner):
         for buf in self._buffers:
             call(acl.destroy_data_buffer, buf)
         for ptr, _ in self._dev_in + self._dev_out:
-            call(acl.rt.free, ptr)
+            if ptr not in self._borrowed:
+                call(acl.rt.free, ptr)
         for ptr in self._host_out:
             call(acl.rt.free_host, ptr)
         for ds in (self.ds_in, self.ds_out):
@@ -364,16 +396,15 @@ class AclRunner(Runner):
             call(acl.mdl.unload, self.model_id)
         if self.desc is not None:
             call(acl.mdl.destroy_desc, self.desc)
-        if self.context is not None:
-            call(acl.rt.destroy_context, self.context)
-        if self._stage >= 2:
-            call(acl.rt.reset_device, self.device_id)
-        if self._stage >= 1:
-            call(acl.finalize)
+        if runtime is not None:
+            try:
+                runtime.release(self.device_id)  # the last model on the device resets it; ACL stays up
+            except AclRuntimeError as exc:
+                errors.append(str(exc.message))
         self._reset_handles()
         if errors:
-            raise AclRuntimeError("pyACL teardown reported errors: " + "; ".join(errors),
-                                  "the device may hold leaked memory; reset it with npu-smi if needed")
+            raise AclTeardownError("pyACL teardown reported errors: " + "; ".join(errors),
+                                   "the device may hold leaked memory; reset it with npu-smi if needed")
 
 
 # ---------------------------------------------------------------------------- ais_bench runner
@@ -430,24 +461,146 @@ class AisBenchRunner(Runner):
                 self.session = None
 
 
+# ---------------------------------------------------------------------------- KV cache on the card
+ACL_MEMCPY_DEVICE_TO_DEVICE = 3
+
+
+class AclDeviceKVCache:
+    """The KV cache resident on the card: two device buffers [L, B, KVH, M, D] in the graphs'
+    cache dtype, which ARE the `past_keys` / `past_values` inputs of the decode (or step) OM
+    (its input dataset points at them), so nothing of the cache crosses PCIe.
+
+    After each step the new K/V (the graph's `present_*` outputs, [L, B, KVH, seq, D], still in
+    the output buffers) go into slots [start, start + seq) with one strided device-to-device copy
+    per tensor: `acl.rt.memcpy_2d` (CANN aclrtMemcpy2d: `height` = L·B·KVH rows of `width` =
+    seq·D elements, source pitch seq·D, destination pitch M·D), or row by row with
+    `acl.rt.memcpy` kind 3 when the module has no memcpy_2d. A slot is D contiguous elements
+    per (layer, row, head) in this layout, so the write is strided, not one block.
+
+    Args:
+        acl, runtime, device_id: the module, the process's AclRuntime, the NPU.
+        shape: [L, B, KVH, M, D].
+        dtype: the cache dtype (the OM's past_keys dtype).
+    """
+
+    def __init__(self, acl, runtime: AclRuntime, device_id: int, shape: Sequence[int], dtype):
+        self.acl, self.runtime, self.device_id = acl, runtime, int(device_id)
+        self.shape = tuple(int(d) for d in shape)
+        self.itemsize = np.dtype(dtype).itemsize
+        self.nbytes = math.prod(self.shape) * self.itemsize
+        runtime.acquire(self.device_id)
+        self.k = self.v = None
+        try:
+            self.k = _check(acl.rt.malloc(self.nbytes, ACL_MEM_MALLOC_HUGE_FIRST), "acl.rt.malloc (KV cache)", acl)
+            self.v = _check(acl.rt.malloc(self.nbytes, ACL_MEM_MALLOC_HUGE_FIRST), "acl.rt.malloc (KV cache)", acl)
+        except BaseException:
+            self.close()
+            raise
+        self.clear()
+
+    def clear(self) -> None:
+        """Zero both buffers (device memory starts with garbage; a NaN in a hidden slot would
+        still poison the softmax: 0 · NaN)."""
+        self.runtime.use(self.device_id)
+        for p in (self.k, self.v):
+            _check(self.acl.rt.memset(p, self.nbytes, 0, self.nbytes), "acl.rt.memset (KV cache)", self.acl)
+
+    def write(self, present_k: tuple[Any, int], present_v: tuple[Any, int], start: int, seq: int) -> None:
+        """Copy [L, B, KVH, seq, D] present K/V (device buffers) into slots [start, start + seq)."""
+        L, B, KVH, M, D = self.shape
+        if start < 0 or start + seq > M:
+            raise RunnerError(f"KV slots [{start}, {start + seq}) outside the cache's {M}",
+                              "the session ran past --max-len")
+        rows, width = L * B * KVH, seq * D * self.itemsize
+        dpitch, spitch = M * D * self.itemsize, width
+        acl = self.acl
+        self.runtime.use(self.device_id)
+        for (src, size), dst in ((present_k, self.k), (present_v, self.v)):
+            if rows * spitch > size:
+                raise RunnerError(f"present K/V of {seq} slots need {rows * spitch} bytes, the output buffer has "
+                                  f"{size}", "the OM's present_* outputs do not match the cache shape")
+            dst = dst + start * D * self.itemsize
+            if hasattr(acl.rt, "memcpy_2d"):
+                _check(acl.rt.memcpy_2d(dst, dpitch, src, spitch, width, rows, ACL_MEMCPY_DEVICE_TO_DEVICE),
+                       "acl.rt.memcpy_2d (KV cache write)", acl)
+            else:
+                for r in range(rows):
+                    _check(acl.rt.memcpy(dst + r * dpitch, width, src + r * spitch, width, ACL_MEMCPY_DEVICE_TO_DEVICE),
+                           "acl.rt.memcpy (KV cache write)", acl)
+
+    def close(self) -> None:
+        if self.runtime is None:
+            return
+        try:
+            self.runtime.use(self.device_id)
+            for p in (self.k, self.v):
+                if p is not None:
+                    self.acl.rt.free(p)
+        finally:
+            self.k = self.v = None
+            self.runtime.release(self.device_id)
+            self.runtime = None
+
+
+def _device_cache_session(backend: "AclLMBackend", batch: int, max_len: int):
+    """A GraphLMSession whose KV cache lives on the card (`AclDeviceKVCache`): per step the host
+    sends ids, positions and the mask, and receives only the logits."""
+    from .graph_session import GraphLMSession, open_session
+
+    class AclDeviceCacheSession(GraphLMSession):
+        def _run(self, inputs, executor, feeds) -> np.ndarray:
+            role = "prefill" if executor is self.run_prefill else "decode"
+            r = backend.runner(role)
+            meta = r.get_input_metadata()
+            cast = {k: np.asarray(v).astype(meta[k][0]) for k, v in feeds.items() if k in meta}
+            out = r.infer(cast)
+            backend.cache.write(r.output_buffer("present_keys"), r.output_buffer("present_values"),
+                                inputs.start_slot, inputs.seq_len)
+            self.last_outputs = out
+            return np.asarray(out["logits"], dtype=np.float32)
+
+    def prefill_marker(feeds):  # never called: _run dispatches on identity
+        raise AssertionError("device-cache session executor called directly")
+
+    def decode_marker(feeds):
+        raise AssertionError("device-cache session executor called directly")
+
+    lengths = backend.gears or backend.seq_len
+    open_session(backend, batch, max_len, prefill_marker, decode_marker, lengths)  # its batch / max_len checks
+    s = AclDeviceCacheSession(backend.spec, prefill_marker, decode_marker, backend.batch, backend.max_len, lengths)
+    s.cache_k = s.cache_v = None  # the cache is on the card (the host arrays were never touched)
+    backend.ensure_cache().clear()
+    return s
+
+
 # ---------------------------------------------------------------------------- the "acl" backend
 class AclLMBackend:
     """The "acl" backend: prefill / decode OMs of an export run on the card.
 
     The directory holds export.json (the builder's manifest: spec, B, S, M, output shapes) and
     the OMs ATC wrote: `prefill.om` / `decode.om`, or `om/prefill.om` (an .omsim's atc.sh), or
-    `<name>_<platform>.om`.
+    `<name>_<platform>.om`. Under the strict fake (`ASCEND_ADAPT_ACL=fake`, or `acl=FakeAcl()`),
+    a directory without OMs is run from its simulator artifact's graphs, the fake's stand-in OMs
+    (`ascend_adapt.testing.fake_acl.stand_in_om`).
+
+    All models of the process share one ACL runtime (`acl_runtime.AclRuntime`): this backend's
+    runners hold the device while open and `close()` releases it.
 
     Args:
         path: the directory.
         device_id: NPU index.
         engine: "acl" (pyACL) or "ais_bench".
-        acl: a fake `acl` module (tests).
+        acl: the `acl` module (tests pass a `FakeAcl()`; default `acl_runtime.acl_module()`).
+        kv_cache: "host" (default; the session's numpy cache is copied to the card every step,
+            what `ascend_adapt.serve` drives directly) or "device" (`AclDeviceKVCache`: the cache
+            stays on the card, per step only ids / positions / mask go up and the logits come
+            back; one session at a time per backend).
     """
 
     name = "acl"
 
-    def __init__(self, path, device_id: int = 0, engine: str = "acl", acl: Any = None, session_cls: Any = None):
+    def __init__(self, path, device_id: int = 0, engine: str = "acl", acl: Any = None, session_cls: Any = None,
+                 kv_cache: str = "host"):
         from ascend_adapt.model_zoo.spec import ModelSpec
         from ascend_adapt.om_convert.builder.llm import load_manifest
 
@@ -462,6 +615,12 @@ class AclLMBackend:
         if engine not in ("acl", "ais_bench"):
             raise ConfigError(f"unknown engine '{engine}'", "use 'acl' or 'ais_bench'")
         self.device_id, self.engine, self._acl, self._session_cls = device_id, engine, acl, session_cls
+        if kv_cache not in ("host", "device"):
+            raise ConfigError(f"unknown kv_cache '{kv_cache}'", "use 'host' or 'device'")
+        if kv_cache == "device" and engine != "acl":
+            raise ConfigError("kv_cache='device' needs engine='acl' (pyACL)", "use engine='acl' or kv_cache='host'")
+        self.kv_cache = kv_cache
+        self.cache: AclDeviceKVCache | None = None
         self.runners: dict[str, Runner] = {}
 
     def om_file(self, kind: str) -> Path:
@@ -471,6 +630,14 @@ class AclLMBackend:
             found = find_om(prefix)
             if found:
                 return Path(found)
+        if self._acl is not None or os.environ.get(ENV, "").strip().lower() not in ("", "real", "pyacl"):
+            acl = acl_module(self._acl)
+            if getattr(acl, "loads_stand_ins", False):
+                from ascend_adapt.testing.fake_acl import stand_in_om
+
+                found = stand_in_om(self.path, kind)
+                if found is not None:
+                    return found
         raise ConfigError(f"{self.path}: no {kind}.om (looked for {kind}.om, om/{kind}.om, {kind}_*.om)",
                           "build the OMs with ATC first (sh atc.sh in the .omsim, or ascend-adapt convert)")
 
@@ -481,16 +648,24 @@ class AclLMBackend:
             om = self.om_file(kind)
             if self.engine == "ais_bench":
                 r: Runner = AisBenchRunner(om, self.device_id, session_cls=self._session_cls)
-            elif kind == "step":
-                from ascend_adapt.om_convert.builder.contract import graph_input_shapes, step_shape
-
-                shapes, dims = graph_input_shapes(self.manifest, kind)
-                outs = {i: {o["name"]: step_shape(o["shape"], g) for o in self.manifest["graphs"][kind]["outputs"]}
-                        for i, g in enumerate(self.gears)}
-                r = AclRunner(om, self.device_id, input_shape=shapes, gears=dims, output_shapes=outs, acl=self._acl)
             else:
-                outs = {o["name"]: o["shape"] for o in self.manifest["graphs"][kind].get("outputs", [])}
-                r = AclRunner(om, self.device_id, output_shapes=outs or None, acl=self._acl)
+                dev = {}
+                if self.kv_cache == "device":
+                    c = self.ensure_cache()
+                    has_past = any(i["name"] == "past_keys" for i in self.manifest["graphs"][kind]["inputs"])
+                    dev = {"resident": {"past_keys": (c.k, c.nbytes), "past_values": (c.v, c.nbytes)} if has_past
+                           else None, "fetch": ["logits"]}
+                if kind == "step":
+                    from ascend_adapt.om_convert.builder.contract import graph_input_shapes, step_shape
+
+                    shapes, dims = graph_input_shapes(self.manifest, kind)
+                    outs = {i: {o["name"]: step_shape(o["shape"], g) for o in self.manifest["graphs"][kind]["outputs"]}
+                            for i, g in enumerate(self.gears)}
+                    r = AclRunner(om, self.device_id, input_shape=shapes, gears=dims, output_shapes=outs,
+                                  acl=self._acl, **dev)
+                else:
+                    outs = {o["name"]: o["shape"] for o in self.manifest["graphs"][kind].get("outputs", [])}
+                    r = AclRunner(om, self.device_id, output_shapes=outs or None, acl=self._acl, **dev)
             self.runners[kind] = r.activate()
         return self.runners[kind]
 
@@ -505,21 +680,38 @@ class AclLMBackend:
 
         return run
 
+    def ensure_cache(self) -> AclDeviceKVCache:
+        """The device KV cache (kv_cache="device"), allocated on first use."""
+        if self.cache is None:
+            kind = self.roles["decode"]
+            past = next(i for i in self.manifest["graphs"][kind]["inputs"] if i["name"] == "past_keys")
+            acl = acl_module(self._acl)
+            self.cache = AclDeviceKVCache(acl, AclRuntime.of(acl), self.device_id, past["shape"],
+                                          np.dtype(past.get("dtype", "float32")))
+        return self.cache
+
     def new_session(self, batch: int, max_len: int):
         from .graph_session import open_session
 
+        if self.kv_cache == "device":
+            return _device_cache_session(self, batch, max_len)
         return open_session(self, batch, max_len, self.executor("prefill"), self.executor("decode"),
                             self.gears or self.seq_len)
 
     def close(self) -> None:
-        for r in self.runners.values():
-            r.deactivate()
-        self.runners.clear()
+        try:
+            for r in self.runners.values():
+                r.deactivate()
+        finally:
+            self.runners.clear()
+            if self.cache is not None:
+                self.cache.close()
+                self.cache = None
 
 
 def acl_backend(path, **options) -> AclLMBackend:
     """Factory registered as "acl" (path = an export directory with the OMs ATC built)."""
-    known = {k: options[k] for k in ("device_id", "engine", "acl", "session_cls") if k in options}
+    known = {k: options[k] for k in ("device_id", "engine", "acl", "session_cls", "kv_cache") if k in options}
     return AclLMBackend(path, **known)
 
 
