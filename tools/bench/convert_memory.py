@@ -54,13 +54,14 @@ def llama_config(layers: int) -> dict:
             "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float16"}
 
 
-def make_checkpoint(d: Path, layers: int, shard_bytes: int) -> int:
-    """Write the sharded fp16 safetensors checkpoint; returns its tensor bytes."""
+def make_checkpoint(d: Path, layers: int, shard_bytes: int, config: dict | None = None) -> int:
+    """Write the sharded fp16 safetensors checkpoint (Llama-2-7B shape, or `config`'s architecture
+    and shape, in its HF tensor layout); returns its tensor bytes."""
     from ascend_adapt.checkpoint import SafetensorsWriter, plan_shards, shard_file_names
-    from ascend_adapt.model_zoo.base import ADAPTERS
+    from ascend_adapt.model_zoo.base import ADAPTERS, adapter_for_config
 
-    adapter = ADAPTERS.get("llama")
-    cfg = llama_config(layers)
+    cfg = config or llama_config(layers)
+    adapter = adapter_for_config(cfg) if config else ADAPTERS.get("llama")
     spec = adapter.spec_from_config(cfg)
     shapes = adapter.source_shapes(spec, "hf")
     specs = [(n, s, "float16") for n, s in shapes.items()]

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Real-size models on this machine: convert, then run on the simulator (7B Llama-2 shape).
+"""Real-size models on this machine: convert, then run on the simulator (Llama-2-7B / ChatGLM-6B shapes).
 
 What it does (one run, all figures side by side):
 
 1. makes (or reuses) a Llama-2-7B-shaped HF checkpoint (hidden 4096, 32 layers, 32 heads,
-   inter 11008, vocab 32000; fp16 sharded safetensors, ~13.5 GB) whose tensors are tiled from one
-   random fp16 block (`tools/bench/convert_memory.py::make_checkpoint`: real bytes on disk). It lives
-   in `--workdir` (default /tmp/realsize/llama7b) and is kept for reuse: it is written under a
+   inter 11008, vocab 32000; fp16 sharded safetensors, ~13.5 GB) — or with `--arch chatglm` a
+   ChatGLM-6B-shaped one (hidden 4096, 28 layers, inner 16384, vocab 130528; ~12.3 GB, the original's
+   config.json and tensor names) — whose tensors are tiled from one random fp16 block
+   (`tools/bench/convert_memory.py::make_checkpoint`: real bytes on disk). It lives in `--workdir`
+   (default /tmp/realsize/llama7b or /tmp/realsize/chatglm6b) and is kept for reuse: it is written under a
    temporary name, renamed, and marked complete by `COMPLETE.json`; a directory without the marker
    is another run's work in progress, waited for (`--wait-s`);
 2. in a fresh child process per measurement (peak RSS = VmHWM of /proc/self/status, which
@@ -28,6 +30,7 @@ What it does (one run, all figures side by side):
 
 Usage:  python tools/bench/real_size.py --write-doc
         python tools/bench/real_size.py --options "" --label defaults --write-doc
+        python tools/bench/real_size.py --arch chatglm --options "" --label defaults --write-doc
 """
 
 from __future__ import annotations
@@ -48,6 +51,16 @@ REPO = HERE.parents[1]
 MARKER = "COMPLETE.json"
 EXPLICIT = '--weight-dtype fp16 --gears "16;32;64" --max-len 1024'
 TITLE = "Real-size models (tools/bench/real_size.py)"
+# ChatGLM-6B's config.json (reference model_architectures.md §1.1)
+CHATGLM_6B = {
+    "architectures": ["ChatGLMModel"], "model_type": "chatglm", "hidden_size": 4096, "num_layers": 28,
+    "num_attention_heads": 32, "inner_hidden_size": 16384, "vocab_size": 130528,
+    "max_sequence_length": 2048, "layernorm_epsilon": 1e-05, "position_encoding_2d": True,
+    "bos_token_id": 130004, "eos_token_id": 130005, "mask_token_id": 130000, "gmask_token_id": 130001,
+    "pad_token_id": 3, "use_cache": True, "torch_dtype": "float16",
+}
+SHAPES = {"llama": ("Llama-2-7B", "llama7b", "num_hidden_layers", None),
+          "chatglm": ("ChatGLM-6B", "chatglm6b", "num_layers", CHATGLM_6B)}
 
 
 def _vm(key: str) -> int:
@@ -58,8 +71,8 @@ def _vm(key: str) -> int:
 
 
 # ---- the checkpoint ------------------------------------------------------------------------------------
-def ensure_checkpoint(ckpt: Path, wait_s: float, layers: int = 32) -> dict:
-    """The 7B-shaped checkpoint at `ckpt`, made once (temporary name, rename, marker)."""
+def ensure_checkpoint(ckpt: Path, wait_s: float, layers: int = 32, arch: str = "llama") -> dict:
+    """The real-size checkpoint of `arch` at `ckpt`, made once (temporary name, rename, marker)."""
     deadline = time.monotonic() + wait_s
     while ckpt.exists() and not (ckpt / MARKER).is_file():
         if time.monotonic() > deadline:
@@ -75,8 +88,9 @@ def ensure_checkpoint(ckpt: Path, wait_s: float, layers: int = 32) -> dict:
     tmp = ckpt.with_name(f".{ckpt.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     t = time.perf_counter()
-    nbytes = make_checkpoint(tmp, layers, 4 << 30)
-    info = {"arch": "llama", "shape": "Llama-2-7B", "layers": layers, "tensor_bytes": nbytes, "dtype": "float16",
+    shape, _, layers_key, config = SHAPES[arch]
+    nbytes = make_checkpoint(tmp, layers, 4 << 30, config=dict(config, **{layers_key: layers}) if config else None)
+    info = {"arch": arch, "shape": shape, "layers": layers, "tensor_bytes": nbytes, "dtype": "float16",
             "written_s": time.perf_counter() - t, "by": "tools/bench/real_size.py"}
     (tmp / MARKER).write_text(json.dumps(info, indent=1))
     os.replace(tmp, ckpt)
@@ -131,7 +145,11 @@ def child(task: str, args: list[str]) -> dict:
         setup_s = time.perf_counter() - t0
         setup_peak = _vm("VmHWM")
         session = backend.new_session(backend.batch, backend.max_len)
-        ids = (np.arange(prompt_tokens) % 31000 + 100)[None]
+        ids = np.arange(prompt_tokens) % 31000 + 100
+        spec = backend.spec
+        if spec.gmask_token_id is not None and spec.bos_token_id is not None:  # ChatGLM: … [gMASK] <sop>
+            ids[-2:] = (spec.gmask_token_id, spec.bos_token_id)
+        ids = ids[None]
         t0 = time.perf_counter()
         tok = int(np.argmax(session.prefill(ids)[0]))
         prefill_s = time.perf_counter() - t0
@@ -186,7 +204,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
 def report(results: dict[str, dict], ckpt_info: dict, budget_bytes: int) -> str:
     """Markdown body; every sentence is computed from the figures."""
-    lines = [f"Llama-2-7B shape ({ckpt_info.get('layers', 32)} layers), {ckpt_info['dtype']} HF checkpoint of {ckpt_info['tensor_bytes'] / 1e9:.2f} GB "
+    lines = [f"{ckpt_info.get('shape', 'Llama-2-7B')} shape ({ckpt_info.get('layers', 32)} layers), {ckpt_info['dtype']} HF checkpoint of {ckpt_info['tensor_bytes'] / 1e9:.2f} GB "
              "(tiled random bytes). Each figure from a fresh child process; peak RSS = its VmHWM "
              "(interpreter and imports included). `convert` runs with `--no-verify` (its golden holds the "
              f"model in fp32: {2 * ckpt_info['tensor_bytes'] / 1e9:.0f} GB).", "",
@@ -222,7 +240,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--budget-gib", type=float, default=2.0, help="allowed sim peak RSS above the weight bytes")
     ap.add_argument("--wait-s", type=float, default=1800, help="wait this long for another run's checkpoint")
-    ap.add_argument("--layers", type=int, default=32, help="fewer layers: a smoke test of the bench itself")
+    ap.add_argument("--arch", choices=sorted(SHAPES), default="llama", help="the model shape")
+    ap.add_argument("--layers", type=int, default=None, help="fewer layers: a smoke test of the bench itself")
     ap.add_argument("--write-doc", action="store_true")
     a = ap.parse_args(argv)
     if a.child:
@@ -233,8 +252,11 @@ def main(argv=None) -> int:
                          for i, o in enumerate(options)]
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / ("llama7b" if a.layers == 32 else f"llama7b-{a.layers}layers")
-    info = ensure_checkpoint(ckpt, a.wait_s, a.layers)
+    shape, dirname, layers_key, config = SHAPES[a.arch]
+    full_layers = (config or {}).get(layers_key, 32)
+    layers = a.layers or full_layers
+    ckpt = work / (dirname if layers == full_layers else f"{dirname}-{layers}layers")
+    info = ensure_checkpoint(ckpt, a.wait_s, layers, a.arch)
     free = shutil.disk_usage(work).free
     if free < 1.2 * info["tensor_bytes"]:
         raise SystemExit(f"{free / 1e9:.1f} GB free at {work}: a converted 7B needs about "
@@ -261,7 +283,8 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(HERE))
         from _report import write_section  # noqa: E402
 
-        write_section(TITLE, body, dists=("numpy", "onnx", "onnxruntime"))
+        title = TITLE if a.arch == "llama" else f"Real-size models: {shape} shape (tools/bench/real_size.py --arch {a.arch})"
+        write_section(title, body, dists=("numpy", "onnx", "onnxruntime"))
     return 0
 
 
