@@ -1,5 +1,5 @@
 """`generate` inputs that cannot go wrong, and the porting options --prompt-ids / --dump-logits /
---output-ids on the torch, onnxruntime and sim backends.
+--output-ids on every backend (torch, onnxruntime, sim, mindspore, and acl through the strict fake pyACL).
 
 The context check, Ctrl-C between steps, empty prompts, id validation; and the dumped logits of
 the torch golden and of the simulator under must_keep_origin_dtype agree within a derived fp32
@@ -45,7 +45,7 @@ def llama(tiny_dir, tmp_path_factory):
 
 def _where(llama, backend):
     src, export, omsim = llama
-    return str({"torch": src, "onnxruntime": export, "sim": omsim}[backend])
+    return str({"torch": src, "mindspore": src, "onnxruntime": export, "sim": omsim, "acl": omsim}[backend])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,9 +238,11 @@ def test_prompt_ids_need_no_tokenizer_with_output_ids(llama, tmp_path, capsys):
 # --output-ids and --dump-logits on torch, onnxruntime and sim
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "sim"])
-def test_output_ids_equal_the_python_api_tokens(llama, capsys, backend):
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "sim", "acl", "mindspore"])
+def test_output_ids_equal_the_python_api_tokens(llama, capsys, monkeypatch, backend):
     from ascend_adapt.runtime.backends import get_backend
+
+    monkeypatch.setenv("ASCEND_ADAPT_ACL", "fake")
 
     where = _where(llama, backend)
     api = generate(get_backend(backend, where), None, [PROMPT], GenerationConfig(max_new_tokens=12))[0].token_ids
@@ -250,10 +252,11 @@ def test_output_ids_equal_the_python_api_tokens(llama, capsys, backend):
     assert len(set(api)) > 2  # varied tokens: the comparison is not vacuous
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "sim"])
-def test_dump_logits_is_the_prompt_logits_written_atomically(llama, tmp_path, capsys, backend):
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "sim", "acl", "mindspore"])
+def test_dump_logits_is_the_prompt_logits_written_atomically(llama, tmp_path, capsys, monkeypatch, backend):
     from ascend_adapt.runtime.backends import get_backend
 
+    monkeypatch.setenv("ASCEND_ADAPT_ACL", "fake")  # acl: the strict fake pyACL runs the artifact's graph
     where = _where(llama, backend)
     out = tmp_path / f"{backend}.npy"
     args = ["generate", where, "--backend", backend, "--prompt-ids", ",".join(map(str, PROMPT)),
@@ -261,9 +264,12 @@ def test_dump_logits_is_the_prompt_logits_written_atomically(llama, tmp_path, ca
     assert cli(args) == 0
     got = np.load(out)
     assert got.dtype == np.float32 and got.shape == (len(PROMPT), 512)
-    be = get_backend(backend, where)
+    # acl has no full_logits: its reference is the simulator on the same graph (must_keep_origin_dtype)
+    be = get_backend("sim" if backend == "acl" else backend, where)
     full = be.full_logits(np.array([PROMPT]))[0]
-    if backend == "torch":  # a cached step vs a forward without cache: fp32 bound (tests/tolerances.py)
+    if backend in ("torch", "mindspore", "acl"):
+        # a cached step vs a forward without cache, or the same fp32 graph under other onnxruntime
+        # session options: two correct fp32 runs, bound 2·u·Σn·max|logits| (tests/tolerances.py)
         np.testing.assert_allclose(got, full, rtol=0, atol=fp32_atol(be.spec, np.abs(full).max(), keys=len(PROMPT)))
     else:  # the same graph on the same feeds
         np.testing.assert_array_equal(got, full)
