@@ -11,6 +11,11 @@ ONNX builder): inv_freq[i] = 1 / theta^(2i / rotary_dim), angle[t, i] = t · inv
   cos/sin. fp16 model: fp16 positions, fp16 angles, fp16 cos/sin (the table it was trained
   with). fp32 model (`.float()`): the buffer keeps its fp16-rounded values in fp32, so positions,
   angles and cos/sin are fp32. So the table follows `compute_dtype`.
+- table_dtype "model_dtype" (ChatGLM2, §2): `RotaryEmbedding.forward_impl` computes theta =
+  1 / base^(arange(0, d, 2) / d), the positions and their outer product op by op in the model's
+  dtype (fp16: fp16 angles, and positions above 2048 round — what ChatGLM3 fixed), then cos/sin
+  in fp32 of those angles, cast to the model's dtype. In an fp32 model it is the "float32"
+  table. (ChatGLM3 computes theta and positions in fp32: "float32".)
 
 Rounding, op by op as torch does it on the CPU: fp32 theta^e is torch's (double pow rounded once
 to fp32), 1/x an fp32 division; every angle t·inv_freq is the exact product rounded once to the
@@ -37,6 +42,7 @@ import numpy as np
 from .registry import OperatorSpec, register_operator
 
 STYLES = ("half_split", "interleaved", "glm2d")
+TABLE_DTYPES = ("float32", "float16", "model_dtype")
 
 
 _NP_DTYPES = ("float32", "float16", "bfloat16")
@@ -83,24 +89,32 @@ def rotary_table(rows: int, rotary_dim: int, theta: float = 10000.0, style: str 
         rotary_dim: rotated dims (glm2d: per half).
         theta: rotary base.
         style: "half_split" / "glm2d" (emb = cat(freqs, freqs)) or "interleaved" (freqs).
-        table_dtype: the precision rule (module docstring): "float32" (HF Llama: fp32 table, cast
-            to the compute dtype) or "float16" (ChatGLM-6B: fp16-rounded inv_freq, then positions,
-            angles and cos/sin in the compute dtype).
+        table_dtype: the precision rule (module docstring): "float32" (HF Llama, ChatGLM3: fp32
+            table, cast to the compute dtype), "float16" (ChatGLM-6B: fp16-rounded inv_freq, then
+            positions, angles and cos/sin in the compute dtype) or "model_dtype" (ChatGLM2: theta,
+            positions and angles op by op in the compute dtype, cos/sin in fp32 then cast).
         compute_dtype: the model's compute dtype ("float32", "float16", "bfloat16" or a numpy
-            dtype); None: `table_dtype` itself (for "float16": the fp16 model's table).
+            dtype); None: `table_dtype` itself (for "float16": the fp16 model's table;
+            "model_dtype": float32).
 
     Returns:
         cos, sin in the compute dtype.
     """
-    if table_dtype not in ("float32", "float16"):
-        raise ValueError(f"rotary table dtype must be float32 or float16, got {table_dtype!r}")
+    if table_dtype not in TABLE_DTYPES:
+        raise ValueError(f"rotary table dtype must be one of {', '.join(TABLE_DTYPES)}, got {table_dtype!r}")
     if style not in STYLES:
         raise ValueError(f"unknown rotary style {style!r} (known: {', '.join(STYLES)})")
-    out = _np_dtype(compute_dtype if compute_dtype is not None else table_dtype)
+    default = "float32" if table_dtype == "model_dtype" else table_dtype
+    out = _np_dtype(compute_dtype if compute_dtype is not None else default)
     inv = inv_freq(rotary_dim, theta)
     if table_dtype == "float16":  # `inv_freq.half()`, then the buffer follows the model's dtype
         work = out
         inv = inv.astype(np.float16).astype(work)
+    elif table_dtype == "model_dtype":  # ChatGLM2: theta op by op in the model's dtype
+        work = out
+        exponent = _round(np.arange(0, rotary_dim, 2).astype(np.float64) / rotary_dim, work)
+        power = _round(np.power(np.float64(theta), exponent.astype(np.float64)), work)
+        inv = _round(1.0 / power.astype(np.float64), work)
     else:                         # HF Llama: fp32 throughout, `.to(x.dtype)` at the end
         work = np.dtype(np.float32)
     t = np.arange(rows).astype(work)                                     # arange(dtype=...)
