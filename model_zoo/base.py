@@ -92,6 +92,14 @@ class Adapter:
     # which tokenizer family its checkpoints ship: "llama" (tokenizer.model, SentencePiece BPE with
     # BOS) or "chatglm" (ice_text.model, [gMASK] <sop>); tiny test checkpoints get a tiny one of it
     tokenizer_kind: ClassVar[str] = "llama"
+    # HF `architectures` / `model_type` values this adapter shares with another adapter: it gets a
+    # config carrying one of them only when `claims(config)` says so (ChatGLM2/3 ship as
+    # `ChatGLMModel` / "chatglm", like ChatGLM-6B), before the plain indexes are consulted
+    shared_names: ClassVar[tuple[str, ...]] = ()
+
+    def claims(self, config: Mapping) -> bool:
+        """Whether a config carrying one of `shared_names` is this adapter's (by its fields)."""
+        return False
 
     # ---- config ------------------------------------------------------------------------------
     def spec_from_config(self, config: Mapping) -> ModelSpec:  # pragma: no cover - abstract
@@ -262,13 +270,15 @@ class Adapter:
 
 
 def _load_builtin_adapters() -> None:
-    from . import chatglm, llama  # noqa: F401  (registration side effect)
+    from . import chatglm, chatglm2, llama, qwen  # noqa: F401  (registration side effect)
 
 
 ADAPTERS: Registry[Adapter] = Registry("model adapter", loader=_load_builtin_adapters)
 # secondary indexes (architectures / model_type → adapter name), filled by `register_adapter`
 _BY_ARCH: dict[str, str] = {}
 _BY_TYPE: dict[str, str] = {}
+# shared architecture / model_type → adapters that claim some of its configs (`Adapter.claims`)
+_SHARED: dict[str, list[str]] = {}
 
 
 def register_adapter(cls: type[Adapter]) -> type[Adapter]:
@@ -281,11 +291,16 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
         _BY_ARCH[arch] = cls.name
     for mt in cls.model_types:
         _BY_TYPE.setdefault(mt, cls.name)
+    for key in cls.shared_names:
+        if cls.name not in _SHARED.setdefault(key, []):
+            _SHARED[key].append(cls.name)
     return cls
 
 
 def adapter_for_config(config: Mapping, source: str = "config.json") -> Adapter:
-    """Pick the adapter for an HF config (by `architectures`, then `model_type`).
+    """Pick the adapter for an HF config (by `architectures`, then `model_type`; an adapter that
+    shares those names with another one, e.g. ChatGLM2/3 with ChatGLM-6B, first if it claims the
+    config by its fields).
 
     Raises:
         ConfigError: `architectures` is not a list of strings or `model_type` not a string.
@@ -294,6 +309,10 @@ def adapter_for_config(config: Mapping, source: str = "config.json") -> Adapter:
     ADAPTERS.names()  # make sure built-ins are loaded
     source = config_source(config, source)
     archs, mt = check_identity_keys(config, source)
+    for key in (*archs, mt):
+        for name in _SHARED.get(key, ()):
+            if ADAPTERS.get(name).claims(config):
+                return ADAPTERS.get(name)
     for arch in archs:
         if arch in _BY_ARCH:
             return ADAPTERS.get(_BY_ARCH[arch])

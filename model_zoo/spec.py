@@ -18,7 +18,7 @@ class ModelSpec:
     """Architecture facts of one checkpoint.
 
     Attributes:
-        arch: adapter name ("llama", "chatglm").
+        arch: adapter name ("llama", "chatglm", "chatglm2", "chatglm3").
         hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size, vocab_size:
             sizes. `num_kv_heads < num_heads` is GQA (query head h uses KV head h // group).
         ffn: "swiglu" (down(silu(gate(x)) * up(x))) or "gelu_tanh" (down(gelu_tanh(up(x)))).
@@ -30,15 +30,19 @@ class ModelSpec:
             "glm2d" (head split in two halves, each half-split-rotated: positions / block ids).
         rotary_dim: dims rotated per rotation (glm2d: per half).
         rope_theta: rotary base.
-        rotary_table_dtype: dtype the cos/sin table is computed in ("float32"; ChatGLM-6B "float16").
+        rotary_table_dtype: the precision rule of the cos/sin table (`operators.rotary.rotary_table`):
+            "float32" (Llama, ChatGLM3); "float16" (ChatGLM-6B: fp16-rounded inv_freq, then the
+            compute dtype); "model_dtype" (ChatGLM2: theta, positions and angles in the compute dtype).
         attn_layer_scaling: ChatGLM-6B's q / (sqrt(d)·(layer+1)) then fp32 softmax of scores·(layer+1).
         mask_fill: value written into masked scores (-10000 for ChatGLM-6B; -inf / dtype min else).
         qkv_bias, o_bias, mlp_bias: which Linear layers have biases.
+        qk_norm: per-head RMSNorm of q and k over head_dim before the rotary (Qwen3), weights
+            `layers.{i}.attn.q_norm.weight` / `attn.k_norm.weight` of shape [head_dim].
         tie_word_embeddings: the embedding and the output head share one matrix.
         tied_source: which canonical tensor a tied pair uses: "embed.weight" (transformers'
             default) or "lm_head.weight" (ChatGLM-6B: the checkpoint's lm_head wins on load, §1.12).
         max_position: longest supported sequence.
-        kv_layout: "bhsd" (Llama, batch-first) or "sbhd" (ChatGLM-6B, seq-first) in the reference.
+        kv_layout: "bhsd" (Llama, batch-first) or "sbhd" (ChatGLM-6B / 2 / 3, seq-first) in the reference.
         bos/eos/pad/mask/gmask token ids; `torch_dtype` of the checkpoint.
     """
 
@@ -64,6 +68,7 @@ class ModelSpec:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False
     tie_word_embeddings: bool = False
     tied_source: str = "embed.weight"
     max_position: int = 2048
@@ -135,6 +140,9 @@ class ModelSpec:
                 s[p + "attn.q.bias"] = (self.q_dim,)
                 s[p + "attn.k.bias"] = (self.kv_dim,)
                 s[p + "attn.v.bias"] = (self.kv_dim,)
+            if self.qk_norm:
+                s[p + "attn.q_norm.weight"] = (self.head_dim,)
+                s[p + "attn.k_norm.weight"] = (self.head_dim,)
             s[p + "attn.o.weight"] = (H, self.q_dim)
             if self.o_bias:
                 s[p + "attn.o.bias"] = (H,)

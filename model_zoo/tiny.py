@@ -35,7 +35,7 @@ GLM_USER = ["<n>", "<|tab|>"] + [f"<|blank_{k}|>" for k in range(2, 81)]
 
 def _kind(arch: str) -> str:
     """The tokenizer kind of an adapter name, or the kind itself ("llama" / "chatglm")."""
-    return arch if arch in ("llama", "chatglm") else ADAPTERS.get(arch).tokenizer_kind
+    return arch if arch in ("llama", "chatglm", "bpe") else ADAPTERS.get(arch).tokenizer_kind
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,9 +63,57 @@ def tiny_tokenizer_model(kind: str) -> bytes:
             unk_id=0, bos_id=1, eos_id=2, pad_id=3, unk_piece="<unk>", bos_piece="<s>",
             eos_piece="</s>", pad_piece="<pad>", add_dummy_prefix=True, remove_extra_whitespaces=True,
             control_symbols=GLM_CONTROL, user_defined_symbols=GLM_USER, **common)
+    elif kind == "chatglm2":
+        # as ChatGLM2/3's tokenizer.model (§2): BPE, identity normalizer, dummy prefix, spaces kept,
+        # byte fallback, split digits, no pad piece; the special tokens are added by the tokenizer
+        # code after the pieces (`model_zoo/tokenizers.py`), not trained in
+        spm.SentencePieceTrainer.train(
+            vocab_size=512, model_type="bpe", normalization_rule_name="identity",
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True, remove_extra_whitespaces=False,
+            **common)
     else:
         raise ConfigError(f"no tiny tokenizer of kind '{kind}'", "use tokenizer_kind 'llama' or 'chatglm'")
     return buf.getvalue()
+
+
+# byte-level BPE (Qwen2/2.5/3 style): special tokens after the learned vocabulary, ChatML chat format
+BPE_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+# Qwen2's pre-tokenizer split (its tokenizer.json): contractions, letters, ONE digit, punctuation, spaces
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_bpe_tokenizer_json() -> str:
+    """Train (deterministically) a tiny byte-level BPE `tokenizer.json` on the built-in corpus,
+    in Qwen2's form: NFC, the `QWEN2_SPLIT` regex then byte-level bytes, byte-level decoder,
+    up to 512 tokens, then `BPE_SPECIAL`."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS.read_text(encoding="utf-8").splitlines(), trainer=trainer)
+    tok.add_special_tokens(BPE_SPECIAL)
+    return tok.to_str()
+
+
+def _bpe_ids() -> dict[str, int]:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tiny_bpe_tokenizer_json()).get_vocab(with_added_tokens=True)
 
 
 def _piece_ids(model: bytes) -> dict[str, int]:
@@ -79,11 +127,26 @@ def tiny_config(arch: str, **overrides) -> dict:
     """The tiny HF config.json of `arch` with token ids matching its tiny tokenizer."""
     adapter = ADAPTERS.get(arch)
     cfg = adapter.tiny_config()
+    if adapter.tokenizer_kind == "chatglm2":
+        # ChatGLM2/3 special tokens follow the pieces ([MASK] [gMASK] [sMASK] sop eop, ChatGLM3's
+        # four role tokens), as the original tokenizer adds them; eos 2 and pad 0 are the real ones
+        from .chatglm2.adapter import ROLE_TOKENS, SPECIAL_TOKENS
+
+        n = len(_piece_ids(tiny_tokenizer_model("chatglm2")))
+        cfg.update(mask_token_id=n, gmask_token_id=n + 1, bos_token_id=n + 3, eos_token_id=2, pad_token_id=0)
+        need = n + len(SPECIAL_TOKENS) + len(ROLE_TOKENS)
+        cfg["padded_vocab_size"] = max(cfg["padded_vocab_size"], ((need + 63) // 64) * 64)
+        cfg.update(overrides)
+        return cfg
     if adapter.tokenizer_kind == "chatglm":
         ids = _piece_ids(tiny_tokenizer_model("chatglm"))
         cfg.update(bos_token_id=ids["<sop>"], eos_token_id=ids["<eop>"], mask_token_id=ids["[MASK]"],
                    gmask_token_id=ids["[gMASK]"], pad_token_id=ids["<pad>"])
         cfg["vocab_size"] = max(cfg["vocab_size"], ((len(ids) + 63) // 64) * 64)
+    elif adapter.tokenizer_kind == "bpe":
+        ids = _bpe_ids()
+        cfg.update(bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+        cfg["vocab_size"] = max(cfg["vocab_size"], len(ids))
     else:
         cfg["vocab_size"] = max(cfg["vocab_size"], len(_piece_ids(tiny_tokenizer_model("llama"))))
     cfg.update(overrides)
@@ -113,7 +176,23 @@ def random_canonical_weights(spec: ModelSpec, seed: int = 0, dtype: str = "float
 
 
 def _write_tokenizer(d: Path, arch: str, spec: ModelSpec) -> None:
+    if _kind(arch) == "bpe":
+        (d / "tokenizer.json").write_text(tiny_bpe_tokenizer_json(), encoding="utf-8")
+        (d / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>", "unk_token": None, "add_prefix_space": False,
+            "model_max_length": spec.max_position, "chat_template": CHATML_TEMPLATE,
+        }, indent=2))
+        return
     model = tiny_tokenizer_model(arch)
+    if _kind(arch) == "chatglm2":  # the real repos' tokenizer.model + tokenizer_config.json (§2)
+        (d / "tokenizer.model").write_bytes(model)
+        (d / "tokenizer_config.json").write_text(json.dumps({
+            "name_or_path": f"THUDM/chatglm{spec.extra.get('glm_version', 2)}-6b", "remove_space": False,
+            "do_lower_case": False, "tokenizer_class": "ChatGLMTokenizer",
+            "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
+        }, indent=2))
+        return
     if _kind(arch) == "llama":
         (d / "tokenizer.model").write_bytes(model)
         (d / "tokenizer_config.json").write_text(json.dumps({
@@ -211,6 +290,12 @@ def make_tiny_checkpoint(out_dir, arch: str = "llama", layout: str = "safetensor
             if n.endswith("attention.query_key_value.bias"):
                 with_buffers.append((n.replace("query_key_value.bias", "rotary_emb.inv_freq"), inv))
         items = with_buffers
+    elif adapter.tokenizer_kind == "chatglm2":
+        # the real checkpoint stores one rotary buffer after the embedding (§2; ignored on load),
+        # in the checkpoint's dtype
+        rd = spec.rotary_dim
+        inv = (1.0 / 10000 ** (np.arange(0, rd, 2) / rd)).astype(items[0][1].dtype)
+        items = items[:1] + [("transformer.rotary_pos_emb.inv_freq", inv)] + items[1:]
     layer_bytes = sum(a.nbytes for n, a in items if ".0." in n) or 1
     shard_bytes = 2 * layer_bytes if layout.endswith("sharded") else None
     with atomic_output(out_dir, force=force, is_dir=True) as d:
@@ -234,7 +319,7 @@ def make_tiny_checkpoint(out_dir, arch: str = "llama", layout: str = "safetensor
                 _write_safetensors(d, items, shard_bytes)
             else:
                 _write_bin(d, items, shard_bytes)
-        if adapter.tokenizer_kind == "llama":
+        if adapter.tokenizer_kind in ("llama", "bpe"):
             (d / "generation_config.json").write_text(json.dumps(
                 {"bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id, "pad_token_id": 0,
                  "do_sample": False}, indent=2))

@@ -1,7 +1,8 @@
 """Tokenizers of the supported families, on SentencePiece only (no transformers, no remote code).
 
 `load_tokenizer(model_dir)` picks the family from the files in the directory (`ice_text.model` →
-ChatGLM-6B, `tokenizer.model` → Llama-2) or from a model file path. Every tokenizer offers:
+ChatGLM-6B, `tokenizer.model` → Llama-2, or ChatGLM2/3 when tokenizer_config.json names
+`ChatGLMTokenizer`) or from a model file path. Every tokenizer offers:
 
     encode(text, add_special_tokens=True) -> list[int]
     decode(ids, skip_special_tokens=True) -> str
@@ -11,7 +12,9 @@ ChatGLM-6B, `tokenizer.model` → Llama-2) or from a model file path. Every toke
     eos_ids: tuple[int, ...]; pad_id: int; bos_id: int | None; vocab_size: int
 
 Facts: ../shared/reference/model_architectures.md §1.8–1.9 (ChatGLM-6B: whitespace and newline
-pre-processing, appended [gMASK] <sop>, chat rounds), §3.4 and §6 (Llama-2: BOS 1 prepended).
+pre-processing, appended [gMASK] <sop>, chat rounds), §2 (ChatGLM2/3: special tokens after the
+pieces, prepended [gMASK] sop, "[Round n]" / role-token chat formats), §3.4 and §6 (Llama-2: BOS 1
+prepended).
 """
 
 from __future__ import annotations
@@ -272,8 +275,307 @@ class ChatGLMTokenizer(SPTokenizer):
         return text
 
 
+def render_chat_template(template: str, messages: Sequence[dict], add_generation_prompt: bool = True,
+                         **variables) -> str:
+    """Render a Hugging Face jinja chat template as transformers renders it.
+
+    The environment is the one transformers documents for `apply_chat_template`: a sandboxed,
+    immutable jinja2 environment with `trim_blocks` and `lstrip_blocks`, the loop-controls
+    extension, the `tojson` filter that keeps non-ASCII text and the globals `raise_exception`
+    and `strftime_now`. `variables` are the special tokens (`bos_token`, `eos_token`, …) the
+    template may name.
+
+    Raises:
+        ConfigError: the template does not parse, or it raises (naming its message).
+    """
+    import json as _json
+    from datetime import datetime
+
+    jinja2 = require("jinja2", purpose="chat templates")
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return _json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                                **variables)
+    except jinja2.exceptions.TemplateError as exc:
+        raise ConfigError(f"chat template: {exc}", "fix tokenizer_config.json's chat_template or the messages") from None
+
+
+def chat_messages(query: str, history: Sequence[tuple[str, str]] = (), system: str | None = None) -> list[dict]:
+    """[(query, response), …] + query (+ a system prompt) as the role/content messages of chat templates."""
+    msgs = [{"role": "system", "content": system}] if system else []
+    for q, a in history:
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return msgs + [{"role": "user", "content": query}]
+
+
+def _token_text(value) -> str | None:
+    """A special token of tokenizer_config.json: a string or an AddedToken dict ({"content": …})."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class BPETokenizer:
+    """Byte-level BPE (GPT-2 style: Qwen2/2.5/3, SmolLM2, Llama-3) from `tokenizer.json`, through
+    the `tokenizers` library, with the chat template of `tokenizer_config.json`.
+
+    Args:
+        tokenizer_json: path of `tokenizer.json` (vocabulary, merges, pre-tokenizer, added tokens).
+        tokenizer_config: the parsed `tokenizer_config.json` (chat_template, bos/eos/pad tokens).
+        eos_ids: stop ids (config.json / generation_config.json `eos_token_id`); default: the
+            tokenizer_config's `eos_token`.
+        pad_id: left-padding id; default: `pad_token`, else the first stop id.
+    """
+
+    family = "byte-level BPE"
+
+    def __init__(self, tokenizer_json, tokenizer_config: dict | None = None, eos_ids: Sequence[int] | None = None,
+                 pad_id: int | None = None):
+        tokenizers = require("tokenizers", purpose="byte-level BPE tokenizers (tokenizer.json)")
+        self.model_file = Path(tokenizer_json)
+        if not self.model_file.is_file():
+            raise CheckpointError(f"{self.model_file}: tokenizer.json not found")
+        try:
+            self.tok = tokenizers.Tokenizer.from_file(str(self.model_file))
+        except Exception as exc:  # noqa: BLE001 - the library raises Exception subclasses of its own
+            raise CheckpointError(f"{self.model_file}: not a tokenizers tokenizer.json ({str(exc)[:200]})",
+                                  "use the tokenizer.json that came with the checkpoint") from None
+        self.config = dict(tokenizer_config or {})
+        self.chat_template = self.config.get("chat_template")
+        if isinstance(self.chat_template, list):  # [{"name": "default", "template": …}, …]
+            named = {t.get("name"): t.get("template") for t in self.chat_template if isinstance(t, dict)}
+            self.chat_template = named.get("default")
+        self.special = {k: _token_text(self.config.get(k)) for k in
+                        ("bos_token", "eos_token", "pad_token", "unk_token")}
+        bos = self.special["bos_token"]
+        self.bos_id = self.tok.token_to_id(bos) if bos else None
+        if eos_ids:
+            self.eos_ids = tuple(int(e) for e in eos_ids)
+        else:
+            eos = self.special["eos_token"]
+            eid = self.tok.token_to_id(eos) if eos else None
+            self.eos_ids = (eid,) if eid is not None else ()
+        pad = self.special["pad_token"]
+        pid = self.tok.token_to_id(pad) if pad else None
+        self.pad_id = int(pad_id) if pad_id is not None else (pid if pid is not None else
+                                                                (self.eos_ids[0] if self.eos_ids else 0))
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> "BPETokenizer":
+        tc = _read_json(model_dir / "tokenizer_config.json")
+        gc = _read_json(model_dir / "generation_config.json")
+        cfg = _read_json(model_dir / "config.json")
+        eos = gc.get("eos_token_id", cfg.get("eos_token_id"))
+        eos = [eos] if isinstance(eos, int) else eos
+        pad = cfg.get("pad_token_id", gc.get("pad_token_id"))
+        return cls(model_dir / "tokenizer.json", tc, eos_ids=eos, pad_id=pad if isinstance(pad, int) else None)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def batch_encode(self, texts: Sequence[str], add_special_tokens: bool = True) -> Batch:
+        """Encode and LEFT-pad (with `pad_id`)."""
+        return left_pad([self.encode(t, add_special_tokens) for t in texts], self.pad_id)
+
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt text of role/content messages, rendered from the checkpoint's chat template."""
+        if not self.chat_template:
+            raise ConfigError(f"{self.model_file.parent / 'tokenizer_config.json'}: no chat_template",
+                              "this checkpoint is not a chat model; drop --chat")
+        return render_chat_template(self.chat_template, messages, add_generation_prompt,
+                                    **{k: v for k, v in self.special.items() if v is not None})
+
+    def build_chat_prompt(self, query: str, history: Sequence[tuple[str, str]] = (),
+                          system: str | None = None) -> str:
+        """The chat template applied to history + query, ending with the assistant's turn opened."""
+        return self.apply_chat_template(chat_messages(query, history, system))
+
+    def encode_chat(self, query: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """Token ids of a chat turn; special tokens come from the template text (no BOS added),
+        as transformers' `apply_chat_template(tokenize=True)` encodes."""
+        return self.encode(self.build_chat_prompt(query, history), add_special_tokens=False)
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer({self.model_file.name}, vocab={self.vocab_size})"
+
+
+class ChatGLM2Tokenizer(SPTokenizer):
+    """ChatGLM2-6B / ChatGLM3-6B tokenizer on their `tokenizer.model` (reference §2).
+
+    SentencePiece BPE (identity normalizer, dummy prefix, byte fallback); no text pre-processing.
+    The special tokens are not pieces: as the original `SPTokenizer`, they are numbered after the
+    n pieces — [MASK] n, [gMASK] n+1, [sMASK] n+2, sop n+3, eop n+4, and for ChatGLM3 <|system|>
+    n+5, <|user|> n+6, <|assistant|> n+7, <|observation|> n+8 (n = 64789 in the real file).
+    `encode` PREPENDS [gMASK] sop. Padding uses the unk id (0), as the original.
+
+    ChatGLM3's role tokens written in a text are encoded as their ids (as "<s>" is for Llama), and
+    the text after each role token as the original `build_single_message` encodes a message: its
+    first line (the metadata + "\\n") and the rest separately, so `encode(build_chat_prompt(…))`
+    gives the ids of the original's `build_chat_input`.
+
+    Args:
+        model_file: `tokenizer.model`.
+        version: 2 (ChatGLM2-6B) or 3 (ChatGLM3-6B: role tokens, stops on <|user|> / <|observation|>).
+    """
+
+    family = "ChatGLM2/3"
+
+    def __init__(self, model_file, version: int = 2):
+        super().__init__(model_file)
+        from ascend_adapt.model_zoo.chatglm2.adapter import ROLE_TOKENS, SPECIAL_TOKENS
+
+        if version not in (2, 3):
+            raise ConfigError(f"ChatGLM tokenizer version {version!r} is not 2 or 3")
+        self.version = version
+        n = self.sp.get_piece_size()
+        names = SPECIAL_TOKENS + (ROLE_TOKENS if version == 3 else ())
+        self.special = {name: n + i for i, name in enumerate(names)}
+        self.mask_id, self.gmask_id = self.special["[MASK]"], self.special["[gMASK]"]
+        self.bos_id, self.eop_id = self.special["sop"], self.special["eop"]
+        self.pad_id = self.sp.unk_id()
+        eos = self.sp.eos_id()
+        self.eos_ids = (eos,) + ((self.special["<|user|>"], self.special["<|observation|>"]) if version == 3 else ())
+        self._roles = re.compile("(" + "|".join(re.escape(r) for r in ROLE_TOKENS) + ")") if version == 3 else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size() + len(self.special)
+
+    @staticmethod
+    def is_glm2_dir(model_dir: Path) -> bool:
+        """A directory with ChatGLM2/3's files: tokenizer.model + a ChatGLMTokenizer config."""
+        tc = _read_json(model_dir / "tokenizer_config.json")
+        return (model_dir / "tokenizer.model").is_file() and tc.get("tokenizer_class") == "ChatGLMTokenizer"
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> "ChatGLM2Tokenizer":
+        """The version from config.json's `_name_or_path` / `rope_ratio`, else tokenizer_config's
+        `name_or_path` (`model_zoo.chatglm2.adapter.glm_version`)."""
+        from ascend_adapt.model_zoo.chatglm2.adapter import glm_version
+
+        tc = _read_json(model_dir / "tokenizer_config.json")
+        cfg = _read_json(model_dir / "config.json")
+        return cls(model_dir / "tokenizer.model", version=glm_version({**tc, **cfg}))
+
+    def command(self, name: str) -> int:
+        """Id of a special token by name ("[gMASK]", "sop", "<|user|>", …)."""
+        if name not in self.special:
+            raise ConfigError(f"ChatGLM{self.version} has no special token {name!r}",
+                              f"known: {', '.join(self.special)}")
+        return self.special[name]
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids: list[int] = []
+        parts = self._roles.split(text) if self._roles is not None else [text]
+        after_role = False
+        for part in parts:
+            if part in self.special and self._roles is not None and self._roles.fullmatch(part):
+                ids.append(self.special[part])
+                after_role = True
+                continue
+            if after_role and "\n" in part:  # build_single_message: encode(f"{metadata}\n") + encode(message)
+                cut = part.index("\n") + 1
+                ids += self.sp.encode(part[:cut]) + self.sp.encode(part[cut:])
+            elif part:
+                ids += self.sp.encode(part)
+            after_role = False
+        if add_special_tokens:
+            ids = [self.gmask_id, self.bos_id] + ids
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        n = self.sp.get_piece_size()
+        names = {v: k for k, v in self.special.items()}
+        out, run = [], []
+        for i in (int(t) for t in ids):
+            if 0 <= i < n and not (skip_special_tokens and i in (self.pad_id, self.sp.bos_id(), self.sp.eos_id())):
+                run.append(i)
+            elif not skip_special_tokens and i in names:
+                out.append(self.sp.decode(run) + names[i])
+                run = []
+        return "".join(out) + self.sp.decode(run)
+
+    def build_chat_prompt(self, query: str, history: Sequence[tuple[str, str]] = (),
+                          system: str | None = None) -> str:
+        """ChatGLM2 (§2): `[Round i]\\n\\n问：{q}\\n\\n答：{r}\\n\\n` per past turn (1-based), then
+        `[Round N+1]\\n\\n问：{query}\\n\\n答：`. ChatGLM3: `<|system|>\\n{system}` (optional), then
+        `<|user|>\\n{q}<|assistant|>\\n{r}` per past turn, then `<|user|>\\n{query}<|assistant|>`."""
+        if self.version == 2:
+            if system:
+                raise ConfigError("ChatGLM2 has no system role", "put the instruction into the query")
+            prompt = "".join(f"[Round {i + 1}]\n\n问：{q}\n\n答：{r}\n\n" for i, (q, r) in enumerate(history))
+            return prompt + f"[Round {len(history) + 1}]\n\n问：{query}\n\n答："
+        prompt = f"<|system|>\n{system}" if system else ""
+        prompt += "".join(f"<|user|>\n{q}<|assistant|>\n{r}" for q, r in history)
+        return prompt + f"<|user|>\n{query}<|assistant|>"
+
+
+
+def load_chat_history(path) -> tuple[list[tuple[str, str]], str | None]:
+    """A `generate --chat --history FILE`: earlier turns of the conversation, as JSON.
+
+    Two forms are read: a list of [query, response] pairs, or a list of role/content messages
+    ({"role": "system" | "user" | "assistant", "content": "…"}; an optional system message first,
+    then user / assistant turns alternating, ending with an assistant turn — the new query is
+    the --prompt).
+
+    Returns:
+        ([(query, response), …], the system prompt or None).
+
+    Raises:
+        ConfigError: not readable JSON, or an entry that is neither form (naming the entry).
+    """
+    p = Path(path)
+    hint = ('write a JSON list of [query, response] pairs, or of {"role": "user"|"assistant", "content": …} '
+            "messages ending with an assistant turn")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{p}: chat history is not readable JSON ({str(exc)[:200]})", hint) from None
+    if not isinstance(data, list):
+        raise ConfigError(f"{p}: chat history must be a JSON list, got {type(data).__name__}", hint)
+    system = None
+    if data and all(isinstance(m, dict) for m in data):
+        msgs = list(data)
+        for i, m in enumerate(msgs):
+            if set(m) - {"role", "content"} or not isinstance(m.get("content"), str) or \
+                    m.get("role") not in ("system", "user", "assistant"):
+                raise ConfigError(f"{p}: message {i} is not {{'role': system|user|assistant, 'content': text}}",
+                                  hint)
+        if msgs[0]["role"] == "system":
+            system = msgs.pop(0)["content"]
+        roles = [m["role"] for m in msgs]
+        if roles != ["user", "assistant"] * (len(msgs) // 2):
+            raise ConfigError(f"{p}: messages must alternate user / assistant and end with an assistant turn "
+                              f"(got {', '.join(roles)[:200]})", hint)
+        return [(msgs[i]["content"], msgs[i + 1]["content"]) for i in range(0, len(msgs), 2)], system
+    pairs = []
+    for i, t in enumerate(data):
+        if not (isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t)):
+            raise ConfigError(f"{p}: entry {i} is not a [query, response] pair of strings", hint)
+        pairs.append((t[0], t[1]))
+    return pairs, system
+
 # model file name → tokenizer class (data: add a family by adding a row)
-_FILES = (("ice_text.model", ChatGLMTokenizer), ("tokenizer.model", LlamaTokenizer))
+_FILES = (("ice_text.model", ChatGLMTokenizer), ("tokenizer.model", LlamaTokenizer), ("tokenizer.json", BPETokenizer))
 
 
 def load_tokenizer(model_dir):
@@ -281,10 +583,18 @@ def load_tokenizer(model_dir):
 
     Args:
         model_dir: a checkpoint / artifact directory holding `ice_text.model` (ChatGLM-6B) or
-            `tokenizer.model` (Llama-2), or the path of such a file (the family is then taken
-            from a ChatGLM special piece being present).
+            `tokenizer.model` (Llama-2; ChatGLM2/3 when tokenizer_config.json names
+            ChatGLMTokenizer), or the path of such a file (the family is then taken from a
+            ChatGLM special piece being present: a bare ChatGLM2/3 file reads as Llama's, use
+            `ChatGLM2Tokenizer(path, version)` for it). A directory with only `tokenizer.json`
+            (Qwen2/2.5/3, SmolLM2) gets the byte-level `BPETokenizer`; a llama.cpp `.gguf` file
+            the `BPETokenizer` of its vocabulary.
     """
     p = Path(model_dir)
+    if p.is_file() and p.suffix.lower() == ".gguf":  # llama.cpp file: its vocabulary → tokenizer.json
+        from ascend_adapt.checkpoint.gguf_io import gguf_tokenizer
+
+        return gguf_tokenizer(p)
     if p.is_file():
         spm = require("sentencepiece", purpose="tokenizers")
         sp = spm.SentencePieceProcessor(model_file=str(p))
@@ -292,6 +602,8 @@ def load_tokenizer(model_dir):
         return ChatGLMTokenizer(p) if glm else LlamaTokenizer(p)
     if not p.is_dir():
         raise CheckpointError(f"{p}: no such directory")
+    if not (p / "ice_text.model").is_file() and ChatGLM2Tokenizer.is_glm2_dir(p):  # tokenizer.model too
+        return ChatGLM2Tokenizer.from_dir(p)
     for fname, cls in _FILES:
         if (p / fname).is_file():
             return cls.from_dir(p)

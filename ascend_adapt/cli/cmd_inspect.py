@@ -8,12 +8,13 @@ import click
 
 
 @click.command("inspect")
-@click.argument("model_dir", type=click.Path(file_okay=False, path_type=str))
+@click.argument("model_dir", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect_cmd(model_dir, as_json):
     """Architecture, parameter count, tensors per dtype, shards and bytes at fp32/fp16/int8.
 
-    Reads only headers (safetensors) or maps files (torch .bin): no tensor data is loaded.
+    Reads only headers (safetensors) or maps files (torch .bin, .gguf): no tensor data is loaded.
+    MODEL_DIR may be a llama.cpp .gguf file (its metadata is read as config.json).
     Checks every tensor against the shapes config.json implies: prints what it could read, then
     exits with status 2 when the config is invalid or a tensor is mismatched, missing or unexpected
     (each listed with its expected and actual shape).
@@ -30,7 +31,7 @@ def inspect_cmd(model_dir, as_json):
 @click.command("make-tiny")
 @click.argument("out_dir", type=click.Path(path_type=str))
 @click.option("--arch", default="llama", show_default=True,
-              help="A registered architecture (adapter name): llama, chatglm, …")
+              help="A registered architecture (adapter name): llama, chatglm, chatglm2, chatglm3, qwen2, qwen3, …")
 @click.option("--layout", type=click.Choice(["safetensors", "safetensors-sharded", "bin", "bin-sharded", "meta"]),
               default="safetensors", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)

@@ -19,7 +19,7 @@ def _parse_size(text: str | None) -> int | None:
 
 
 @click.command("port")
-@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("src", type=click.Path(exists=True, path_type=str))
 @click.option("--to", "to", type=click.Choice(["mindspore", "hf"]), required=True,
               help="mindspore: HF/Meta checkpoint -> MindSpore; hf: a port output -> HF safetensors.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output directory.")
@@ -52,6 +52,10 @@ def port_cmd(src, to, out, dtype, naming, fmt, max_shard_size, force, no_verify,
     from ascend_adapt.errors import ConfigError
     from ascend_adapt.port import port_to_hf, port_to_mindspore
 
+    from ascend_adapt.checkpoint.gguf_io import is_gguf, resolve_source
+
+    if is_gguf(src) and to == "mindspore":  # a llama.cpp file: unpacked once into the cache
+        src = str(resolve_source(src, note=lambda m: click.echo(m, err=True)))
     shard = _parse_size(max_shard_size)
     if to == "hf":
         if mindir or dtype or naming != "ours" or fmt != "ckpt":

@@ -212,6 +212,9 @@ class _LLMGraph:
             q = self.heads(self.linear(a, f"{p}.attn.q", "q_proj"), H, "Q")
             k = self.heads(self.linear(a, f"{p}.attn.k", "k_proj"), KVH, "K")
             v = self.heads(self.linear(a, f"{p}.attn.v", "v_proj"), KVH, "V")
+            if spec.qk_norm:  # Qwen3: RMSNorm of every q / k head over head_dim, before the rotary
+                q = self.norm(q, f"{p}.attn.q_norm", "q_norm")
+                k = self.norm(k, f"{p}.attn.k_norm", "k_norm")
             rot = dict(style=spec.rotary, rotary_dim=spec.rotary_dim or None, theta=spec.rope_theta,
                        table_dtype=spec.rotary_table_dtype, table_rows=self.table_rows, head_dim=D)
             with b.scope("q_rotary"):
