@@ -162,11 +162,10 @@ def _dim(d: Any) -> int | tuple[int, int]:
         return (int(d[0]), int(d[1]))
     if isinstance(d, list) and len(d) == 2:
         return (int(d[0]), int(d[1]))
-    if isinstance(d, str):
-        if "~" in d:
-            lo, _, hi = d.partition("~")
-            return (int(lo), int(hi))
-        return int(d)
+    if isinstance(d, str):  # the one --input_shape grammar (om_convert.atc.gearspec), ATC's E10002 on bad text
+        from ascend_adapt.om_convert.atc.gearspec import parse_dim
+
+        return _dim(parse_dim(d))
     return int(d)
 
 
@@ -174,11 +173,9 @@ def _input_shape(value: Any) -> dict[str, tuple] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        out: dict[str, tuple] = {}
-        for item in value.strip().rstrip(";").split(";"):
-            name, _, dims = item.rpartition(":")
-            out[name.strip()] = tuple(_dim(x) for x in dims.split(",")) if dims.strip() else ()
-        return out
+        from ascend_adapt.om_convert.atc.gearspec import parse_input_shape
+
+        value = parse_input_shape(value)
     return {str(k): tuple(_dim(x) for x in v) for k, v in dict(value).items()}
 
 
