@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,13 +164,23 @@ def _wait_for_temp(proc: subprocess.Popen, out: Path, timeout_s: float = 180.0) 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_during_convert_leaves_nothing(tiny_dir, tmp_path, signum):
-    out = tmp_path / "out"
-    proc = _start_convert(tiny_dir("llama"), out)
-    tmp = _wait_for_temp(proc, out)
     from ascend_adapt.fsutil import _host
 
-    assert tmp.name.startswith(f".out.tmp-{proc.pid}@{_host()}-")  # owner pid and host, for the SIGKILL case
-    proc.send_signal(signum)
+    for attempt in range(3):  # a starved test process may see the temp only as the child finishes
+        out = tmp_path / f"out{attempt}"
+        proc = _start_convert(tiny_dir("llama"), out, "--verify-tokens", "64")
+        tmp = _wait_for_temp(proc, out)
+        proc.send_signal(signal.SIGSTOP)  # freeze it mid-work, then check it really is mid-work
+        if proc.poll() is None and tmp.exists():
+            break
+        proc.send_signal(signal.SIGCONT)
+        proc.communicate(timeout=120)
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        pytest.fail("convert finished before it could be interrupted, three times")
+    assert tmp.name.startswith(f".{out.name}.tmp-{proc.pid}@{_host()}-")  # owner pid and host, for SIGKILL
+    proc.send_signal(signum)  # delivered when the child continues
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err  # 143 for SIGTERM, 130 for SIGINT
     assert f"interrupted by {signal.Signals(signum).name}" in err and "Traceback" not in err
