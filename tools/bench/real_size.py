@@ -283,7 +283,7 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(HERE))
         from _report import write_section  # noqa: E402
 
-        title = TITLE if a.arch == "llama" else f"Real-size models: {shape} shape (tools/bench/real_size.py --arch {a.arch})"
+        title = TITLE if a.arch == "llama" else f"Real-size models: {shape} shape (--arch {a.arch}, tools/bench/real_size.py)"
         write_section(title, body, dists=("numpy", "onnx", "onnxruntime"))
     return 0
 
