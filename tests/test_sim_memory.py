@@ -195,36 +195,3 @@ def test_weights_file_shorter_than_the_graph_says_is_a_clear_error(tiny_dir, tmp
     assert "weights.bin" in str(e.value) and e.value.hint
 
 
-
-@pytest.mark.parametrize("op, trans_b", [("MatMul", 0), ("Gemm", 1)])
-def test_wide_16bit_matmuls_split_in_column_blocks_give_the_same_bits(op, trans_b):
-    """The simulator multiplies a big fp16 weight in column blocks (onnxruntime would widen it whole:
-    2.1 GB for ChatGLM-6B's head); each output element is the same dot product, bit for bit."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from ascend_adapt.sim.numerics import split_wide_matmuls
-
-    rng = np.random.default_rng(0)
-    k, n = 64, 1000
-    w = (rng.standard_normal((n, k) if trans_b else (k, n)) * 0.1).astype(np.float16)
-    a = rng.standard_normal((3, k)).astype(np.float16)
-    node = helper.make_node(op, ["a", "w"], ["y"], name="head", **({"transB": 1} if op == "Gemm" else {}))
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT16, [3, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [3, n])],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-    def run(m):
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
-            None, {"a": a})[0]
-
-    whole = run(model)
-    limit = 4 * k * 96  # blocks of 96 columns: 11 blocks, the last one short
-    assert split_wide_matmuls(model, limit_bytes=limit) == 1
-    assert sum(nd.op_type == op for nd in model.graph.node) == 11
-    np.testing.assert_array_equal(run(model), whole)
-    # once split, nothing is left to split
-    assert split_wide_matmuls(model, limit_bytes=limit) == 0

@@ -413,59 +413,6 @@ def _session_options(optimize: bool, threads: int | None):
 
 
 _PROTO_LIMIT = 1_800_000_000
-# A 16-bit weight wider than this once widened to fp32 is multiplied in column blocks (see
-# `split_wide_matmuls`): ChatGLM-6B's [4096, 130528] head would otherwise be widened whole (2.1 GB).
-WIDEN_LIMIT_BYTES = 128 << 20
-
-
-def split_wide_matmuls(model: onnx.ModelProto, limit_bytes: int = WIDEN_LIMIT_BYTES) -> int:
-    """Split MatMul / Gemm nodes over a big 16-bit weight into output-column blocks, in place.
-
-    onnxruntime's CPU kernels have no fp16 MatMul: it widens the weight to fp32 with a Cast before
-    each use, a transient copy twice the weight's size. For a [K, N] weight over `limit_bytes` once
-    widened, `Y = A @ W` becomes `Concat_j(A @ Slice(W, columns j))` (Gemm with transB=1: rows of W),
-    so the whole weight is never widened at once. Every output element is the same dot product over
-    the same K as before, computed by the same kernel: the values do not change (checked bit for bit
-    in tests/test_sim_memory.py). This is how the simulator executes, not what it accepts: the graph
-    handed to ATC is untouched.
-
-    Returns:
-        the number of nodes split.
-    """
-    inits = {t.name: t for t in model.graph.initializer}
-    out_nodes, added, n_split = [], [], 0
-    for node in model.graph.node:
-        w = inits.get(node.input[1]) if len(node.input) > 1 else None
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        ok = (w is not None and w.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16) and len(w.dims) == 2
-              and (node.op_type == "MatMul" or (node.op_type == "Gemm" and len(node.input) == 2
-                                                and not attrs.get("transA", 0) and attrs.get("alpha", 1.0) == 1.0)))
-        if not ok or 4 * w.dims[0] * w.dims[1] <= limit_bytes:
-            out_nodes.append(node)
-            continue
-        col_axis = 0 if node.op_type == "Gemm" and attrs.get("transB", 0) else 1
-        n_cols, k = w.dims[col_axis], w.dims[1 - col_axis]
-        block = max(1, limit_bytes // (4 * k))
-        parts = []
-        for j, c0 in enumerate(range(0, n_cols, block)):
-            c1 = min(n_cols, c0 + block)
-            tag = f"{node.name or node.output[0]}/split{j}"
-            for nm, val in (("starts", c0), ("ends", c1), ("axes", col_axis)):
-                added.append(numpy_helper.from_array(np.array([val], np.int64), f"{tag}/{nm}"))
-            starts = f"{tag}/starts"
-            out_nodes.append(helper.make_node("Slice", [node.input[1], starts, f"{tag}/ends", f"{tag}/axes"],
-                                              [f"{tag}/w"], name=f"{tag}/Slice"))
-            mm = helper.make_node(node.op_type, [node.input[0], f"{tag}/w"], [f"{tag}/y"], name=f"{tag}/{node.op_type}")
-            mm.attribute.extend(node.attribute)
-            out_nodes.append(mm)
-            parts.append(f"{tag}/y")
-        out_nodes.append(helper.make_node("Concat", parts, [node.output[0]], name=f"{node.name}/concat", axis=-1))
-        n_split += 1
-    if n_split:
-        del model.graph.node[:]
-        model.graph.node.extend(out_nodes)
-        model.graph.initializer.extend(added)
-    return n_split
 
 # weights files memory-mapped in this process: (path, size, mtime, inode) -> the read-only map
 _MAPS: "weakref.WeakValueDictionary[tuple, np.memmap]" = weakref.WeakValueDictionary()
@@ -633,7 +580,6 @@ class SimSession:
                             location="sim.weights")
             return ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
         self._weights = []
-        split_wide_matmuls(model)
         # Memory, not values: onnxruntime widens fp16 weights to fp32 with Cast nodes that read only
         # an initializer; the default order runs such nodes early, holding many widened weights at
         # once, the priority-based order runs them next to their consumers. No CPU arena: it keeps
