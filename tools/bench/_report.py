@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -39,7 +40,7 @@ def versions(*dists: str) -> str:
 
 def write_section(title: str, body: str, dists=("numpy",)) -> None:
     """Replace (or append) the `## title` section of docs/PERFORMANCE.md."""
-    cmd = " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    cmd = shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     stamp = datetime.date.today().isoformat()
     section = (f"## {title}\n\n- date: {stamp}\n- machine: {machine()}\n- versions: {versions(*dists)}\n"
                f"- command: `python {cmd}`\n\n{body.strip()}\n\n")
