@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 
-import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer

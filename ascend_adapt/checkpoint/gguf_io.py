@@ -33,6 +33,7 @@ import numpy as np
 from .._optional import require
 from ..errors import CheckpointError, UnsupportedError
 from .config import ConfigDict
+from .reader import TensorIndex
 from .safetensors_io import TensorInfo
 
 GGUF_SUFFIX = ".gguf"
@@ -78,7 +79,7 @@ def _field(reader, key: str, default=None):
         return default
 
 
-class GGUFCheckpoint:
+class GGUFCheckpoint(TensorIndex):
     """A `.gguf` file opened for streaming as an HF checkpoint (see the module docstring).
 
     Attributes:
@@ -188,18 +189,6 @@ class GGUFCheckpoint:
         return out
 
     # ---- CheckpointReader interface ----------------------------------------------------------
-    def infos(self) -> dict[str, TensorInfo]:
-        return dict(self._infos)
-
-    def names(self) -> list[str]:
-        return list(self._infos)
-
-    def __contains__(self, name) -> bool:
-        return name in self._infos
-
-    def __len__(self) -> int:
-        return len(self._infos)
-
     def info(self, name: str) -> TensorInfo:
         try:
             return self._infos[name]

@@ -16,7 +16,6 @@ array (bfloat16 via ml_dtypes).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Iterable, Iterator

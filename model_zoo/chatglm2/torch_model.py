@@ -30,15 +30,14 @@ Layout inside the model is batch-first ([B, S, H]); the math is identical to the
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from ascend_adapt.model_zoo.spec import ModelSpec
-from ascend_adapt.runtime.lm_inputs import StepInputs, prefill_inputs
-from ascend_adapt.runtime.session import StaticCacheSession
+from ascend_adapt.model_zoo.torch_reference import ModuleReference
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -216,47 +215,12 @@ class ChatGLM2ForCausalLM(nn.Module):
             layer_outputs["logits"] = logits
         return logits
 
-    def forward_full(self, input_ids, attention_mask=None, layer_outputs: dict | None = None) -> torch.Tensor:
-        """Full recomputation (no cache) of a left-padded batch; positions and the causal mask come
-        from the shared bookkeeping (`prefill_inputs`). Returns logits [B, S, vocab]."""
-        ids = np.asarray(input_ids, dtype=np.int64)
-        ids = ids[None] if ids.ndim == 1 else ids
-        step, _ = prefill_inputs(self.spec, ids, attention_mask, ids.shape[1])
-        return self(torch.from_numpy(step.input_ids), torch.from_numpy(step.positions),
-                    torch.from_numpy(step.visible), layer_outputs=layer_outputs)
 
 
-class ChatGLM2Session(StaticCacheSession):
-    """A batch in flight on the torch reference, over a static cache of `max_len` slots."""
+class ChatGLM2Reference(ModuleReference):
+    """The torch backend's ChatGLM2/3 golden: sessions and full logits over `ChatGLM2ForCausalLM`."""
 
-    def __init__(self, model: ChatGLM2ForCausalLM, batch: int, max_len: int):
-        super().__init__(model.spec, batch, max_len)
-        self.model = model
-        self.cache = model.new_cache(batch, max_len)
-
-    def step(self, inputs: StepInputs) -> np.ndarray:
-        logits = self.model(torch.from_numpy(inputs.input_ids), torch.from_numpy(inputs.positions),
-                            torch.from_numpy(inputs.visible), self.cache, inputs.start_slot)
-        return logits.float().numpy()
-
-
-class ChatGLM2Reference:
-    """What the torch backend needs from a family: a session factory and golden full logits."""
-
-    def __init__(self, spec: ModelSpec, stream: Iterator[tuple[str, np.ndarray]], dtype: str = "float32"):
-        self.spec = spec
-        self.dtype = dtype
-        self.model = ChatGLM2ForCausalLM(spec, dtype).load_canonical(stream)
-
-    def new_session(self, batch: int, max_len: int) -> ChatGLM2Session:
-        return ChatGLM2Session(self.model, batch, max_len)
-
-    def full_logits(self, input_ids, attention_mask=None, layer_outputs: bool = False):
-        outs: dict | None = {} if layer_outputs else None
-        logits = self.model.forward_full(input_ids, attention_mask, outs).float().numpy()
-        if outs is None:
-            return logits
-        return logits, {k: v.float().numpy() for k, v in outs.items()}
+    model_class = ChatGLM2ForCausalLM
 
 
 def load_reference(spec: ModelSpec, stream, dtype: str = "float32") -> ChatGLM2Reference:
