@@ -187,6 +187,42 @@ def test_signal_during_convert_leaves_nothing(tiny_dir, tmp_path, signum):
     assert list(tmp_path.iterdir()) == []  # no output, no temporary, no lock file
 
 
+_SELF_SIGNAL = r"""
+import atexit, glob, os, signal, sys, threading, time
+out = sys.argv[1]
+atexit.register(lambda: print("TEARDOWN-RAN", file=sys.stderr, flush=True))
+def shoot():
+    while not glob.glob(os.path.join(os.path.dirname(out), "." + os.path.basename(out) + ".tmp-*")):
+        time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=shoot, daemon=True).start()
+sys.argv = ["ascend-adapt", "convert", sys.argv[2], "--soc", "Ascend310P3", "-o", out, "--verify-tokens", "64"]
+from ascend_adapt.cli.main import run
+run()
+"""
+
+
+def test_the_program_skips_interpreter_teardown_after_a_signal(tiny_dir, tmp_path):
+    # After a signal the entry point leaves with os._exit: the interpreter's teardown (atexit,
+    # module finalizers) is where a half-stopped onnxruntime / torch can crash (SIGSEGV seen once
+    # under load instead of exit 143). Before run() existed, sys.exit ran the atexit handler.
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _SELF_SIGNAL, str(out), str(tiny_dir("llama"))],
+                          capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert "interrupted by SIGTERM" in proc.stderr and "Traceback" not in proc.stderr
+    assert "TEARDOWN-RAN" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_program_exits_normally_with_teardown_when_not_interrupted(tmp_path):
+    code = "import atexit, sys; atexit.register(lambda: print('TEARDOWN-RAN', flush=True)); " \
+           "sys.argv = ['ascend-adapt', '--version']; from ascend_adapt.cli.main import run; run()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "TEARDOWN-RAN" in proc.stdout, proc.stderr
+
+
 class _ReachedOuterHandler(Exception):
     pass
 

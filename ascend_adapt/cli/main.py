@@ -14,6 +14,7 @@ while an output is written (`InterruptedBySignal`) removes the partial output an
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -90,18 +91,23 @@ def cli():
     """
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, _on_interrupt=None) -> int:
+    """Run the CLI on `argv` (default: sys.argv[1:]) and return the exit status."""
     try:
         cli.main(args=argv, prog_name="ascend-adapt", standalone_mode=False)
     except AscendAdaptError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
     except InterruptedBySignal as exc:  # raised outside click's invoke
+        if _on_interrupt is not None:
+            _on_interrupt(exc.exit_code)
         return _interrupted(exc)
     except click.exceptions.Abort as exc:
         # click turns a KeyboardInterrupt (our InterruptedBySignal is one) into Abort
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, InterruptedBySignal):
+            if _on_interrupt is not None:
+                _on_interrupt(cause.exit_code)
             return _interrupted(cause)
         click.echo("aborted", err=True)
         return 130
@@ -118,6 +124,26 @@ def main(argv=None) -> int:
 def _interrupted(exc: InterruptedBySignal) -> int:
     click.echo(f"{exc}: stopped; the partial output was removed", err=True)
     return exc.exit_code
+
+
+def run() -> None:
+    """The program's entry point (`ascend-adapt`, `python -m ascend_adapt`): `main()`, then exit.
+
+    After a signal the partial output is already removed and the message printed, so the process
+    leaves with `os._exit`: the signal may have landed while onnxruntime's or torch's thread pools
+    were busy or a C extension was half imported, and the interpreter's teardown after that can
+    crash (a convert stopped by SIGTERM under load once exited with SIGSEGV instead of 143).
+    """
+    interrupted: list[int] = []
+    code = main(_on_interrupt=interrupted.append)
+    if interrupted:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
 
 
 def _os_error(exc: OSError) -> int:
@@ -143,4 +169,4 @@ def _os_error(exc: OSError) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
