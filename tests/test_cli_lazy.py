@@ -9,7 +9,7 @@ import pytest
 
 from ascend_adapt.cli.main import COMMANDS, LazyGroup
 
-HEAVY = ("torch", "mindspore", "onnxruntime", "transformers", "onnx")
+HEAVY = ("torch", "mindspore", "onnxruntime", "transformers", "onnx", "ray")  # ray: serve --devices only
 
 _PROBE = textwrap.dedent("""
     import json, sys, io, contextlib

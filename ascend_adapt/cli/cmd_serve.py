@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -24,16 +26,22 @@ import click
               help="On SIGINT / SIGTERM: seconds to finish the requests in flight before stopping.")
 @click.option("--precision-mode", default=None, help="Simulator only: override the artifact's precision mode.")
 @click.option("--device-id", type=click.IntRange(min=0), default=None, help="acl only: NPU index.")
+@click.option("--devices", default=None, metavar="IDS",
+              help="Ray Serve: one replica per device id (e.g. 0,1,2,3), each with its own engine (acl: on that "
+                   "NPU; other backends: a label), behind Ray Serve's HTTP proxy. Needs ray[serve].")
 @click.option("--dtype", default=None, help="torch only: compute dtype (float32, float16).")
 def serve_cmd(model_dir, backend, host, port, batch, max_queue, model_name, request_log, graceful_s,
-              precision_mode, device_id, dtype):
+              precision_mode, device_id, devices, dtype):
     """Serve MODEL_DIR with an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
     /v1/models, /health, /metrics), with continuous batching over the graphs' static batch.
 
+    With --devices: one Ray Serve replica per device id, the same routes.
+
     Stop it with Ctrl-C or SIGTERM: it stops taking requests and finishes the ones in flight.
     """
-    from ascend_adapt.serve.server import build, serve_forever
-
+    if devices is not None and device_id is not None:
+        raise click.UsageError("--device-id and --devices exclude each other (--devices gives each replica "
+                               "its device)")
     options = {}
     for flag, value, only, key in (("--precision-mode", precision_mode, "sim", "precision_mode"),
                                    ("--device-id", device_id, "acl", "device_id"),
@@ -43,10 +51,24 @@ def serve_cmd(model_dir, backend, host, port, batch, max_queue, model_name, requ
                 raise click.UsageError(f"{flag} applies to --backend {only}")
             options[key] = value
     if request_log:
-        from pathlib import Path
-
         if not Path(request_log).resolve().parent.is_dir():
             raise click.BadParameter(f"the directory of '{request_log}' does not exist", param_hint="--request-log")
+    if devices is not None:
+        from ascend_adapt.serve.ray_app import parse_devices, serve_replicas
+
+        ids = parse_devices(devices)
+
+        def replicas_ready(url, info):
+            click.echo(f"serving '{model_name or Path(model_dir).resolve().name}' ({backend}, {len(ids)} Ray Serve "
+                       f"replicas on devices {','.join(map(str, ids))}, {info['batch']} rows each, context "
+                       f"{info['context']}) on {url}", err=True)
+
+        serve_replicas(model_dir, ids, backend=backend, host=host, port=port, batch=batch, max_queue=max_queue,
+                       model_name=model_name, request_log=request_log, graceful_s=graceful_s,
+                       backend_options=options, on_ready=replicas_ready)
+        return
+    from ascend_adapt.serve.server import build, serve_forever
+
     served = build(model_dir, backend, batch=batch, max_queue=max_queue, model_name=model_name,
                    request_log=request_log, backend_options=options)
     rows = served.engine.rows

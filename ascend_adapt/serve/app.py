@@ -64,7 +64,8 @@ def _from_engine_error(exc: AscendAdaptError) -> ApiError:
     return ApiError(500, _text(exc), "server_error")
 
 
-def create_app(engine: Engine, tokenizer, model_name: str, request_log: str | None = None):
+def create_app(engine: Engine, tokenizer, model_name: str, request_log: str | None = None,
+               labels: dict[str, str] | None = None):
     """The FastAPI application serving `engine` under the model id `model_name`.
 
     Args:
@@ -72,6 +73,9 @@ def create_app(engine: Engine, tokenizer, model_name: str, request_log: str | No
         tokenizer: the model's tokenizer (encode / decode / build_chat_prompt).
         model_name: the id `/v1/models` lists and requests must name.
         request_log: a file to append one JSON line per finished request to (None: the log only).
+        labels: what this server is among several (a Ray Serve replica: {"device": "0"}); added to
+            the `/health` body and to each request-log line (the metrics carry them too, see
+            `ServeMetrics`).
     """
     from contextlib import asynccontextmanager
 
@@ -120,7 +124,8 @@ def create_app(engine: Engine, tokenizer, model_name: str, request_log: str | No
     @app.get("/health")
     async def health():
         body = {"status": "draining" if engine.draining else ("failed" if engine.failed else "ok"),
-                "queued": len(engine.waiting), "running": len(engine.running), "batch": engine.rows.batch}
+                "queued": len(engine.waiting), "running": len(engine.running), "batch": engine.rows.batch,
+                **(labels or {})}
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     @app.get("/metrics")
@@ -300,7 +305,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, request_log: str | No
             body = {"id": rid, "object": obj, "created": int(t0), "model": model_name, "choices": [c]}
             if include_usage:
                 body["usage"] = None
-            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+            return sse_event(body)
 
         async def sse():
             done = False
@@ -315,7 +320,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, request_log: str | No
                     if kind == "error":
                         err = _from_engine_error(data if isinstance(data, AscendAdaptError)
                                                  else AscendAdaptError(str(data)))
-                        yield f"data: {json.dumps(_error_body(err))}\n\n"
+                        yield sse_event(_error_body(err))
                         done = True
                         return
                     if kind == "delta":
@@ -327,7 +332,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, request_log: str | No
                     if include_usage:
                         u = {"id": rid, "object": obj, "created": int(t0), "model": model_name, "choices": [],
                              "usage": data["usage"]}
-                        yield f"data: {json.dumps(u)}\n\n"
+                        yield sse_event(u)
                     yield "data: [DONE]\n\n"
                     return
             finally:
@@ -341,7 +346,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, request_log: str | No
     def _log(req: Request, endpoint: str, stream: bool, t0: float) -> None:
         if request_log is None:
             return
-        rec = {"time": round(t0, 3), "id": req.id, "endpoint": endpoint, "stream": stream,
+        rec = {"time": round(t0, 3), **(labels or {}), "id": req.id, "endpoint": endpoint, "stream": stream,
                "prompt_tokens": len(req.prompt_ids), "completion_tokens": len(req.token_ids),
                "finish_reason": req.finish_reason or "cancelled",
                "ttft_s": None if req.t_first_s is None else round(req.t_first_s - req.t_arrival_s, 6),
@@ -367,6 +372,17 @@ def create_app(engine: Engine, tokenizer, model_name: str, request_log: str | No
         return await _serve(http, await _json(http), chat=True)
 
     return app
+
+
+# Characters JSON leaves raw (ensure_ascii=False) that line splitters other than SSE's CR / LF
+# break lines at (Python's str.splitlines, hence httpx's iter_lines): escaped, the data stays one line.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def sse_event(body: dict) -> str:
+    """One server-sent event carrying `body` as JSON on a single `data:` line (text kept as UTF-8,
+    except the characters some clients take for line breaks, which are escaped)."""
+    return f"data: {json.dumps(body, ensure_ascii=False).translate(_LINE_BREAKS)}\n\n"
 
 
 def _number(body: dict, key: str, default: float, lo: float, hi: float | None) -> float:

@@ -138,19 +138,13 @@ class Engine:
         Returns:
             True when every request finished (False: the timeout passed first).
         """
-        with self._cv:
-            self.draining = True
-            self._cv.notify_all()
-        done = True
         if drain:
-            end = None if timeout_s is None else time.monotonic() + timeout_s
+            done = self.drain(timeout_s)
+        else:
             with self._cv:
-                while self.waiting or self.running:
-                    left = None if end is None else end - time.monotonic()
-                    if left is not None and left <= 0:
-                        done = False
-                        break
-                    self._cv.wait(0.05 if left is None else min(0.05, left))
+                self.draining = True
+                self._cv.notify_all()
+            done = True
         with self._cv:
             self._stop = True
             self._cv.notify_all()
@@ -158,6 +152,25 @@ class Engine:
             self._thread.join(timeout=30)
         self.rows.close()
         return done
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Stop taking requests (`submit` raises `DrainingError`) and wait until the running and
+        waiting ones finish; the scheduler keeps running (`shutdown` stops it).
+
+        Returns:
+            True when every request finished (False: the timeout passed first).
+        """
+        with self._cv:
+            self.draining = True
+            self._cv.notify_all()
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cv:
+            while self.waiting or self.running:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(0.05 if left is None else min(0.05, left))
+        return True
 
     # ------------------------------------------------------------------ requests
     def check(self, prompt_len: int, max_tokens: int) -> None:

@@ -10,6 +10,8 @@
 | `ascend_adapt_generated_tokens_total` | counter | tokens generated |
 | `ascend_adapt_tokens_per_second` | gauge | tokens generated over the last `window_s` seconds / window |
 | `ascend_adapt_requests_finished_total{finish_reason}` | counter | stop, length, cancelled (client gone), error |
+
+With `labels` (a Ray Serve replica: `{"device": "0"}`) every sample carries them too.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ class ServeMetrics:
     Args:
         batch: rows of the batch.
         window_s: window of the tokens/s gauge.
+        labels: label name → value added to every sample of the exposition (None: none).
     """
 
-    def __init__(self, batch: int, window_s: float = 10.0):
+    def __init__(self, batch: int, window_s: float = 10.0, labels: dict[str, str] | None = None):
         pc = _prometheus()
         self._pc = pc
+        self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
         self.registry = pc.CollectorRegistry()
         r = self.registry
         self.queue = pc.Gauge("ascend_adapt_queue_length", "Requests waiting for a row", registry=r)
@@ -90,4 +94,20 @@ class ServeMetrics:
 
     def text(self) -> tuple[bytes, str]:
         """(body, content type) of the Prometheus exposition."""
-        return self._pc.generate_latest(self.registry), self._pc.CONTENT_TYPE_LATEST
+        source = _Labelled(self.registry, self.labels) if self.labels else self.registry
+        return self._pc.generate_latest(source), self._pc.CONTENT_TYPE_LATEST
+
+
+class _Labelled:
+    """A registry's metrics with constant labels added to every sample (what `generate_latest` reads)."""
+
+    def __init__(self, registry, labels: dict[str, str]):
+        self.registry, self.labels = registry, labels
+
+    def collect(self):
+        from prometheus_client.metrics_core import Metric
+
+        for family in self.registry.collect():
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            out.samples = [s._replace(labels={**self.labels, **s.labels}) for s in family.samples]
+            yield out

@@ -30,7 +30,8 @@ class Served:
 
 
 def build(model_dir: str, backend: str = "sim", batch: int | None = None, max_queue: int = 64,
-          model_name: str | None = None, request_log: str | None = None, backend_options: dict | None = None) -> Served:
+          model_name: str | None = None, request_log: str | None = None, backend_options: dict | None = None,
+          labels: dict[str, str] | None = None) -> Served:
     """Load MODEL_DIR on `backend` and make the engine and the app (nothing started yet).
 
     Args:
@@ -41,6 +42,8 @@ def build(model_dir: str, backend: str = "sim", batch: int | None = None, max_qu
         model_name: the id clients name (default: the directory's name).
         request_log: a JSON-lines file appended per finished request.
         backend_options: passed to the backend factory.
+        labels: what this server is among several (a Ray Serve replica: {"device": "0"}): a label
+            on every metric, a field of `/health` and of each request-log line.
     """
     require_serve("fastapi")
     from pathlib import Path
@@ -59,9 +62,9 @@ def build(model_dir: str, backend: str = "sim", batch: int | None = None, max_qu
     tokenizer = load_tokenizer(model_dir)
     be = get_backend(backend, resolve_artifact(model_dir, backend), **(backend_options or {}))
     rows = make_rows(be, batch)
-    engine = Engine(rows, tokenizer, max_queue=max_queue, metrics=ServeMetrics(rows.batch))
+    engine = Engine(rows, tokenizer, max_queue=max_queue, metrics=ServeMetrics(rows.batch, labels=labels))
     name = model_name or Path(model_dir).resolve().name
-    return Served(engine, create_app(engine, tokenizer, name, request_log), name, tokenizer)
+    return Served(engine, create_app(engine, tokenizer, name, request_log, labels), name, tokenizer)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Serving under load: N requests at concurrency C through the `openai` client, against the same
-requests one at a time, on one `ascend-adapt serve` process (127.0.0.1).
+requests one at a time, on one `ascend-adapt serve` process (127.0.0.1) — or, with --devices 0,1,
+on `ascend-adapt serve --devices 0,1` (one Ray Serve replica per device id, B rows each).
 
 The model: a converted artifact given with --model, or (default) a random Llama written here
 (`make_tiny_checkpoint` with the --hidden / --layers sizes, the tiny tokenizer; nothing
@@ -24,8 +25,9 @@ tokens/s = completion tokens ÷ wall time of the phase. Answers of phase 2 are c
 1 token for token (`token_ids` of each choice).
 
 Usage:  python tools/bench/serve_load.py [-n 200] [-c 16] [--batch 4] [--max-tokens 48] [--rounds 5]
-        [--model DIR --backend sim] [--hidden 256 --layers 4] [--no-write]
-Writes the "Serving under load (tools/bench/serve_load.py)" section of docs/PERFORMANCE.md.
+        [--model DIR --backend sim] [--hidden 256 --layers 4] [--devices 0,1] [--no-write]
+Writes the "Serving under load (tools/bench/serve_load.py)" section of docs/PERFORMANCE.md (with
+--devices: the "… Ray Serve replicas …" section).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import write_section  # noqa: E402
 
 TITLE = "Serving under load (tools/bench/serve_load.py)"
+TITLE_REPLICAS = "Serving under load, Ray Serve replicas (tools/bench/serve_load.py --devices)"
 SPEEDUP_TARGET = 2.5
 SEQ_LEN = 64
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wise owls watch from an old oak tree near "
@@ -75,9 +78,10 @@ def prompts(n: int) -> list[str]:
     return out
 
 
-def start_server(model: Path, backend: str, batch: int | None, max_queue: int):
+def start_server(model: Path, backend: str, batch: int | None, max_queue: int, devices: str | None = None):
     cmd = [sys.executable, "-m", "ascend_adapt", "serve", str(model), "--backend", backend, "--port", "0",
            "--model-name", "bench", "--max-queue", str(max_queue)] + (["--batch", str(batch)] if batch else [])
+    cmd += ["--devices", devices] if devices else []
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while True:
@@ -141,12 +145,14 @@ def _pcts(xs: list[float]) -> dict:
     return {"p50": statistics.median(xs), "p99": xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]}
 
 
-def figures(seq: dict, load: dict, n: int, c: int, batch: int, max_tokens: int, model: str, rounds: int) -> dict:
+def figures(seq: dict, load: dict, n: int, c: int, batch: int, max_tokens: int, model: str, rounds: int,
+            devices: str | None = None) -> dict:
     """The figures the section is made from (no per-request lists)."""
     same = sum(1 for a, b in zip(seq["results"], load["results"])
                if "lost" not in a and "lost" not in b and a["ids"] == b["ids"])
     strip = ("results",)
     return {"n": n, "concurrency": c, "batch": batch, "max_tokens": max_tokens, "model": model, "rounds": rounds,
+            "devices": devices,
             "one_at_a_time": {k: v for k, v in seq.items() if k not in strip},
             "load": {k: v for k, v in load.items() if k not in strip},
             "equal_answers": same, "speedup": load["tokens_per_s"] / seq["tokens_per_s"] if seq["tokens_per_s"] else 0}
@@ -164,9 +170,13 @@ def prose(f: dict) -> str:
     met_equal = f["equal_answers"] == f["n"]
     met_speed = f["speedup"] >= SPEEDUP_TARGET
     verdict = "met" if (met_lost and met_equal and met_speed) else "NOT met"
+    devices = f.get("devices")
+    where = (f"`ascend-adapt serve --devices {devices}` ({len(devices.split(','))} Ray Serve replicas, B = "
+             f"{f['batch']} rows each)" if devices else f"`ascend-adapt serve` with B = {f['batch']} rows")
+    rows = f"{len(devices.split(','))} × {f['batch']} rows" if devices else f"{f['batch']} rows"
     lines = [
         f"{f['n']} streamed greedy completions (at most {f['max_tokens']} tokens each) of {f['model']} on "
-        f"`ascend-adapt serve` with B = {f['batch']} rows, through the `openai` client: one at a time, then "
+        f"{where}, through the `openai` client: one at a time, then "
         f"{f['concurrency']} at once, alternating in {f['rounds']} blocks.",
         "",
         "| phase | lost | TTFT p50 / p99 (ms) | TPOT p50 / p99 (ms) | tokens | wall (s) | tokens/s |",
@@ -190,7 +200,7 @@ def prose(f: dict) -> str:
     if ld["ttft_s"]["p50"] is not None and s["ttft_s"]["p50"] is not None:
         ratio = ld["ttft_s"]["p50"] / s["ttft_s"]["p50"] if s["ttft_s"]["p50"] else float("inf")
         lines.append(f"- TTFT p50 under load is {ratio:.1f}× the one-at-a-time TTFT: with {f['concurrency']} "
-                     f"clients and {f['batch']} rows, a request waits in the queue for a free row.")
+                     f"clients and {rows}, a request waits in the queue for a free row.")
     return "\n".join(lines)
 
 
@@ -205,6 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5, help="alternating blocks (one at a time, then under load)")
+    ap.add_argument("--devices", default=None, help="serve with one Ray Serve replica per device id (e.g. 0,1)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     a = ap.parse_args(argv)
@@ -217,7 +228,7 @@ def main(argv=None) -> int:
                     f"{a.batch}, S = {SEQ_LEN}, M = {SEQ_LEN + a.max_tokens}) on the simulator (Ascend310P3, "
                     "force_fp16)")
             batch = a.batch
-        server, url = start_server(model, a.backend, batch, max_queue=max(64, a.c))
+        server, url = start_server(model, a.backend, batch, max_queue=max(64, a.c), devices=a.devices)
         try:
             texts = prompts(a.n)
             run_block(url, texts[:4], 1, a.max_tokens)  # warm-up
@@ -231,13 +242,14 @@ def main(argv=None) -> int:
         finally:
             server.terminate()
             server.wait(120)
-    f = figures(seq, load, a.n, a.c, a.batch, a.max_tokens, desc, a.rounds)
+    f = figures(seq, load, a.n, a.c, a.batch, a.max_tokens, desc, a.rounds, a.devices)
     text = prose(f)
     print(text)
     if a.json:
         Path(a.json).write_text(json.dumps(f, indent=1))
     if not a.no_write:
-        write_section(TITLE, text, dists=("numpy", "onnxruntime", "fastapi", "uvicorn", "openai"))
+        write_section(TITLE_REPLICAS if a.devices else TITLE, text,
+                      dists=("numpy", "onnxruntime", "fastapi", "uvicorn", "openai") + (("ray",) if a.devices else ()))
     return 0 if f["load"]["lost"] == 0 else 1
 
 
