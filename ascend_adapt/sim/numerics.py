@@ -34,7 +34,9 @@ in fp32 in onnxruntime. Consequences:
   the fp32 ones that rounding ops read are loaded for that. Every other weight in external data
   (an export's `weights.bin`, fp16 ones included) stays in its file, memory-mapped once per
   process and shared by every session; onnxruntime's CPU kernels widen fp16 weights to fp32 at
-  use (exact), so an fp16 7B runs in about its weight bytes plus activations (docs/simulator.md).
+  use (exact; a big one in column blocks, `chain_wide_matmuls`), and each layer reads its part of
+  the KV-cache inputs when it needs it (`defer_input_reads`), so an fp16 7B runs in about its
+  weight bytes plus activations (docs/simulator.md).
 - Ops that exist only in fp16 on a chip (the target's `fp16_only_ops`, e.g. Conv on Ascend310)
   are refused under must_keep_origin_dtype by acceptance (`sim.acceptance`), as ATC refuses
   them; what is accepted runs in fp32 here.
@@ -414,6 +416,233 @@ def _session_options(optimize: bool, threads: int | None):
 
 _PROTO_LIMIT = 1_800_000_000
 
+# Memory, not values: the rewrites below change when onnxruntime allocates, never what it computes.
+# A float16 weight bigger than this once widened to fp32 is multiplied in chained column blocks
+# (`chain_wide_matmuls`): ChatGLM-6B's [130528, 4096] head would otherwise be widened whole (2.1 GB).
+WIDEN_BLOCK_BYTES = 128 << 20
+# A Gather / Slice reading at least this many bytes of a graph input runs next to its consumer
+# (`defer_input_reads`): the per-layer reads of the KV cache, [B, KVH, M, D] each.
+DEFER_READ_BYTES = 1 << 20
+
+
+def _zero_after(tensor: str, dtype: int, tag: str) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes computing a scalar 0 of `dtype` (an integer ONNX type) from `tensor`'s size: a real
+    data dependency on `tensor` (it must exist first) that adds nothing to the value it is added to.
+    Only the element count is read, never the data."""
+    size = helper.make_node("Size", [tensor], [f"{tag}/size"], name=f"{tag}/Size")
+    zero = helper.make_node("Mul", [f"{tag}/size", f"{tag}/zero_i64"], [f"{tag}/zero64"], name=f"{tag}/Zero")
+    nodes = [helper.make_node("Constant", [], [f"{tag}/zero_i64"], name=f"{tag}/ZeroConst",
+                              value=numpy_helper.from_array(np.array(0, np.int64))), size, zero]
+    if dtype == TensorProto.INT64:
+        return nodes, f"{tag}/zero64"
+    nodes.append(helper.make_node("Cast", [f"{tag}/zero64"], [f"{tag}/zero"], name=f"{tag}/ZeroCast", to=dtype))
+    return nodes, f"{tag}/zero"
+
+
+# onnxruntime's name for the casts it inserts around kernels without fp16 (core/optimizer/
+# insert_cast_transformer.cc, 1.32): its RemoveDuplicateCastTransformer drops a fp32→fp16→fp32
+# pair only when the narrowing cast bears this prefix (`UnsafeCast`), so an fp16-less chain
+# (MatMul → Add bias → …) stays in fp32 between its ops.
+_ORT_CAST_PREFIX = "InsertedPrecisionFreeCast_"
+
+
+def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], name=f"{name}/Const", value=numpy_helper.from_array(value))
+
+
+def _block_ranges(n_cols: int, k: int, limit_bytes: int, threads: int | None) -> list[tuple[int, int]]:
+    """Column ranges [c0, c1) of at most `limit_bytes` of fp32 each (multiples of 16 columns), but
+    never narrower than 80 columns per thread, the last one included (see `chain_wide_matmuls`;
+    one thread more than asked: onnxruntime's pool runs its threads plus the calling one)."""
+    min_cols = 80 * (max(1, threads or os.cpu_count() or 1) + 1)
+    block = max(min_cols, limit_bytes // (4 * k) // 16 * 16)  # min_cols: a multiple of 16
+    starts = list(range(0, n_cols, block))
+    if len(starts) > 1 and n_cols - starts[-1] < min_cols:
+        starts.pop()  # a narrow remainder joins the block before it
+    return [(c0, starts[j + 1] if j + 1 < len(starts) else n_cols) for j, c0 in enumerate(starts)]
+
+
+def chain_wide_matmuls(model: onnx.ModelProto, limit_bytes: int = WIDEN_BLOCK_BYTES,
+                       threads: int | None = None) -> int:
+    """Multiply a big float16 weight in chained column blocks instead of widening it whole, in place.
+
+    onnxruntime's CPU kernels have no fp16 MatMul / Gemm: it casts the fp16 weight to an fp32
+    copy before each use (exact), a transient twice the weight's size: 2.1 GB for ChatGLM-6B's
+    [130528, 4096] head. For a weight over `limit_bytes` once widened, `Y = A @ W` becomes
+    `fp16(Concat_j(fp32(A) @ fp32(Slice(W, columns of block j))))` (Gemm with transB=1: rows of
+    W), so one block is widened at a time. The casts are written out: left to onnxruntime, its
+    cast insertion runs the Slices in fp32 too, after widening the whole weight (the column split
+    tried once and removed gained nothing for that reason). The casts of A and of the product
+    carry onnxruntime's own prefix (`_ORT_CAST_PREFIX`), so they are dropped where onnxruntime
+    drops the ones it inserts around an fp16 MatMul: next to an op without an fp16 kernel (a
+    bias Add, an activation: the product reaches it in fp32) and after a graph cast to fp16
+    (onnxruntime then feeds the MatMul that cast's fp32 input, as before). Each Slice's
+    `starts` gets a real data dependency on the previous block's product (block 0's: on A),
+    `starts + 0·Size(previous)`: without it the slices and their casts read only the weight, and
+    the scheduler may run them all first.
+
+    Every output element is the same dot product over the same K, by the same fp32 kernel (MLAS
+    SGEMM: products of fp16-exact values, fp32 accumulation, then rounded to fp16): the values do
+    not change, bit for bit (tests/test_sim_head_memory.py), as long as MLAS keeps its K stride
+    for each thread's share of columns. It lengthens the K stride (which regroups the fp32 sums)
+    only for a share of 64 columns or fewer (onnxruntime 1.32, mlas/lib/sgemm.cpp,
+    `MlasSgemmOperation`), and splits N among threads in multiples of 16 (`MlasPartitionWork`):
+    blocks of at least 80 columns per thread keep every share above 64. This is how the
+    simulator executes, not what it accepts: the graph ATC gets is untouched. Only float16 2-D
+    weights of MatMul, and of 2-input Gemm with transA=0 and alpha=1, are split.
+
+    Args:
+        model: the graph to rewrite (initializer dims and dtypes are read, never their data).
+        limit_bytes: largest fp32 widening of one block, in bytes (exceeded only where the
+            per-thread minimum asks for wider blocks).
+        threads: onnxruntime's intra-op threads (None: its default, at most `os.cpu_count()`).
+
+    Returns:
+        the number of nodes split.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    out_nodes: list[onnx.NodeProto] = []
+    n_split = 0
+    for node in model.graph.node:
+        w = inits.get(node.input[1]) if len(node.input) > 1 else None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        ok = (w is not None and w.data_type == TensorProto.FLOAT16 and len(w.dims) == 2
+              and (node.op_type == "MatMul" or (node.op_type == "Gemm" and len(node.input) == 2
+                                                and not attrs.get("transA", 0) and attrs.get("alpha", 1.0) == 1.0)))
+        if not ok or 4 * w.dims[0] * w.dims[1] <= limit_bytes:
+            out_nodes.append(node)
+            continue
+        col_axis = 0 if node.op_type == "Gemm" and attrs.get("transB", 0) else 1
+        n_cols, k = int(w.dims[col_axis]), int(w.dims[1 - col_axis])
+        ranges = _block_ranges(n_cols, k, limit_bytes, threads)
+        if len(ranges) < 2:
+            out_nodes.append(node)
+            continue
+        tag0 = node.name or node.output[0]
+        f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+        out_nodes += [_const(f"{tag0}/block_axes", np.array([col_axis], np.int64)),
+                      helper.make_node("Cast", [node.input[0]], [f"{tag0}/a32"], to=f32,
+                                       name=f"{_ORT_CAST_PREFIX}{tag0}/CastA")]
+        parts, prev = [], f"{tag0}/a32"
+        for j, (c0, c1) in enumerate(ranges):
+            tag = f"{tag0}/block{j}"
+            dep_nodes, zero = _zero_after(prev, TensorProto.INT64, tag)
+            out_nodes += dep_nodes + [
+                _const(f"{tag}/c0", np.array([c0], np.int64)),
+                _const(f"{tag}/ends", np.array([c1], np.int64)),
+                helper.make_node("Add", [f"{tag}/c0", zero], [f"{tag}/starts"], name=f"{tag}/Starts"),
+                helper.make_node("Slice", [node.input[1], f"{tag}/starts", f"{tag}/ends", f"{tag0}/block_axes"],
+                                 [f"{tag}/w"], name=f"{tag}/Slice"),
+                helper.make_node("Cast", [f"{tag}/w"], [f"{tag}/w32"], name=f"{tag}/CastW", to=f32)]
+            mm = helper.make_node(node.op_type, [f"{tag0}/a32", f"{tag}/w32"], [f"{tag}/y32"],
+                                  name=f"{tag}/{node.op_type}")
+            mm.attribute.extend(node.attribute)
+            out_nodes.append(mm)
+            parts.append(prev := f"{tag}/y32")
+        out_nodes += [helper.make_node("Concat", parts, [f"{tag0}/y32"], name=f"{tag0}/Concat", axis=-1),
+                      helper.make_node("Cast", [f"{tag0}/y32"], [node.output[0]], to=f16,
+                                       name=f"{_ORT_CAST_PREFIX}{tag0}/CastY")]
+        n_split += 1
+    if n_split:
+        del model.graph.node[:]
+        model.graph.node.extend(out_nodes)
+    return n_split
+
+
+def defer_input_reads(model: onnx.ModelProto, min_bytes: int = DEFER_READ_BYTES) -> int:
+    """Run each big Gather / Slice of a graph input next to its consumer, in place.
+
+    A step graph reads each layer's past K / V out of the [L, B, KVH, M, D] cache inputs with a
+    Gather at a constant index. Such a node needs nothing computed, so the scheduler may run
+    every layer's read first: a second copy of the whole cache alive at once (0.94 GB for
+    ChatGLM-6B at M = 2048). Here its index (Gather) or starts (Slice) gets `+ 0·Size(t)`,
+    where `t` is another computed input of its first consumer (the new K / V of the layer),
+    and the node moves right before that consumer. Values are unchanged.
+
+    Args:
+        model: the graph to rewrite.
+        min_bytes: smallest graph input (static shape) whose reads are deferred.
+
+    Returns:
+        the number of nodes deferred.
+    """
+    from .graph import elem_size
+
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    consts = {n.output[0] for n in g.node if n.op_type == "Constant" and n.output} | inits
+    big = set()
+    for vi in g.input:
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+        if vi.name not in inits and dims and all(dims) \
+                and int(np.prod(dims, dtype=np.int64)) * elem_size(vi.type.tensor_type.elem_type) >= min_bytes:
+            big.add(vi.name)
+    if not big:
+        return 0
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+    consumers: dict[str, list[int]] = defaultdict(list)
+    for i, n in enumerate(g.node):
+        for x in set(n.input):
+            if x:
+                consumers[x].append(i)
+    idx_dtype = {t.name: t.data_type for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.output:
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    idx_dtype[n.output[0]] = a.t.data_type
+
+    def descendants(i: int) -> set[str]:
+        seen, todo = set(), list(g.node[i].output)
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for c in consumers.get(t, ()):
+                todo.extend(g.node[c].output)
+        return seen
+
+    reads = [i for i, n in enumerate(g.node)
+             if n.op_type in ("Gather", "Slice") and len(n.input) >= 2 and n.input[0] in big
+             and all(x in consts for x in n.input[1:] if x)
+             and idx_dtype.get(n.input[1]) in (TensorProto.INT32, TensorProto.INT64)]
+    read_outputs = {g.node[i].output[0] for i in reads}
+    moves: dict[int, tuple[int, list[onnx.NodeProto]]] = {}  # node -> (consumer it goes before, new nodes)
+    for i in reads:
+        n = g.node[i]
+        users = sorted(consumers.get(n.output[0], ()))
+        if not users:
+            continue
+        c = users[0]
+        after = descendants(i)
+        # the dependency: a computed input of the consumer, not itself a deferred read, not fed by this one
+        dep = next((x for x in g.node[c].input if x and x in producer and x not in after
+                    and x not in read_outputs), None)
+        if dep is None:
+            continue
+        tag = f"{n.name or n.output[0]}/after"
+        dep_nodes, zero = _zero_after(dep, idx_dtype[n.input[1]], tag)
+        moved = onnx.NodeProto()
+        moved.CopyFrom(n)
+        dep_nodes.append(helper.make_node("Add", [n.input[1], zero], [f"{tag}/index"], name=f"{tag}/Index"))
+        moved.input[1] = f"{tag}/index"
+        moves[i] = (c, dep_nodes + [moved])
+    if not moves:
+        return 0
+    before: dict[int, list[onnx.NodeProto]] = defaultdict(list)
+    for i, (c, nodes) in sorted(moves.items()):
+        before[c].extend(nodes)
+    out = []
+    for i, n in enumerate(g.node):
+        out.extend(before.get(i, ()))
+        if i not in moves:
+            out.append(n)
+    del g.node[:]
+    g.node.extend(out)
+    return len(moves)
+
+
 # weights files memory-mapped in this process: (path, size, mtime, inode) -> the read-only map
 _MAPS: "weakref.WeakValueDictionary[tuple, np.memmap]" = weakref.WeakValueDictionary()
 
@@ -521,10 +750,16 @@ class SimSession:
         if path is not None and base_dir is None:
             base_dir = path.parent
         light = load_model(model)  # weights external
+        from ascend_adapt.operators.quant import has_quant_ops, lower_quant_ops
+
+        # Ascend quant ops (AscendQuant / AscendDequant / AscendAntiQuant, int8 MatMul) are not
+        # onnxruntime ops: they are lowered to bit-exact onnxruntime nodes after the precision
+        # rewrite (which leaves their int / fp16 arithmetic alone), operators/quant.py
+        quant = has_quant_ops(light)
         infos = infos if infos is not None else infer_tensor_infos(light)
         self.plan = plan_precision(light, settings, target=target, infos=infos)
         originals = [o for n in light.graph.node for o in n.output if o]
-        if settings.keeps_origin and not dump and path is not None:
+        if settings.keeps_origin and not dump and path is not None and not quant:
             self.stats = EmulationStats(fp32_nodes=len(light.graph.node))
             # the unmodified file with the plain runner's options: bit-identical to it
             self._sess = ort.InferenceSession(str(path), _session_options(True, threads),
@@ -534,8 +769,13 @@ class SimSession:
             full = self._load_rounded(model if isinstance(model, onnx.ModelProto) else light,
                                       rounded_initializers(light, self.plan, infos), base_dir)
             rewritten, self.stats = emulate_precision(full, settings, target=target, infos=infos, plan=self.plan)
+            if quant:
+                rewritten = lower_quant_ops(rewritten, base_dir)
             if dump:
                 expose_all_outputs(rewritten, [i.name for i in light.graph.input] + originals)
+            if not settings.keeps_origin:  # ORT_DISABLE_ALL: nothing folds the dependencies away
+                chain_wide_matmuls(rewritten, WIDEN_BLOCK_BYTES, threads)
+                defer_input_reads(rewritten, DEFER_READ_BYTES)
             self._sess = self._make_session(rewritten, _session_options(settings.keeps_origin, threads), base_dir)
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
