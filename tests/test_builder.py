@@ -81,7 +81,8 @@ def test_graph_io_matches_the_contract_and_is_static(export, arch):
     assert pre["attention_mask"] == [B, 1, S, S] and dec["attention_mask"] == [B, 1, 1, M + 1]
     assert dec["past_keys"] == [L, B, KVH, M, D]
     outs = {o["name"]: o["shape"] for o in r.manifest["graphs"]["decode"]["outputs"]}
-    assert outs == {"logits": [B, 1, V], "present_keys": [L, B, KVH, 1, D], "present_values": [L, B, KVH, 1, D]}
+    assert outs == {"logits": [B, 1, V], "present_keys": [L, B, KVH, 1, D], "present_values": [L, B, KVH, 1, D],
+                    "next_token": [B, 1], "logits_sum": [B, 1]}
     assert r.manifest["mask_fill"] == MASK_FILL == -10000.0
 
 

@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("onnx")
 
+from ascend_adapt.cost_model import CostFigures  # noqa: E402
 from ascend_adapt.sim import examples as ex  # noqa: E402
 from ascend_adapt.sim.cost import ASSUMPTIONS, estimate_cost  # noqa: E402
 from ascend_adapt.sim.settings import GearSpec, SimSettings  # noqa: E402
@@ -44,15 +45,18 @@ def test_memory_bound_decode_time_is_bytes_over_bandwidth():
     assert op.bound == "memory" and op.unit == "cube" and op.dtype == "float32"
     w_bytes = 4096 * 4096 * 4
     assert op.bytes == pytest.approx(w_bytes + 4096 * 4 * 2, **F64)
-    assert op.time_ms == pytest.approx(op.bytes / (t.memory_bandwidth_gbps * 1e9) * 1e3 + t.launch_overhead_us / 1e3,
-                                       **F64)
+    # the shared cost model (ascend_adapt.cost_model): bandwidth × the data file's memory efficiency
+    mem_eff, cmp_eff = t.fact("memory_efficiency").value, CostFigures.of(t).compute_efficiency
+    assert op.time_ms == pytest.approx(op.bytes / (t.memory_bandwidth_gbps * 1e9 * mem_eff) * 1e3
+                                       + t.launch_overhead_us / 1e3, **F64)
     r16 = estimate_cost(ex.big_matmul(4096, 4096), t, s("force_fp16"))
     assert r16.ops[0].bytes == pytest.approx(op.bytes / 2, **F64)     # fp16 storage halves the traffic
     assert r16.memory.weights_bytes == r.memory.weights_bytes // 2     # and the weights
     # compute-bound at a large batch: FLOPs / the fp16 Cube peak
     big = estimate_cost(ex.big_matmul(4096, 4096, batch="B"), t, s("force_fp16"), input_shapes={"x": (8192, 4096)})
     assert big.ops[0].bound == "compute"
-    assert big.ops[0].compute_ms == pytest.approx(2 * 8192 * 4096 * 4096 / (t.fp16_tflops * 1e12) * 1e3, **F64)
+    assert big.ops[0].compute_ms == pytest.approx(2 * 8192 * 4096 * 4096 / (t.fp16_tflops * 1e12 * cmp_eff) * 1e3,
+                                                  **F64)
 
 
 def test_report_is_sorted_and_says_simulated():

@@ -15,13 +15,16 @@ import click
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--prompt-len", type=int, default=None, help="Prefill tokens [default: seq-len, the largest gear].")
 @click.option("--efficiency", type=float, default=None,
-              help="Decode efficiency for every target (default: per family, calibrated where published).")
+              help="Memory efficiency of the cost model for every target (default: the target data "
+                   "file's, fitted on a published figure where one exists).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def estimate_cmd(model, socs, precision, seq_len, batch, prompt_len, efficiency, fmt):
     """Memory, decode tokens/s, prefill latency and ATC compile cost of MODEL on targets.
 
     MODEL is an HF checkpoint directory or its config.json: no weights are read. Every figure is
-    an estimate from the target data files; the report prints the formulas and efficiency factors.
+    an estimate from the target data files (the simulator's cost model over the graph convert
+    builds); the report prints the formulas, the efficiencies and the published figure each was
+    fitted on, with the error on the others.
     """
     from ascend_adapt.estimate import estimate, format_report
 

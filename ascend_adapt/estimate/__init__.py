@@ -6,16 +6,17 @@
     (True, 13.5)
 
 Works from config.json alone. See `core.py` for the model and `published.py` for the published
-figures the efficiency factors are calibrated on; docs/ESTIMATES.md compares the two.
+figures the cost model's efficiencies are fitted on; docs/ESTIMATES.md compares the two.
 """
 
 from .core import (DEFAULT_TARGETS, PRECISIONS, CompileCost, EstimateReport, MemoryFootprint, TargetEstimate,
                    TargetFigures, WeightBytes, estimate, format_report, load_config, memory_footprint,
                    prefill_flops, target_figures, weight_bytes, workspace_bytes)
-from .published import DECODE_EFFICIENCY, PUBLISHED, PublishedFigure
+from .published import CALIBRATION, PUBLISHED, PublishedFigure, calibration_statement, fit_memory_efficiency
 
 __all__ = [
     "DEFAULT_TARGETS", "PRECISIONS", "CompileCost", "EstimateReport", "TargetEstimate", "TargetFigures",
     "WeightBytes", "estimate", "format_report", "load_config", "prefill_flops", "target_figures",
-    "weight_bytes", "workspace_bytes", "MemoryFootprint", "memory_footprint", "DECODE_EFFICIENCY", "PUBLISHED", "PublishedFigure",
+    "weight_bytes", "workspace_bytes", "MemoryFootprint", "memory_footprint", "CALIBRATION", "PUBLISHED", "PublishedFigure",
+    "calibration_statement", "fit_memory_efficiency",
 ]

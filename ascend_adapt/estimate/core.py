@@ -2,23 +2,23 @@
 
 Everything is computed from the `ModelSpec` that `config.json` implies (no weights are read) and
 the target data files. Every figure comes with the formula that produced it (`formulas`), and
-the efficiency factors say whether they were calibrated on a published measurement
-(`estimate/published.py`). The numbers are estimates, not measurements.
+each target's calibration statement says which published measurement its efficiency was fitted
+on and the error on the others (`estimate/published.py`). The numbers are estimates, not
+measurements.
 
 Model (per decode step of `batch` sequences at context `seq_len`):
 
     weights      = Σ tensors at the precision's bytes (+ quantization scales, see PRECISIONS)
     kv_cache     = 2 · layers · batch · seq_len · kv_heads · head_dim · 2 bytes   (fp16 K and V)
     workspace    = activations of the largest step (prefill of prompt_len tokens), see `workspace_bytes`
-    bytes/step   = weights − embedding table (only `batch` rows are gathered) + kv_cache
-                   (ATC graphs are static: the whole seq_len cache is read each step)
-    decode bound = chips · bandwidth ÷ bytes/step · batch           [tokens/s]
-    expected     = min(bound · efficiency(target family), launch cap)
-    launch cap   = batch ÷ (layers · LAUNCHES_PER_LAYER · launch overhead): per-kernel dispatch
-                   bounds tiny models (it never binds for 7B-class ones)
-    prefill      = max(FLOPs ÷ (chips · fp16 peak · prefill efficiency),
-                       weight bytes ÷ (chips · bandwidth · efficiency), launch time)
-    FLOPs        = 2 · linear params · batch · prompt_len + 4 · layers · batch · prompt_len · seq_len · q_dim
+    time         = the one cost model shared with the simulator (`ascend_adapt.cost_model`) over
+                   the ops of the graph `convert` builds (`graph_cost.step_load`, no weights read):
+                   Σ max(FLOPs ÷ (peak · compute_eff), bytes ÷ (bandwidth · memory_eff)) + launch
+                   + host↔device copies (PCIe) + hand-overs between chips (`step_times`)
+    decode       = batch ÷ time(gear 1)              [tokens/s]
+    prefill      = time(gear prompt_len)
+    efficiencies = the target data files' figures, fitted on published measurements
+                   (`published.py`: which one, and the error on the others)
 """
 
 from __future__ import annotations
@@ -30,10 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ascend_adapt.errors import ConfigError
+from ascend_adapt.errors import AscendAdaptError, ConfigError
 
-from .published import (DECODE_EFFICIENCY, DEFAULT_DECODE_EFFICIENCY, DEFAULT_PREFILL_EFFICIENCY,
-                        EFFICIENCY_BASIS, PREFILL_EFFICIENCY)
 
 DEFAULT_TARGETS = ("Ascend310", "Ascend310P3", "Atlas300IDuo", "Ascend310B1", "Ascend910B", "MLU370")
 
@@ -41,8 +39,9 @@ DEFAULT_TARGETS = ("Ascend310", "Ascend310P3", "Atlas300IDuo", "Ascend310B1", "A
 PRECISIONS: dict[str, tuple[int, str]] = {
     "fp32": (32, "no quantization: every tensor fp32 (4 bytes; must_keep_origin_dtype of an fp32 checkpoint)"),
     "fp16": (16, "no quantization: every tensor fp16 (2 bytes)"),
-    "w8a16": (8, "int8 weights of the transformer-block Linear layers, one fp16 scale per output "
-                 "channel (+2 bytes per row); embedding, lm_head and norms stay fp16; activations fp16"),
+    "w8a16": (8, "int8 weights of every Linear (the transformer blocks' and an untied lm_head), one fp16 "
+                 "scale per output channel (+2 bytes per row; `w8_group_size` G: per G input channels); "
+                 "embedding and norms stay fp16; activations fp16 (the builder's --quantize w8a16)"),
     "w4a16": (4, "int4 weights of the transformer-block Linear layers, groups of {group} along the "
                  "input dim with one fp16 scale and one fp16 offset per group (+4 bytes per group = "
                  "+{extra_bits:.2f} bits/weight); embedding, lm_head and norms stay fp16; activations fp16"),
@@ -50,8 +49,9 @@ PRECISIONS: dict[str, tuple[int, str]] = {
 ACT_BYTES = 2  # fp16 activations on the NPU (force_fp16 / a16 schemes)
 KV_BYTES = 2  # fp16 KV cache
 DEFAULT_RESERVE = 0.90  # usable fraction of device memory when the data file gives no usable figure
-# kernels launched per decoder layer and step after ATC fusion (norms, QKV, rotary, attention,
-# MLP, residuals): an assumption [M], only used for the launch cap
+# kernels launched per decoder layer and step (norms, QKV, rotary, attention, MLP, residuals): an
+# assumption [M], used only by the aggregate fallback of `step_times` for a config the graph
+# builder cannot emit (the builder's Llama block has 58 non-view nodes; ATC fuses some)
 LAUNCHES_PER_LAYER = 40
 
 _QUANT_SUFFIXES = (".attn.q.weight", ".attn.k.weight", ".attn.v.weight", ".attn.o.weight",
@@ -163,8 +163,13 @@ class WeightBytes:
     overhead_pct: float
 
 
-def weight_bytes(spec, precision: str = "fp16", group_size: int = 128) -> WeightBytes:
-    """Bytes of the weights at `precision` (see PRECISIONS for what is quantized and how)."""
+def weight_bytes(spec, precision: str = "fp16", group_size: int = 128,
+                 w8_group_size: int | None = None) -> WeightBytes:
+    """Bytes of the weights at `precision` (see PRECISIONS for what is quantized and how).
+
+    `w8_group_size`: w8a16 scales per group of that many input channels (None: per output
+    channel), as `om_convert.builder.quantize` stores them.
+    """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
     bits, scheme = PRECISIONS[precision]
@@ -175,11 +180,12 @@ def weight_bytes(spec, precision: str = "fp16", group_size: int = 128) -> Weight
     plain_bytes = 4 if bits == 32 else 2  # the unquantized tensors: fp32 only at precision "fp32"
     for name, shape in shapes.items():
         n = math.prod(shape)
-        if bits < 16 and name.startswith("layers.") and name.endswith(_QUANT_SUFFIXES):
+        head = bits == 8 and name == "lm_head.weight" and not spec.tie_word_embeddings  # w8a16: an untied head too
+        if bits < 16 and ((name.startswith("layers.") and name.endswith(_QUANT_SUFFIXES)) or head):
             out_f, in_f = shape
             quant += n * bits // 8
             if bits == 8:
-                scales += out_f * 2
+                scales += out_f * (in_f // w8_group_size if w8_group_size else 1) * 2
             else:
                 scales += out_f * math.ceil(in_f / group_size) * 4
         else:
@@ -318,6 +324,9 @@ class TargetEstimate:
     compile: CompileCost | None
     notes: list[str] = field(default_factory=list)
     confidence: dict = field(default_factory=dict)
+    decode_ms: float = 0.0
+    transfer_ms: float = 0.0
+    calibration: str = ""
 
 
 @dataclass
@@ -355,16 +364,117 @@ class EstimateReport:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def _efficiency_for(fig: TargetFigures, efficiency) -> tuple[float, str]:
+@dataclass(frozen=True)
+class StepTimes:
+    """Per-step times of one build on one target from the shared cost model (milliseconds).
+
+    Attributes:
+        decode_ms: one decode step (one token per row) on the chips the model needs (a layer
+            split runs them in turn): ops + host↔device copies + hand-overs between chips.
+        card_decode_ms: the same, tensor parallel over every chip of the cards (ops ÷ chips +
+            2 all-reduces of the hidden state per layer), what the published multi-chip stacks do.
+        bound_ms: decode_ms at 100 % memory and compute efficiency (the roofline bound).
+        transfer_ms / handover_ms / launch_ms: the host copies, the hand-overs, the launch part of a decode step.
+        launches: kernels per decode step.
+        prefill_ms / prefill_bound: a prefill of prompt_len tokens per row, and its dominant term.
+        memory_efficiency / efficiency_basis: the efficiency used and where it comes from.
+        fallback: non-empty when the builder could not emit the config (aggregate model used).
+    """
+
+    decode_ms: float
+    card_decode_ms: float
+    bound_ms: float
+    transfer_ms: float
+    handover_ms: float
+    launch_ms: float
+    launches: int
+    prefill_ms: float
+    prefill_bound: str
+    memory_efficiency: float
+    efficiency_basis: str
+    fallback: str = ""
+
+
+def _efficiency_override(name: str, family: str, efficiency) -> float | None:
     if isinstance(efficiency, (int, float)) and not isinstance(efficiency, bool):
-        return float(efficiency), "given by the caller"
+        return float(efficiency)
     if isinstance(efficiency, Mapping):
-        for key in (fig.name, fig.family):
+        for key in (name, family):
             if key in efficiency:
-                return float(efficiency[key]), "given by the caller"
-    if fig.family in DECODE_EFFICIENCY:
-        return DECODE_EFFICIENCY[fig.family], EFFICIENCY_BASIS.get(fig.family, "")
-    return DEFAULT_DECODE_EFFICIENCY, "uncalibrated default (no published figure for this family)"
+                return float(efficiency[key])
+    return None
+
+
+def step_times(spec, target: str, *, batch: int, seq_len: int, prompt_len: int, precision: str = "fp16",
+               chips: int = 1, card_chips: int | None = None, efficiency=None, prefill_efficiency: float | None = None,
+               group_size: int = 128, step_bytes: int | None = None, flops: float | None = None) -> StepTimes:
+    """Decode and prefill step times of `spec` on `target` through `ascend_adapt.cost_model`.
+
+    The ops are those of the graph `convert` builds (`graph_cost.step_load`: the simulator's
+    per-op FLOPs and bytes of the weightless step graph at gear 1 and gear `prompt_len`), each
+    timed by `cost_model.op_time`; the host copies are the ones the "acl" runtime makes with
+    the KV cache and greedy on the card (`sim.cost.host_io`).
+
+    Args:
+        spec: the ModelSpec. target: target name.
+        batch, seq_len, prompt_len: B, M and the prefill length.
+        precision: a key of PRECISIONS.
+        chips: chips the model is split over (layer split: each step runs them in turn).
+        card_chips: chips of the cards, for the tensor-parallel column (default `chips`).
+        efficiency: memory efficiency override (a number, or {target or family: number}).
+        prefill_efficiency: compute efficiency override.
+        step_bytes / flops: the aggregate decode bytes and prefill FLOPs, for the fallback.
+    """
+    from ascend_adapt.cost_model import CostFigures, allreduce_ms, handover_ms, op_time, transfer_ms
+    from ascend_adapt.targets import load_target
+
+    t = load_target(target)
+    over = _efficiency_override(t.name, t.family, efficiency)
+    fig = CostFigures.of(t, memory_efficiency=over, compute_efficiency=prefill_efficiency)
+    ideal = CostFigures.of(t, memory_efficiency=1.0, compute_efficiency=1.0)
+    basis = dict(fig.basis)["memory_efficiency"]
+    card_chips = card_chips or chips
+    L = spec.num_layers
+    try:
+        from .graph_cost import step_load
+
+        dec = step_load(spec, t.name, batch=batch, max_len=seq_len, gear=1, precision=precision,
+                        group_size=group_size)
+        pre = step_load(spec, t.name, batch=batch, max_len=seq_len, gear=prompt_len, precision=precision,
+                        group_size=group_size)
+    except AscendAdaptError as exc:  # the builder cannot emit it: one aggregate op, same cost model
+        if step_bytes is None or flops is None:
+            raise
+        launches = L * LAUNCHES_PER_LAYER
+        dec_ops = op_time(2.0 * linear_params(spec) * batch, step_bytes, fig).total_ms + (
+            launches - 1) * fig.launch_us / 1e3
+        dec_ideal = op_time(2.0 * linear_params(spec) * batch, step_bytes, ideal).total_ms + (
+            launches - 1) * fig.launch_us / 1e3
+        pre_t = op_time(flops, step_bytes, fig)
+        io = [4 * batch, 4 * batch, 4 * batch * (1 + seq_len), 4 * batch, 4 * batch]
+        tr = transfer_ms(sum(io), fig, len(io))
+        hand = (chips - 1) * handover_ms(2 * batch * spec.hidden_size, fig)
+        card = dec_ops / card_chips + tr + 2 * L * allreduce_ms(2 * batch * spec.hidden_size, card_chips, fig)
+        return StepTimes(dec_ops + tr + hand, card, dec_ideal + tr + hand, tr, hand, launches * fig.launch_us / 1e3,
+                         launches, pre_t.total_ms + (launches - 1) * fig.launch_us / 1e3, pre_t.bound,
+                         fig.memory_efficiency, basis,
+                         f"the graph builder cannot emit this config ({exc.message}): one aggregate op "
+                         f"(weights + KV bytes, {LAUNCHES_PER_LAYER} kernels per layer) through the same cost model")
+    tr = transfer_ms(sum(dec.io_bytes), fig, len(dec.io_bytes))
+    hand = (chips - 1) * handover_ms(dec.hidden_bytes, fig)
+    ops = dec.ops_ms(fig)
+    card = ops / card_chips + tr + 2 * L * allreduce_ms(dec.hidden_bytes, card_chips, fig)
+    launches = dec.launches()
+    pre_tr = transfer_ms(sum(pre.io_bytes), fig, len(pre.io_bytes))
+    pre_ms = pre.ops_ms(fig) + pre_tr + (chips - 1) * handover_ms(pre.hidden_bytes, fig)
+    return StepTimes(ops + tr + hand, card, dec.ops_ms(ideal) + tr + hand, tr, hand, launches * fig.launch_us / 1e3,
+                     launches, pre_ms, pre.bound_class(fig), fig.memory_efficiency, basis)
+
+
+def _calibration(target: str) -> str:
+    from .published import calibration_statement
+
+    return calibration_statement(target)
 
 
 def _compile_cost(fig: TargetFigures, weights_total: int, min_prompt: int, seq_len: int,
@@ -392,7 +502,7 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
              seq_len: int | None = None, batch: int = 1, *, prompt_len: int | None = None,
              efficiency: float | Mapping[str, float] | None = None,
              prefill_efficiency: float | None = None, group_size: int = 128, min_prompt: int = 16,
-             compile_seconds_per_gear: float | None = None) -> EstimateReport:
+             compile_seconds_per_gear: float | None = None, calibration: bool = True) -> EstimateReport:
     """Estimate memory, decode tokens/s, prefill latency and ATC compile cost on targets.
 
     Args:
@@ -403,12 +513,16 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
         seq_len: context length the static KV cache holds (default: min(2048, max_position)).
         batch: sequences decoded together.
         prompt_len: tokens of the prefill step (default: seq_len, the largest prefill gear).
-        efficiency: decode efficiency: one value for all targets, or {target or family: value};
-            default: DECODE_EFFICIENCY per family (calibrated where a published figure exists).
-        prefill_efficiency: fraction of the fp16 peak a prefill reaches (default 0.40, uncalibrated).
+        efficiency: memory efficiency of the cost model (`ascend_adapt.cost_model`): one value for
+            all targets, or {target or family: value}; default: the target data file's
+            `memory_efficiency`, fitted on a published figure where one exists (`published.py`).
+        prefill_efficiency: compute efficiency (fraction of the peak); default: the data file's
+            `compute_efficiency`, else 0.40 (uncalibrated).
         group_size: w4a16 group size along the input dim.
         min_prompt: the smallest prefill gear in the ATC gear plan.
         compile_seconds_per_gear: ATC seconds per static graph (default: the ATC driver's placeholder).
+        calibration: add each target's calibration statement (`published.calibration_statement`:
+            the published figure its efficiency was fitted on, and the error on the others).
 
     Returns:
         EstimateReport.
@@ -430,38 +544,45 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
     out: list[TargetEstimate] = []
     for tname in (targets or DEFAULT_TARGETS):
         fig = target_figures(tname)
-        eff, basis = _efficiency_for(fig, efficiency)
-        p_eff = prefill_efficiency if prefill_efficiency is not None else PREFILL_EFFICIENCY.get(
-            fig.family, DEFAULT_PREFILL_EFFICIENCY)
         usable = fig.usable_bytes
         needed = mem.total_bytes
-        chips = mem.chips_needed(usable)  # tensor parallel: weights and KV split, activations not
+        # the chips a layer split (convert --chips N) needs, each chip checked with its own layers,
+        # KV cache and end of the model (estimate/fit.py, the planner convert uses)
+        from .fit import chips_for_split
+
+        chips = chips_for_split(spec, fig.name, precision=precision, kv_bytes=mem.kv_bytes, act_bytes=mem.act_bytes,
+                                batch=batch, max_len=seq_len, prompt_len=prompt_len)
         notes: list[str] = []
+        timing = None
         if chips == 0:
             notes.append(f"the prefill workspace alone ({ws / 1e9:.2f} GB) exceeds a chip: lower --seq-len/--batch")
             cards = 0
             bound = dec = card_dec = prefill_ms = cap = 0.0
+            eff, basis = 0.0, ""
             card_chips = 0
             pbound = "n/a"
         else:
             cards = math.ceil(chips / fig.chips_per_card)
             card_chips = cards * fig.chips_per_card
-            bw = fig.bandwidth_gbps * 1e9
-            bound = batch * chips * bw / step_bytes
-            cap = batch / (spec.num_layers * LAUNCHES_PER_LAYER * fig.launch_overhead_us * 1e-6)
-            dec = min(bound * eff, cap)
-            card_dec = min(batch * card_chips * bw / step_bytes * eff, cap)
-            if bound * eff > cap:
-                notes.append(f"launch-bound: {spec.num_layers} layers x {LAUNCHES_PER_LAYER} kernels x "
-                             f"{fig.launch_overhead_us:g} us caps decode at {cap:.0f} tok/s")
-            t_compute = flops / (chips * fig.fp16_tflops * 1e12 * p_eff)
-            t_memory = (w.total - w.embedding) / (chips * bw * eff)
-            t_launch = spec.num_layers * LAUNCHES_PER_LAYER * fig.launch_overhead_us * 1e-6
-            times = {"compute": t_compute, "memory": t_memory, "launch": t_launch}
-            pbound = max(times, key=times.get)
-            prefill_ms = 1e3 * times[pbound]
+            timing = step_times(spec, tname, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
+                                precision=precision, chips=chips, card_chips=card_chips, efficiency=efficiency,
+                                prefill_efficiency=prefill_efficiency, group_size=group_size,
+                                step_bytes=step_bytes, flops=flops)
+            eff, basis = timing.memory_efficiency, timing.efficiency_basis
+            bound = 1e3 * batch / timing.bound_ms
+            dec = 1e3 * batch / timing.decode_ms
+            card_dec = 1e3 * batch / timing.card_decode_ms
+            cap = 1e3 * batch / timing.launch_ms if timing.launch_ms else math.inf
+            prefill_ms, pbound = timing.prefill_ms, timing.prefill_bound
+            if timing.launch_ms >= 0.5 * timing.decode_ms:
+                notes.append(f"launch-bound: {timing.launches} kernels x {fig.launch_overhead_us:g} us = "
+                             f"{timing.launch_ms:.2f} ms of the {timing.decode_ms:.2f} ms per step")
             if chips > 1:
-                notes.append(f"needs {chips} chips (tensor-parallel; the per-layer all-reduce is assumed hidden)")
+                notes.append(f"needs {chips} chips: a layer split (convert --chips {chips}) runs them one after "
+                             f"another, + {chips - 1} hand-over(s) of the hidden state per step "
+                             f"({timing.handover_ms:.3f} ms); the card column is tensor parallel")
+            if timing.fallback:
+                notes.append(timing.fallback)
         if precision != "fp16" and fig.toolchain == "atc" and fig.family in ("Ascend310", "Ascend310B"):
             notes.append("weight-only int8/int4 is a msModelSlim/MindIE scheme; ATC on this chip has AMCT "
                          "W8A8 only: the figure assumes a dequantizing kernel exists")
@@ -481,28 +602,38 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
             efficiency_basis=basis, decode_tok_s=dec, launch_cap_tok_s=cap, card_chips=card_chips, card_decode_tok_s=card_dec,
             prefill_ms=prefill_ms, prefill_bound=pbound, compile=cc, notes=notes,
             confidence={k: fig.confidence.get(k, "?") for k in
-                        ("memory_bytes", "memory_bandwidth_gbps", "fp16_tflops", "chips_per_card")}))
+                        ("memory_bytes", "memory_bandwidth_gbps", "fp16_tflops", "chips_per_card")},
+            decode_ms=timing.decode_ms if timing else 0.0, transfer_ms=timing.transfer_ms if timing else 0.0,
+            calibration=_calibration(fig.name) if (calibration and timing) else ""))
     formulas = {
         "weights": w.scheme,
         "kv_cache": f"2 · layers · batch · seq_len · kv_dim · 2 B = 2·{spec.num_layers}·{batch}·{seq_len}·"
                     f"{spec.kv_dim}·2",
         "workspace": "2·B·T·(2H + q_dim + 2·kv_dim + 2I) + 6·B·heads·T·S + 4·B·vocab "
                      "(one layer's fp16 activations, fp16 scores + fp32 softmax, fp32 last logits)",
-        "fits": "chips = ceil((weights + kv) / (usable − workspace)); usable = the data file's usable "
+        "fits": "chips = the fewest N whose layer split (convert --chips N: contiguous layer ranges, embedding "
+                "on the first chip, head on the last) fits every chip: its layers' weights + KV cache + the "
+                "workspace ≤ usable (estimate.fit.chips_for_split); usable = the data file's usable "
                 f"memory, else {DEFAULT_RESERVE:.0%} of the memory",
-        "decode_bound": "batch · chips · bandwidth ÷ (weights − embedding + kv_cache)",
-        "decode_expected": "min(decode_bound · efficiency(target family), launch cap = batch ÷ "
-                           f"(layers · {LAUNCHES_PER_LAYER} kernels · launch overhead))",
-        "prefill": "max(FLOPs ÷ (chips · fp16 peak · prefill_eff), weights ÷ (chips · bandwidth · eff), "
-                   f"layers · {LAUNCHES_PER_LAYER} kernels · launch overhead); "
-                   "FLOPs = 2·linear_params·B·T + 4·L·B·T·S·q_dim",
+        "op_time": "max(FLOPs ÷ (peak · compute_eff), bytes ÷ (bandwidth · memory_eff)) + launch overhead, "
+                   "per op of the graph convert builds (ascend_adapt.cost_model, shared with the simulator)",
+        "decode_expected": "batch ÷ (Σ op times of a gear-1 step + host copies (ids, positions, mask up; "
+                           "next_token, logits_sum down) at the PCIe figure + (chips − 1) hand-overs)",
+        "decode_bound": "the same at 100 % memory and compute efficiency",
+        "card": "tensor parallel over the card's chips: Σ op times ÷ chips + host copies + 2 ring "
+                "all-reduces of the hidden state per layer",
+        "prefill": "Σ op times of a gear-prompt_len step + host copies (the mask is B·T·(T+M)·4 bytes)",
     }
     assumptions = [
         "figures are estimates from the target data files (confidence marks per target), not measurements",
-        "decode reads every weight once per step and the whole static KV cache (ATC graphs are static)",
-        f"prefill efficiency {prefill_efficiency if prefill_efficiency is not None else DEFAULT_PREFILL_EFFICIENCY:.2f}"
-        " of the fp16 peak (no published prefill figure to calibrate on)",
-        "w8a16 / w4a16 compute in fp16 after dequantization: the fp16 peak applies",
+        "the ops are those of convert's step graph (one node = one kernel, no fusion beyond the builder's): "
+        "every weight and the whole static KV cache are read each step (ATC graphs are static)",
+        "efficiencies: memory efficiency fitted on a published decode figure where one exists (see calibration); "
+        "compute efficiency uncalibrated (no published prefill figure)",
+        "hand-over between chips: device -> host -> device over PCIe (no direct chip link assumed)",
+        "w8a16 / w4a16 compute in fp16 after dequantization: the fp16 peak applies; w8a16 costs the builder's "
+        "quantized graph with each weight dequantization fused into its MatMul (WeightQuantBatchMatmulV2: the int8 "
+        "weight + scales are read, no fp16 copy; sim.cost.weight_dequant_chains)",
     ]
     return EstimateReport(
         model=name, arch=spec.arch, params=spec.param_count(), precision=precision, seq_len=seq_len,
@@ -549,7 +680,7 @@ def format_report(r: EstimateReport) -> str:
         "",
     ]
     head = ["target", "usable/chip", "fits 1 chip", "chips (cards)", "bound tok/s", "eff",
-            "expected tok/s", "card tok/s", "prefill ms", "ATC gears / compile"]
+            "expected tok/s", "card tok/s (TP)", "prefill ms", "ATC gears / compile"]
     rows = []
     for t in r.targets:
         cc = t.compile
@@ -557,7 +688,7 @@ def format_report(r: EstimateReport) -> str:
         rows.append([
             t.target, _gb(t.usable_bytes), "yes" if t.fits_one_chip else "no",
             f"{t.chips_needed} ({t.cards_needed})" if t.chips_needed else "-",
-            f"{t.decode_bound_tok_s:.1f}", f"{t.efficiency:.2f}", f"{t.decode_tok_s:.1f}",
+            f"{t.decode_bound_tok_s:.1f}", f"{t.efficiency:.3f}", f"{t.decode_tok_s:.1f}",
             f"{t.card_decode_tok_s:.1f} ({t.card_chips} chips)" if t.card_chips else "-",
             (f"{t.prefill_ms:.0f}" if t.prefill_ms >= 10 else f"{t.prefill_ms:.2g}") + f" ({t.prefill_bound})"
             if t.chips_needed else "-", comp])
@@ -567,12 +698,14 @@ def format_report(r: EstimateReport) -> str:
     lines.append(fmt.format(*["-" * wd for wd in widths]))
     lines += [fmt.format(*row) for row in rows]
     lines.append("")
-    lines.append("efficiency factors:")
-    seen = set()
+    lines.append("memory efficiency (ascend_adapt.cost_model; target data files):")
     for t in r.targets:
-        if t.family not in seen:
-            seen.add(t.family)
-            lines.append(f"  {t.family}: {t.efficiency:.2f}, {t.efficiency_basis}")
+        if t.chips_needed:
+            lines.append(f"  {t.target}: {t.efficiency:.3f}, {t.efficiency_basis}")
+    cal = [t.calibration for t in r.targets if t.calibration]
+    if cal:
+        lines.append("calibration (fitted on one published figure, checked on the others):")
+        lines += [f"  {c}" for c in cal]
     notes = [(t.target, n) for t in r.targets for n in t.notes]
     if notes:
         lines.append("notes:")

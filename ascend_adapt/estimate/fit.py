@@ -11,9 +11,23 @@ dtypes and the graph layout that `convert` is about to build:
     fits       ⇔ weights + kv cache + workspace ≤ the target's usable memory per chip
 
 A refusal names the figures and what would fit: the targets with a large enough chip, the
-largest context M that fits this chip, int8 weights (not produced by this version: the figure is
-given so the gap is known), and the number of chips a tensor-parallel split would need (not
-produced by this version either).
+largest context M that fits this chip, int8 weight quantization (W8A16: the figure is given so
+the gap is known), and `--chips N`, the fewest chips of this target a pipeline split holds.
+
+**Multi-chip split** (`convert --chips N`, `check_split_fit`): the layers are cut into N
+contiguous ranges, one stage graph (one OM) per chip; chip 0 also holds the embedding, the last
+chip the final norm and the head (a tied embedding/head matrix is on both). Each chip holds only
+its layers' weights and KV cache, so per chip:
+
+    weights_c   = layers_c × bytes per layer + (embedding on chip 0) + (final norm + head on the last)
+                  × copies (the two-graph layout: the stage's prefill and decode OMs each hold them)
+    kv cache_c  = 2 · layers_c · B · M · kv_dim · bytes of the compute dtype
+    workspace_c = the same largest-prefill activations as one chip (one layer's tensors at a
+                  time), less the fp32 logits on every chip but the last
+    fits        ⇔ every chip's weights_c + kv cache_c + workspace_c ≤ the usable memory per chip
+
+`partition_layers` chooses the ranges that make the largest chip smallest (so the chips holding
+the embedding and the head get fewer layers); `chips_for_split` is the smallest N that fits.
 
     >>> fc = check_fit(spec, "Ascend310", weight_bytes_per_elem=2, compute_bytes=2, batch=1,
     ...                max_len=2048, prompt_len=512)
@@ -23,14 +37,15 @@ produced by this version either).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from ascend_adapt.errors import UnsupportedError
+from ascend_adapt.errors import ConfigError, UnsupportedError
 
-from .core import MemoryFootprint, memory_footprint, target_figures
+from .core import MemoryFootprint, memory_footprint, target_figures, weight_bytes, workspace_bytes
 
 # weight bytes per element -> the precision key of core.PRECISIONS
-_PRECISION_OF_BYTES = {4: "fp32", 2: "fp16"}
+_PRECISION_OF_BYTES = {4: "fp32", 2: "fp16", 1: "w8a16"}  # 1: int8 Linears (--quantize)
 
 
 class ModelDoesNotFitError(UnsupportedError):
@@ -58,7 +73,8 @@ class FitCheck:
         targets_that_fit: other targets (same toolchain) on which the build fits one chip.
         int8_total_bytes / int8_fits: the same build with w8a16 weights (int8 Linear weights).
         one_graph_total_bytes: for the two-graph layout, the total with the weights held once.
-        chips_needed: chips a tensor-parallel split would need (0: the workspace alone is too big).
+        chips_needed: the fewest chips of this target a pipeline split (`convert --chips N`)
+            fits on (0: none up to one layer per chip does).
     """
 
     target: str
@@ -105,11 +121,12 @@ class FitCheck:
             out.append(f"fewer context slots: --max-len {self.max_len_that_fits} or less fits {self.target}")
         if self.targets_that_fit:
             out.append(f"a larger chip: --soc {' / '.join(self.targets_that_fit)}")
-        out.append(f"int8 weights would need {_gib(self.int8_total_bytes)} "
-                   f"({'fits' if self.int8_fits else 'still too much'}), but this version does not quantize yet")
         if self.chips_needed > 1:
-            out.append(f"{self.chips_needed} chips (tensor-parallel split) would hold it, but this version builds "
-                       "for one chip only")
+            out.append(f"split the layers over {self.chips_needed} chips: --chips {self.chips_needed} (one OM per "
+                       f"chip, each holding its layers' weights and KV cache; a 300I Duo card carries 2 "
+                       f"Ascend310P3 chips, an Atlas 300I 4 Ascend310)")
+        out.append(f"int8 weight quantization (W8A16: int8 Linear weights, fp16 activations) needs "
+                   f"{_gib(self.int8_total_bytes)} on one chip ({'fits' if self.int8_fits else 'still too much'})")
         return out
 
     def to_dict(self) -> dict:
@@ -130,7 +147,7 @@ class FitCheck:
 
 
 def _dtype_name(nbytes: int) -> str:
-    return {4: "fp32", 2: "fp16"}.get(nbytes, f"{nbytes}-byte")
+    return {4: "fp32", 2: "fp16", 1: "int8"}.get(nbytes, f"{nbytes}-byte")
 
 
 def check_fit(spec, target, *, weight_bytes_per_elem: int, compute_bytes: int, batch: int, max_len: int,
@@ -186,5 +203,265 @@ def check_fit(spec, target, *, weight_bytes_per_elem: int, compute_bytes: int, b
     fc.int8_total_bytes, fc.int8_fits = q.total_bytes, q.total_bytes <= usable
     if weight_copies > 1:
         fc.one_graph_total_bytes = footprint(max_len, precision, 1).total_bytes
-    fc.chips_needed = fc.footprint.chips_needed(usable)
+    fc.chips_needed = chips_for_split(spec, fig.name, precision=precision, kv_bytes=compute_bytes,
+                                      act_bytes=compute_bytes, batch=batch, max_len=max_len,
+                                      prompt_len=prompt_len, weight_copies=weight_copies)
     return fc
+
+
+# ---------------------------------------------------------------------------- multi-chip split
+_HEAD_TENSORS = ("final_norm.", "lm_head.")
+
+
+def stage_tensors(spec, first: bool, last: bool) -> list[str]:
+    """The non-layer tensors a stage holds: the embedding on the first chip, the final norm and
+    the head on the last (a tied embedding / head matrix on both)."""
+    names = list(spec.canonical_shapes())
+    if spec.tie_word_embeddings:
+        drop = "embed.weight" if spec.tied_source == "lm_head.weight" else "lm_head.weight"
+        names = [n for n in names if n != drop]
+    out = []
+    for n in names:
+        if n.startswith("layers."):
+            continue
+        is_head = n.startswith(_HEAD_TENSORS)
+        tied = spec.tie_word_embeddings and n == spec.tied_source
+        if (first and (not is_head or tied)) or (last and (is_head or tied)):
+            out.append(n)
+    return out
+
+
+def _plain_bytes(precision: str) -> int:
+    return 4 if precision == "fp32" else 2  # tensors outside the quantized Linear layers (core.weight_bytes)
+
+
+def split_weight_bytes(spec, precision: str, layers: tuple[int, int], first: bool, last: bool) -> int:
+    """Weight bytes of one stage (one copy): its layers + its non-layer tensors (`stage_tensors`)."""
+    shapes = spec.canonical_shapes()
+    plain = _plain_bytes(precision)
+    total = weight_bytes(spec, precision).total
+    once = stage_tensors(spec, True, True)  # every non-layer tensor once (what weight_bytes counts)
+    per_layer = (total - sum(math.prod(shapes[n]) for n in once) * plain) // spec.num_layers
+    a, b = layers
+    return (b - a) * per_layer + sum(math.prod(shapes[n]) for n in stage_tensors(spec, first, last)) * plain
+
+
+@dataclass
+class ChipFit:
+    """One chip of a split: its stage (layers [a, b)) and its bytes.
+
+    Attributes:
+        chip: index in the pipeline (0 = the embedding's chip). device_id: the NPU it runs on.
+        layers: (a, b), the layers [a, b) it holds. embed / head: it holds the embedding / the head.
+        weights_bytes (× copies), kv_cache_bytes, workspace_bytes; usable_bytes of the chip.
+    """
+
+    chip: int
+    device_id: int
+    layers: tuple[int, int]
+    embed: bool
+    head: bool
+    weights_bytes: int
+    kv_cache_bytes: int
+    workspace_bytes: int
+    usable_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.workspace_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.usable_bytes
+
+    def name(self) -> str:
+        a, b = self.layers
+        parts = [f"layers {a}-{b - 1}"] + (["embedding"] if self.embed else []) + (["head"] if self.head else [])
+        return f"chip {self.chip} (device {self.device_id}: {', '.join(parts)})"
+
+    def summary(self) -> str:
+        return (f"{self.name()} needs {_gib(self.total_bytes)}: weights {_gib(self.weights_bytes)} + KV cache "
+                f"{_gib(self.kv_cache_bytes)} + workspace {_gib(self.workspace_bytes)}")
+
+    def to_dict(self) -> dict:
+        return {"chip": self.chip, "device_id": self.device_id, "layers": list(self.layers), "embed": self.embed,
+                "head": self.head, "weights_bytes": self.weights_bytes, "kv_cache_bytes": self.kv_cache_bytes,
+                "workspace_bytes": self.workspace_bytes, "needed_bytes": self.total_bytes,
+                "usable_bytes": self.usable_bytes, "fits": self.fits}
+
+
+def _chip_bytes(spec, precision: str, layers, first: bool, last: bool, *, kv_bytes: int, act_bytes: int,
+                batch: int, max_len: int, prompt_len: int, weight_copies: int) -> tuple[int, int, int]:
+    """(weights × copies, KV cache, workspace) of one stage."""
+    a, b = layers
+    w = split_weight_bytes(spec, precision, layers, first, last) * int(weight_copies)
+    kv = 2 * (b - a) * batch * max_len * spec.kv_dim * kv_bytes
+    ws = workspace_bytes(spec, batch, min(prompt_len, max_len), max_len, act_bytes)
+    if not last:
+        ws -= 4 * batch * spec.vocab_size  # no logits on this chip
+    return w, kv, ws
+
+
+def partition_layers(spec, chips: int, *, precision: str = "fp16", kv_bytes: int = 2, act_bytes: int = 2,
+                     batch: int = 1, max_len: int = 2048, prompt_len: int = 512,
+                     weight_copies: int = 1) -> list[tuple[int, int]]:
+    """N contiguous layer ranges [a, b) covering every layer, each ≥ 1 layer, that make the largest
+    chip (weights + KV + workspace) smallest: the chips holding the embedding / the head get fewer
+    layers when those weigh more than a layer's share.
+
+    Raises:
+        ConfigError: `chips` < 1 or more than the model's layers.
+    """
+    L = spec.num_layers
+    if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
+        raise ConfigError(f"--chips {chips!r}: the number of chips must be a positive integer",
+                          "pass --chips 1 (one chip, the default) or the chips of the card, e.g. --chips 2")
+    if chips > L:
+        raise ConfigError(f"--chips {chips}: the model has {L} layers, a split needs at least one layer per chip",
+                          f"use --chips {L} or fewer")
+    kw = dict(kv_bytes=kv_bytes, act_bytes=act_bytes, batch=batch, max_len=max_len, prompt_len=prompt_len,
+              weight_copies=weight_copies)
+    # bytes of chip i with c layers = c · per_layer + extra_i (layer-independent part)
+    extra, per_layer = [], 0
+    for i in range(chips):
+        first, last = i == 0, i == chips - 1
+        w0, kv0, ws0 = _chip_bytes(spec, precision, (0, 0), first, last, **kw)
+        w1, kv1, ws1 = _chip_bytes(spec, precision, (0, 1), first, last, **kw)
+        extra.append(w0 + kv0 + ws0)
+        per_layer = (w1 + kv1) - (w0 + kv0)
+    per_layer = max(per_layer, 1)
+
+    def counts(cap: int) -> list[int]:
+        return [min(L, (cap - e) // per_layer) for e in extra]
+
+    lo, hi = max(extra) + per_layer, max(extra) + L * per_layer  # hi always feasible
+    while lo < hi:  # the smallest cap at which every chip takes ≥ 1 layer and all L are placed
+        mid = (lo + hi) // 2
+        c = counts(mid)
+        lo, hi = (lo, mid) if min(c) >= 1 and sum(c) >= L else (mid + 1, hi)
+    c = counts(lo)
+    while sum(c) > L:  # give back the surplus from the fullest chip (the first one among equals)
+        i = max((j for j in range(chips) if c[j] > 1), key=lambda j: (c[j] * per_layer + extra[j], -j))
+        c[i] -= 1
+    ranges, a = [], 0
+    for n in c:
+        ranges.append((a, a + n))
+        a += n
+    return ranges
+
+
+def parse_device_ids(device_ids, chips: int) -> list[int]:
+    """The NPU of each chip: `device_ids` ("0,1", a list, or None for 0..N-1), one per chip.
+
+    Raises:
+        ConfigError: a count that is not `chips`, a negative or repeated id, or a non-integer.
+    """
+    if device_ids is None or device_ids == "":
+        return list(range(chips))
+    items = device_ids.split(",") if isinstance(device_ids, str) else list(device_ids)
+    try:
+        ids = [int(str(x).strip()) for x in items]
+    except ValueError:
+        raise ConfigError(f"--device-ids {device_ids!r}: device ids are non-negative integers, comma-separated",
+                          "e.g. --device-ids 0,1") from None
+    if len(ids) != chips:
+        raise ConfigError(f"--device-ids {','.join(map(str, ids))} names {len(ids)} device(s) for --chips {chips}",
+                          f"give one device id per chip ({chips}), or drop --device-ids for 0..{chips - 1}")
+    if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"--device-ids {','.join(map(str, ids))}: ids must be non-negative and distinct",
+                          "each chip of the split is its own device, e.g. --device-ids 0,1")
+    return ids
+
+
+@dataclass
+class SplitFit:
+    """The fit of a split build: one `ChipFit` per chip (bytes per chip)."""
+
+    target: str
+    usable_bytes: int
+    chips: list[ChipFit]
+    batch: int
+    max_len: int
+    prompt_len: int
+    weight_dtype: str
+    compute_dtype: str
+    layout: str
+    chips_needed: int = 0
+
+    @property
+    def fits(self) -> bool:
+        return all(c.fits for c in self.chips)
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        return [c.layers for c in self.chips]
+
+    @property
+    def device_ids(self) -> list[int]:
+        return [c.device_id for c in self.chips]
+
+    def summary(self) -> str:
+        worst = max(self.chips, key=lambda c: c.total_bytes)
+        return (f"split over {len(self.chips)} {self.target} chips ({self.weight_dtype} weights, {self.compute_dtype} "
+                f"KV cache B={self.batch} × M={self.max_len}, prefill of {self.prompt_len}): "
+                + "; ".join(f"chip {c.chip} layers {c.layers[0]}-{c.layers[1] - 1} {_gib(c.total_bytes)}"
+                            for c in self.chips)
+                + f" (largest {_gib(worst.total_bytes)} of {_gib(self.usable_bytes)} usable per chip)")
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "fits": self.fits, "chips": len(self.chips), "usable_bytes": self.usable_bytes,
+                "per_chip": [c.to_dict() for c in self.chips], "batch": self.batch, "max_len": self.max_len,
+                "prompt_len": self.prompt_len, "weight_dtype": self.weight_dtype,
+                "compute_dtype": self.compute_dtype, "layout": self.layout, "chips_needed": self.chips_needed,
+                "needed_bytes": max(c.total_bytes for c in self.chips)}
+
+    def error(self, model: str) -> ModelDoesNotFitError:
+        bad = [c for c in self.chips if not c.fits]
+        more = (f"--chips {self.chips_needed} fits every chip" if self.chips_needed > len(self.chips) else
+                "no split up to one layer per chip fits: shorten --max-len / --seq-len or use a larger chip")
+        return ModelDoesNotFitError(
+            f"{model} split over {len(self.chips)} chips does not fit {self.target}: "
+            + "; ".join(f"{c.summary()}, {self.target} has {_gib(c.usable_bytes)} usable" for c in bad),
+            f"what would fit: {more}; or fewer context slots (--max-len), or int8 weight quantization (W8A16)")
+
+
+def check_split_fit(spec, target, chips: int, device_ids=None, *, weight_bytes_per_elem: int, compute_bytes: int,
+                    batch: int, max_len: int, prompt_len: int, weight_copies: int = 1, layout: str = "step",
+                    ranges: list[tuple[int, int]] | None = None) -> SplitFit:
+    """Per-chip fit of `spec` split over `chips` chips of `target` (see the module docstring).
+
+    Args:
+        chips: N ≥ 1 (≤ the layers). device_ids: one NPU per chip (default 0..N-1).
+        ranges: the layer ranges (default `partition_layers`).
+        other args: as `check_fit`.
+    """
+    fig = target_figures(getattr(target, "name", target))
+    precision = _PRECISION_OF_BYTES[weight_bytes_per_elem]
+    kw = dict(kv_bytes=compute_bytes, act_bytes=compute_bytes, batch=batch, max_len=max_len, prompt_len=prompt_len,
+              weight_copies=weight_copies)
+    ranges = ranges or partition_layers(spec, chips, precision=precision, **kw)
+    ids = parse_device_ids(device_ids, chips)
+    out = []
+    for i, (r, dev) in enumerate(zip(ranges, ids)):
+        first, last = i == 0, i == chips - 1
+        w, kv, ws = _chip_bytes(spec, precision, r, first, last, **kw)
+        out.append(ChipFit(i, dev, tuple(r), first, last, w, kv, ws, fig.usable_bytes))
+    sf = SplitFit(fig.name, fig.usable_bytes, out, batch, max_len, prompt_len, _dtype_name(weight_bytes_per_elem),
+                  _dtype_name(compute_bytes), layout)
+    sf.chips_needed = chips if sf.fits else chips_for_split(spec, fig.name, precision=precision, **kw)
+    return sf
+
+
+def chips_for_split(spec, target, *, precision: str = "fp16", kv_bytes: int = 2, act_bytes: int = 2, batch: int = 1,
+                    max_len: int = 2048, prompt_len: int = 512, weight_copies: int = 1) -> int:
+    """The fewest chips of `target` a pipeline split (`convert --chips N`) of `spec` fits on, every
+    chip checked with `partition_layers`' ranges; 0 when even one layer per chip does not fit."""
+    usable = target_figures(getattr(target, "name", target)).usable_bytes
+    kw = dict(kv_bytes=kv_bytes, act_bytes=act_bytes, batch=batch, max_len=max_len, prompt_len=prompt_len,
+              weight_copies=weight_copies)
+    for n in range(1, spec.num_layers + 1):
+        ranges = partition_layers(spec, n, precision=precision, **kw)
+        if all(sum(_chip_bytes(spec, precision, r, i == 0, i == n - 1, **kw)) <= usable
+               for i, r in enumerate(ranges)):
+            return n
+    return 0

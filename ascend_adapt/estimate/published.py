@@ -1,50 +1,38 @@
-"""Published LLM decode figures on the targets, and the efficiency factors calibrated on them.
+"""Published LLM decode figures on the targets: what the cost model's efficiencies are fitted
+on, and what they are checked against.
 
-The estimator's decode figure is a roofline bound (memory bandwidth ÷ bytes read per token)
-times an *efficiency factor per target family*. Where a public measurement exists, the factor is
-calibrated on it; where none exists, a stated default is used and the report says
-"uncalibrated". `docs/ESTIMATES.md` puts every estimate beside these figures.
+The cost model (`ascend_adapt.cost_model`, shared by the simulator and `estimate`) times every op
+of the graph `convert` builds as max(FLOPs ÷ (peak · compute_eff), bytes ÷ (bandwidth ·
+memory_eff)) + launch, plus host copies and chip hand-overs. Decode is memory-bound, so the
+*memory efficiency* decides the decode figure. It lives in the target data files
+(`targets/data/<target>.json`, `memory_efficiency`), and is **fitted** here on one named
+published measurement per target family (`CALIBRATION`): `fit_memory_efficiency(key)` solves
+"estimate of that measurement's setting = its published tokens/s" by bisection. The data file
+holds the fitted value rounded to 3 decimals (a test refits it). Every other published figure of
+the family is a **check**: `calibration_statement(target)` prints the fit and the error on each
+check, and `estimate`'s report carries it.
 
-Calibration (bytes per token = weights without the embedding table + the full static KV cache;
-bandwidth from the target data files):
+- Ascend310P (310P3, Atlas 300I Duo): fitted on LLaMA-13B fp16 on both chips of an Atlas 300I
+  Duo, 6.32 tok/s (tensor parallel over the 2 chips, so the estimate's card column); checked
+  against the llama.cpp CANN figure on 310P (6–8 tok/s, a weak check: another model and an
+  overhead-bound backend, see docs/ESTIMATES.md).
+- Ascend910B: fitted on Llama-2-7B fp16 torch_npu eager, 16.6 tok/s; no other figure to check.
+- Ascend310, Ascend310B, MLU370: no published LLM decode figure: the uncalibrated default
+  (`cost_model.DEFAULT_MEMORY_EFFICIENCY`), said so in the report.
 
-- Ascend910B: Llama-2-7B fp16, torch_npu eager, batch 1, ~100 new tokens: 16.6 tok/s.
-  Bound with the data file's 400 GB/s (the lowest of the conflicting public figures) = 30.0 tok/s,
-  so 16.6 / 30.0 = 0.55.
-- Ascend310P (310P3 chips, Atlas 300I Pro / Duo): LLaMA-13B fp16 on both chips of an Atlas 300I
-  Duo, input 1024 + output 1024: 6.32 tok/s. Bound on 2 × 204 GB/s = 14.9 tok/s, so 0.42.
-  The llama.cpp figure (6–8 tok/s on 310P) is *not* used for calibration (different model, and
-  its speed does not depend on precision, i.e. it is not bandwidth-bound); it is a cross-check.
-- Ascend310, Ascend310B, MLU370: no public LLM decode figure found: 0.40 (uncalibrated).
+Compute efficiency (prefill) has no published figure anywhere: uncalibrated everywhere.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
-# decode efficiency = achieved tokens/s ÷ bandwidth bound, per target family
-DECODE_EFFICIENCY: dict[str, float] = {
-    "Ascend910B": 0.55,
-    "Ascend310P": 0.42,
-    "Ascend310": 0.40,
-    "Ascend310B": 0.40,
-    "MLU370": 0.40,
+# target family -> the PUBLISHED key its memory efficiency is fitted on
+CALIBRATION: dict[str, str] = {
+    "Ascend310P": "duo-llama-13b",
+    "Ascend910B": "910b-llama2-7b",
 }
-DEFAULT_DECODE_EFFICIENCY = 0.40
-
-# why each factor has the value it has (printed in the report)
-EFFICIENCY_BASIS: dict[str, str] = {
-    "Ascend910B": "calibrated: Llama-2-7B fp16 torch_npu 16.6 tok/s vs 30.0 tok/s bound at 400 GB/s",
-    "Ascend310P": "calibrated: LLaMA-13B fp16 on a 300I Duo (2 chips) 6.32 tok/s vs 14.9 tok/s bound",
-    "Ascend310": "uncalibrated default (no published LLM decode figure found)",
-    "Ascend310B": "uncalibrated default (no published LLM decode figure found)",
-    "MLU370": "uncalibrated default (no published LLM decode figure found)",
-}
-
-# prefill: fraction of the fp16 peak a large prefill reaches. No public prefill figure was
-# found for any target, so one uncalibrated value is used everywhere.
-PREFILL_EFFICIENCY: dict[str, float] = {}
-DEFAULT_PREFILL_EFFICIENCY = 0.40
 
 
 @dataclass(frozen=True)
@@ -64,7 +52,7 @@ class PublishedFigure:
         stack: the software stack measured.
         source: where the figure was published.
         note: what differs from our setting.
-        used_for_calibration: whether DECODE_EFFICIENCY was fitted on it.
+        used_for_calibration: whether a memory efficiency is fitted on it (`CALIBRATION`).
     """
 
     key: str
@@ -127,3 +115,83 @@ PUBLISHED: tuple[PublishedFigure, ...] = (
              "of the two limits, not because the workloads match",
         used_for_calibration=False),
 )
+
+
+def figure(key: str) -> PublishedFigure:
+    """The published figure `key` (a KeyError naming the known keys otherwise)."""
+    for f in PUBLISHED:
+        if f.key == key:
+            return f
+    raise KeyError(f"no published figure '{key}' (have {', '.join(f.key for f in PUBLISHED)})")
+
+
+def model_tok_s(fig: PublishedFigure, memory_efficiency: float | None = None) -> float:
+    """The estimate of `fig`'s setting (its card column when it used every chip of a card), at
+    `memory_efficiency` (default: the target data file's)."""
+    from .core import estimate
+
+    r = estimate(fig.config, [fig.target], fig.precision, fig.seq_len, fig.batch, prompt_len=min(16, fig.seq_len),
+                 efficiency=memory_efficiency, calibration=False)
+    t = r.targets[0]
+    return t.card_decode_tok_s if fig.chips == "card" else t.decode_tok_s
+
+
+@lru_cache(maxsize=None)
+def fit_memory_efficiency(key: str) -> float:
+    """The memory efficiency at which the estimate of published figure `key` equals its tokens/s
+    (the middle of a range), by bisection (the estimate grows with the efficiency)."""
+    fig = figure(key)
+    want = sum(fig.tok_s) / 2
+    lo, hi = 1e-3, 1.0
+    if model_tok_s(fig, hi) < want:
+        return hi  # even the full bandwidth is slower than published: the model is missing something
+    for _ in range(40):  # 2^-40 of the interval: far below the 3 decimals the data file keeps
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if model_tok_s(fig, mid) < want else (lo, mid)
+    return (lo + hi) / 2
+
+
+def error_pct(estimate_tok_s: float, fig: PublishedFigure) -> float:
+    """(estimate − published) ÷ published in %, against the middle of a published range."""
+    want = sum(fig.tok_s) / 2
+    return 100.0 * (estimate_tok_s - want) / want
+
+
+def _pct(x: float) -> str:
+    return f"{round(x, 1) + 0.0:+.1f}%"  # + 0.0: a rounded -0.0 prints as +0.0
+
+
+def _published_text(fig: PublishedFigure) -> str:
+    lo, hi = fig.tok_s
+    return f"{lo:g} tok/s" if lo == hi else f"{lo:g}–{hi:g} tok/s"
+
+
+@lru_cache(maxsize=None)
+def calibration_statement(target: str) -> str:
+    """Which published figure `target`'s memory efficiency was fitted on, the estimate there, and
+    the estimate's error on every published figure of its family it was not fitted on."""
+    from ascend_adapt.cost_model import CostFigures
+    from ascend_adapt.targets import load_target
+
+    t = load_target(target)
+    eff = CostFigures.of(t).memory_efficiency
+    key = CALIBRATION.get(t.family)
+    if key is None:
+        return (f"{t.name}: memory efficiency {eff:.3f} is an uncalibrated default: no published LLM decode "
+                f"figure for the {t.family} family")
+    fit = figure(key)
+    got = model_tok_s(fit)
+    parts = [f"{t.name}: memory efficiency {eff:.3f} calibrated on '{fit.key}' ({fit.model}, {fit.target}"
+             f"{', all chips of the card' if fit.chips == 'card' else ''}, {_published_text(fit)}; {fit.source}): "
+             f"estimate {got:.2f} tok/s, error {_pct(error_pct(got, fit))} (the fit, rounded)"]
+    family = {f.key for f in PUBLISHED if f.key != key and load_target(f.target).family == t.family}
+    checks = [f for f in PUBLISHED if f.key in family]
+    if not checks:
+        parts.append("no other published figure of this family to check it against")
+    for f in checks:
+        est = model_tok_s(f)
+        lo, hi = f.tok_s
+        inside = " (inside the published range)" if lo <= est <= hi else ""
+        parts.append(f"not fitted on '{f.key}' ({f.model}, {f.target}, {_published_text(f)}): estimate "
+                     f"{est:.2f} tok/s, error {_pct(error_pct(est, f))}{inside}")
+    return "; ".join(parts)

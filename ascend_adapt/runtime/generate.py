@@ -1,7 +1,10 @@
 """The one generate loop, for every backend.
 
 It talks only to `LMSession.prefill` / `LMSession.decode` (see `session.py`), so the torch
-golden, MindSpore, onnxruntime, the simulator and pyACL all generate through this code. Prompts
+golden, MindSpore, onnxruntime, the simulator and pyACL all generate through this code. For plain
+greedy decoding over graphs that choose the token themselves (`GraphLMSession.greedy_on_graph`:
+an ArgMax in the graph, docs/graph_contract.md) it calls `prefill_next` / `decode_next` instead,
+so a card returns 8 bytes per row rather than the logits. Prompts
 are batched with LEFT padding; each row stops on its own at an EOS / stop token (finished rows
 keep feeding their last token, whose logits are ignored, because a static graph runs the whole
 batch).
@@ -247,6 +250,26 @@ def _check_finite(logits: np.ndarray, step: int) -> None:
             "diverging layer, or keep that layer in fp32 (precision mode)")
 
 
+def _check_finite_rows(finite: np.ndarray, done: np.ndarray, step: int) -> None:
+    """`_check_finite` for a graph that chose the tokens: `finite` [B] says whether each row's
+    logits were all finite (the graph's Σ logits output)."""
+    bad = ~np.asarray(finite, bool) & ~done
+    if bad.any():
+        raise NonFiniteLogitsError(
+            f"the backend returned NaN/Inf logits at generation step {step} (rows {np.where(bad)[0].tolist()})",
+            "a fp16 overflow: run `ascend-adapt compare` against the torch golden to find the first "
+            "diverging layer, or keep that layer in fp32 (precision mode)")
+
+
+def _greedy_on_graph(session, cfg: GenerationConfig | None = None) -> bool:
+    """Whether the session's graphs choose the greedy token themselves (GraphLMSession with
+    contract.GREEDY_OUTPUTS) and `cfg` asks for nothing but greedy argmax: sampling and a
+    repetition penalty need the full logits on the host."""
+    if cfg is not None and (cfg.do_sample or cfg.repetition_penalty != 1.0):
+        return False
+    return bool(getattr(session, "greedy_on_graph", False)) and hasattr(session, "decode_next")
+
+
 def generate(backend_or_session_factory, tokenizer, prompts, config: GenerationConfig | None = None,
              *, add_special_tokens: bool = True, prompt_logits: bool = False) -> list[GenerationResult]:
     """Generate for a batch of prompts.
@@ -325,21 +348,32 @@ def generate(backend_or_session_factory, tokenizer, prompts, config: GenerationC
 
     try:
         session = _session(backend_or_session_factory, B, max_len)
+        # plain greedy over graphs that choose the token themselves (ArgMax in the graph,
+        # contract.GREEDY_OUTPUTS): only the ids come back from the card, not the logits
+        on_graph = _greedy_on_graph(session, cfg) and not prompt_logits
         if prompt_logits:
             every = _prefill_all(session, ids, mask)
             for b, e in enumerate(encoded):
                 results[b].prompt_logits = np.ascontiguousarray(every[b, S - len(e):], np.float32)
             logits = every[:, -1]
+        elif on_graph:
+            chosen, finite = session.prefill_next(ids, mask)
         else:
             logits = session.prefill(ids, mask)
         last = ids[:, -1].copy()
         for step in range(cfg.max_new_tokens):
-            _check_finite(logits[~done], step)
-            scores = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+            if on_graph:
+                _check_finite_rows(finite, done, step)
+            else:
+                _check_finite(logits[~done], step)
+                scores = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
             for b in range(B):
                 if done[b]:
                     continue
-                tok = sample_token(scores[b], cfg, rngs[b]) if cfg.do_sample else int(np.argmax(scores[b]))
+                if on_graph:
+                    tok = int(chosen[b])
+                else:
+                    tok = sample_token(scores[b], cfg, rngs[b]) if cfg.do_sample else int(np.argmax(scores[b]))
                 r = results[b]
                 r.token_ids.append(tok)
                 seen[b] = np.append(seen[b], tok)
@@ -355,7 +389,10 @@ def generate(backend_or_session_factory, tokenizer, prompts, config: GenerationC
                         emitted[b] = text
             if done.all() or step == cfg.max_new_tokens - 1:
                 break
-            logits = session.decode(last)
+            if on_graph:
+                chosen, finite = session.decode_next(last)
+            else:
+                logits = session.decode(last)
     except KeyboardInterrupt:  # Ctrl-C between (or inside) steps: keep what was generated
         for b, r in enumerate(results):
             if not done[b]:
@@ -379,6 +416,8 @@ def _finish(results: list[GenerationResult], decode, cfg: GenerationConfig, emit
 def greedy_tokens(session_factory, input_ids, n: int, attention_mask=None, return_logits: bool = False):
     """`n` greedy tokens per row, never stopping early (for parity tests between backends).
 
+    Without `return_logits`, graphs that choose the token (`greedy_on_graph`) choose it.
+
     Args:
         session_factory: an `LMBackend` or a callable (batch, max_len) -> `LMSession`.
         input_ids: [B, S] (or [S]) left-padded prompt ids.
@@ -393,6 +432,13 @@ def greedy_tokens(session_factory, input_ids, n: int, attention_mask=None, retur
     ids = ids[None] if ids.ndim == 1 else ids
     B, S = ids.shape
     session = _session(session_factory, B, S + n)
+    if not return_logits and _greedy_on_graph(session):  # the graph's ArgMax: only ids come back
+        tok, _ = session.prefill_next(ids, attention_mask)
+        toks = [tok]
+        for _ in range(n - 1):
+            tok, _ = session.decode_next(tok)
+            toks.append(tok)
+        return np.stack(toks, axis=1)
     logits = session.prefill(ids, attention_mask)
     toks, all_logits = [], []
     for i in range(n):

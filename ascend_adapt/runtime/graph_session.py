@@ -18,7 +18,7 @@ import numpy as np
 
 from ascend_adapt.errors import ConfigError
 from ascend_adapt.model_zoo.spec import ModelSpec
-from ascend_adapt.om_convert.builder.contract import decode_feeds, prefill_feeds
+from ascend_adapt.om_convert.builder.contract import GREEDY_OUTPUTS, decode_feeds, prefill_feeds
 
 from .lm_inputs import StepInputs, decode_inputs, prefill_inputs
 from .session import StaticCacheSession
@@ -44,7 +44,14 @@ class GraphLMSession(StaticCacheSession):
     Attributes:
         cache_k, cache_v: [L, B, KVH, M, D] host cache in `cache_dtype` (post-rotary keys / values).
         last_outputs: the executor's outputs of the latest step.
+        greedy_on_graph: the graphs output the greedy token (`contract.GREEDY_OUTPUTS`: ArgMax and
+            Σ of the logits); then `prefill_next` / `decode_next` return tokens without the logits
+            (an executor may leave "logits" out of its outputs while `want == "tokens"`).
+        want: "logits" (the default) or "tokens" while a `*_next` step runs; a device executor
+            reads it to copy back only what the step needs.
     """
+
+    greedy_on_graph = False
 
     def __init__(self, spec: ModelSpec, run_prefill: Executor, run_decode: Executor, batch: int, max_len: int,
                  prefill_len: int | Sequence[int], pad_id: int | None = None, cache_dtype=np.float32):
@@ -62,6 +69,7 @@ class GraphLMSession(StaticCacheSession):
         self.cache_v = np.zeros(shape, cache_dtype)
         self.last_outputs: Mapping[str, np.ndarray] = {}
         self.pad = 0  # left padding added to the prompt in the latest prefill
+        self.want = "logits"
 
     def _left_pad(self, input_ids, attention_mask):
         ids = np.asarray(input_ids, dtype=np.int64)
@@ -101,6 +109,40 @@ class GraphLMSession(StaticCacheSession):
         inputs = decode_inputs(self.state, token_ids)
         return self._run(inputs, self.run_decode, decode_feeds(inputs, self.cache_k, self.cache_v))[:, -1]
 
+    def prefill_next(self, input_ids, attention_mask=None) -> tuple[np.ndarray, np.ndarray]:
+        """Run the prompt like `prefill`, returning the greedy next token the graph chose.
+
+        Returns:
+            (int64 [B] tokens: the first maximum of each row's last-position logits, as
+            numpy.argmax; bool [B]: whether all that row's logits were finite).
+
+        Raises:
+            ConfigError: the graphs have no `next_token` output (an export made before it).
+        """
+        ids, mask = self._left_pad(input_ids, attention_mask)
+        inputs, self.state = prefill_inputs(self.spec, ids, mask, self.max_len)
+        return self._next(lambda: self.step(inputs))
+
+    def decode_next(self, token_ids) -> tuple[np.ndarray, np.ndarray]:
+        """One decode step like `decode`, returning (tokens int64 [B], finite bool [B]) as `prefill_next`."""
+        if self.state is None:
+            raise RuntimeError("decode_next() before prefill_next()")
+        inputs = decode_inputs(self.state, token_ids)
+        return self._next(lambda: self._run(inputs, self.run_decode, decode_feeds(inputs, self.cache_k, self.cache_v)))
+
+    def _next(self, run) -> tuple[np.ndarray, np.ndarray]:
+        if not self.greedy_on_graph:
+            raise ConfigError("the graphs have no next_token output (greedy on the card)",
+                              "re-export with this version, or use prefill() / decode() and argmax on the host")
+        self.want = "tokens"
+        try:
+            run()
+        finally:
+            self.want = "logits"
+        out = self.last_outputs
+        tokens = np.asarray(out["next_token"])[:, -1].astype(np.int64)
+        return tokens, np.isfinite(np.asarray(out["logits_sum"], np.float32)[:, -1])
+
     def step(self, inputs: StepInputs) -> np.ndarray:
         """`StaticCacheSession.step`: route a prefill (start slot 0) or a decode step."""
         is_prefill = inputs.start_slot == 0
@@ -112,9 +154,10 @@ class GraphLMSession(StaticCacheSession):
         run = self.run_prefill if is_prefill else self.run_decode
         return self._run(inputs, run, decode_feeds(inputs, self.cache_k, self.cache_v))
 
-    def _run(self, inputs: StepInputs, executor: Executor, feeds) -> np.ndarray:
+    def _run(self, inputs: StepInputs, executor: Executor, feeds) -> np.ndarray | None:
         out = executor(feeds)
-        missing = [n for n in ("logits", "present_keys", "present_values") if n not in out]
+        need = ("logits",) if self.want == "logits" else GREEDY_OUTPUTS
+        missing = [n for n in (*need, "present_keys", "present_values") if n not in out]
         if missing:
             raise ConfigError(f"the graph executor returned no {', '.join(missing)}",
                               "the executor must return a dict of the graph's outputs by name")
@@ -122,7 +165,7 @@ class GraphLMSession(StaticCacheSession):
         self.cache_k[:, :, :, s0:s0 + S] = out["present_keys"]
         self.cache_v[:, :, :, s0:s0 + S] = out["present_values"]
         self.last_outputs = out
-        return np.asarray(out["logits"], dtype=np.float32)
+        return np.asarray(out["logits"], dtype=np.float32) if "logits" in out else None
 
 
 def open_session(backend, batch: int, max_len: int, run_prefill: Executor, run_decode: Executor,
@@ -135,5 +178,15 @@ def open_session(backend, batch: int, max_len: int, run_prefill: Executor, run_d
     if max_len > backend.max_len:
         raise ConfigError(f"{backend.path}: the graphs have {backend.max_len} cache slots, asked for {max_len}",
                           f"re-export (and rebuild the OMs) with --max-len {max_len} (or more)")
-    return GraphLMSession(backend.spec, run_prefill, run_decode, backend.batch, backend.max_len, prefill_lengths,
-                          cache_dtype=getattr(backend, "cache_dtype", np.float32))
+    s = GraphLMSession(backend.spec, run_prefill, run_decode, backend.batch, backend.max_len, prefill_lengths,
+                       cache_dtype=getattr(backend, "cache_dtype", np.float32))
+    s.greedy_on_graph = has_greedy_outputs(getattr(backend, "manifest", None))
+    return s
+
+
+def has_greedy_outputs(manifest) -> bool:
+    """Whether every graph of an export manifest outputs `contract.GREEDY_OUTPUTS` (exports made
+    before issue 13's on-device greedy do not: their sessions return logits only)."""
+    graphs = (manifest or {}).get("graphs") or {}
+    return bool(graphs) and all(set(GREEDY_OUTPUTS) <= {o["name"] for o in g.get("outputs", ())}
+                                for g in graphs.values())

@@ -1,10 +1,13 @@
 """What a graph would cost on the card: per-op roofline latency and device memory (simulated).
 
-Not a measurement. Every op gets FLOPs and bytes from its (inferred) shapes, and a time
+Not a measurement. Every op gets FLOPs and bytes from its (inferred) shapes, and a time from
+the one cost model shared with `estimate` (`ascend_adapt.cost_model`):
 
-    time = max(flops / peak, bytes / bandwidth) + launch overhead
+    time = max(flops / (peak · compute_eff), bytes / (bandwidth · memory_eff)) + launch overhead
 
-against the target profile (`ascend_adapt.targets`). Assumptions (also printed with every report):
+against the target profile (`ascend_adapt.targets`, efficiencies calibrated on published figures:
+`ascend_adapt.estimate.published`). A step also pays its host↔device copies (`transfer_ms`).
+Assumptions (also printed with every report):
 
 - Cube ops (MatMul, Gemm, Conv, ConvTranspose, Einsum) run at the target's fp16 peak when the
   precision mode computes them in fp16 (bf16 peak for bf16), at the fp32 peak otherwise.
@@ -19,6 +22,16 @@ against the target profile (`ascend_adapt.targets`). Assumptions (also printed w
   selected rows.
 - Views (Reshape, Squeeze, Unsqueeze, Flatten, Identity, Shape, Constant) cost nothing; every
   other op pays the target's launch overhead.
+- Quantized weights (W8A16): a weight-dequant chain (AscendAntiQuant → [Reshape] → Mul by the
+  scale → [Reshape]) that feeds only a MatMul's weight input is fused into that MatMul, as CANN's
+  WeightQuantBatchMatmulV2 runs it (`weight_dequant_chains`): the chain's nodes cost nothing and the
+  MatMul reads the int8 weight + its scales instead of an fp16 copy. W8A8's int8 × int8 MatMul
+  runs at the target's int8 peak. The Ascend quant ops (default domain, as ATC registers them)
+  are costed by their operators-registry `sim_cost` hooks.
+- Host↔device: one copy per graph input and per output the host reads, at the target's PCIe
+  figure, except for an LLM graph of the contract (docs/graph_contract.md) run with the KV
+  cache on the card: past_* stay on the card, present_* too, and only next_token / logits_sum
+  come back (`host_io`).
 - Memory: weights (in the device dtype) + input/output buffers (the KV cache, for LLM decode
   graphs, is part of the inputs) + workspace (peak of live intermediates in node order, views
   aliased). Each OM loaded with aclmdlLoadFromFile holds its own weights and workspace.
@@ -35,13 +48,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from ascend_adapt.cost_model import VECTOR_FP16_FRACTION, CostFigures, op_time, transfer_ms
+from ascend_adapt.operators.quant import ASCEND_QUANT_OPS, INT8_MATMUL_TAG
+
 from .graph import (CUBE_OPS, VIEW_OPS, TensorInfo, elem_size, graph_inputs, graph_outputs, infer_tensor_infos,
                     initializer_infos, load_model, node_label)
 from .numerics import LOW, LOW_IN, ORIGIN, PrecisionPlan, plan_precision
 from .settings import SimSettings
 
 SIMULATED = "simulated"
-VECTOR_FP16_FRACTION = 1 / 32
 TRANSCENDENTAL_FLOPS = 8
 _TRANSCENDENTAL = {"Exp", "Log", "Tanh", "Erf", "Sqrt", "Pow", "Sigmoid", "Sin", "Cos", "Reciprocal",
                    "Softplus", "Gelu", "HardSigmoid", "Elu", "Selu", "Atan", "Asin", "Acos", "Tan"}
@@ -57,13 +72,19 @@ _ZERO_FLOP = {"Transpose", "Concat", "Expand", "Tile", "Cast", "Pad", "ScatterND
               "DepthToSpace", "SpaceToDepth", "Trilu", "CastLike", "Resize"}
 
 ASSUMPTIONS = (
-    "simulated roofline: time = max(FLOPs / peak, bytes / bandwidth) + launch overhead per non-view op",
+    "simulated roofline (ascend_adapt.cost_model, shared with estimate): time = max(FLOPs / (peak x compute "
+    "efficiency), bytes / (bandwidth x memory efficiency)) + launch overhead per non-view op",
     "Cube ops at the fp16 peak in fp16 modes (fp32 peak when computed in fp32)",
     f"vector ops at {VECTOR_FP16_FRACTION:.4g} x fp16 peak in fp16, half that in fp32 "
     "(2048-bit vector unit vs 16x16x16 Cube; confidence M)",
     f"transcendental ops count {TRANSCENDENTAL_FLOPS} FLOPs per element; Softmax 5, norms 8",
     "every op reads inputs / writes outputs from device memory once: no cache reuse, no fusion",
-    "views (Reshape, Squeeze, Unsqueeze, Flatten, Identity) are free; no host<->device copies counted",
+    "views (Reshape, Squeeze, Unsqueeze, Flatten, Identity) are free",
+    "W8A16: a weight-dequant chain (AscendAntiQuant + scale Mul) feeding a MatMul's weight is fused into it "
+    "(CANN WeightQuantBatchMatmulV2: int8 weight + scales read, no fp16 copy; confidence M on 310P, L on 310); "
+    "int8 x int8 MatMuls at the int8 peak",
+    "host<->device: one memcpy per input fed and output read, at the target's PCIe figure (an LLM graph with "
+    "the KV cache on the card: ids, positions, mask up; next_token, logits_sum down)",
     "memory = weights (device dtype) + I/O buffers (incl. KV cache) + peak live intermediates; "
     "each loaded OM holds its own weights and workspace",
 )
@@ -75,7 +96,8 @@ class OpCost:
 
     Attributes:
         name / op_type: the node.
-        unit: "cube", "vector", "move" (data movement only) or "view" (free).
+        unit: "cube", "vector", "move" (data movement only), "view" (free) or "fused" (free: runs inside
+            the MatMul it feeds, `weight_dequant_chains`).
         dtype: the compute dtype ("float16", "float32", ...).
         flops: floating-point operations.
         bytes: device-memory bytes read + written.
@@ -161,6 +183,9 @@ class CostReport:
         memory: the MemoryEstimate.
         assumptions: what the numbers rest on.
         warnings: e.g. nodes whose shapes could not be inferred.
+        transfer_ms: host↔device copies of one run (`host_io`), at the target's PCIe figure.
+        host_io_bytes: their bytes in all. copies: their number.
+        figures: {figure: "source [confidence]"} of the cost-model figures used.
     """
 
     graph: str
@@ -173,10 +198,20 @@ class CostReport:
     assumptions: tuple[str, ...] = ASSUMPTIONS
     warnings: list[str] = field(default_factory=list)
     simulated: bool = True
+    transfer_ms: float = 0.0
+    host_io_bytes: int = 0
+    copies: int = 0
+    figures: dict = field(default_factory=dict)
 
     @property
     def total_ms(self) -> float:
+        """Σ op times on the card (no host copies; `step_ms` adds them)."""
         return float(sum(o.time_ms for o in self.ops))
+
+    @property
+    def step_ms(self) -> float:
+        """One run as the host sees it: the ops + the host↔device copies."""
+        return self.total_ms + self.transfer_ms
 
     @property
     def total_flops(self) -> float:
@@ -207,7 +242,9 @@ class CostReport:
         return {"simulated": True, "graph": self.graph, "target": self.target, "soc_version": self.soc_version,
                 "precision_mode": self.precision_mode,
                 "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
-                "total_ms": self.total_ms, "total_flops": self.total_flops, "total_bytes": self.total_bytes,
+                "total_ms": self.total_ms, "transfer_ms": self.transfer_ms, "step_ms": self.step_ms,
+                "host_io_bytes": self.host_io_bytes, "copies": self.copies,
+                "total_flops": self.total_flops, "total_bytes": self.total_bytes,
                 "memory": self.memory.to_dict(), "by_op_type_ms": self.by_op_type(),
                 "by_operator_ms": self.by_operator(),
                 "ops": [asdict(o) for o in self.ops], "assumptions": list(self.assumptions),
@@ -233,6 +270,8 @@ class CostReport:
             f"  total {self.total_ms:.4f} ms per run ({SIMULATED}); {len(self.ops)} ops "
             f"({', '.join(f'{n} {u}' for u, n in sorted(units.items()))}); "
             f"{self.total_flops / 1e9:.4g} GFLOP; {self.total_bytes / 2**20:.4g} MiB moved",
+            f"  + host<->device {self.transfer_ms:.4f} ms ({self.copies} copies, {self.host_io_bytes:,} B) = "
+            f"{self.step_ms:.4f} ms per step",
             f"  {'time_ms':>10} {'share':>6} {'bound':>8} {'unit':>6} {'dtype':>8} {'GFLOP':>9} {'MiB':>9}  op_type / name",
         ]
         total = self.total_ms or 1.0
@@ -409,17 +448,6 @@ def _compute_dtype(node: onnx.NodeProto, infos: Mapping[str, TensorInfo], mode: 
     return "int"
 
 
-def _peak_flops(target: Any, unit: str, dtype: str) -> float:
-    if unit == "cube":
-        if dtype == "float16":
-            return target.fp16_tflops * 1e12
-        if dtype == "bfloat16":
-            return (target.bf16_tflops or target.fp16_tflops) * 1e12
-        return target.fp32_tflops * 1e12
-    vec = target.fp16_tflops * 1e12 * VECTOR_FP16_FRACTION
-    return vec if dtype in ("float16", "bfloat16") else vec / 2
-
-
 def _operator_tag(node: onnx.NodeProto) -> str:
     """The operators-registry name an emission stamped on the node (`ascend_adapt.op`), or ""."""
     for p in node.metadata_props:
@@ -429,7 +457,7 @@ def _operator_tag(node: onnx.NodeProto) -> str:
 
 
 def _custom_cost(node: onnx.NodeProto, infos: Mapping[str, TensorInfo]):
-    """(flops, bytes) from the operators registry's `sim_cost` hook for a custom-domain node.
+    """(flops, bytes) from the operators registry's `sim_cost` hook (custom-domain and quant nodes).
 
     The hook takes `{"inputs": [(shape, dtype), …], "outputs": [(shape, dtype), …], "attrs": {…}}`
     (docs/operators.md); the operator is the node's `ascend_adapt.op` tag, else its op type.
@@ -462,16 +490,129 @@ def _custom_cost(node: onnx.NodeProto, infos: Mapping[str, TensorInfo]):
         return None
 
 
-def op_costs(model: onnx.ModelProto, target: Any, plan: PrecisionPlan, infos: Mapping[str, TensorInfo]
-             ) -> list[OpCost]:
-    bw = target.memory_bandwidth_gbps * 1e9
-    launch_ms = target.launch_overhead_us / 1e3
+@dataclass(frozen=True)
+class OpLoad:
+    """What one node asks of the card: its work, before any target figure turns it into time.
+
+    Attributes:
+        name / op_type / unit / dtype / operator: as in `OpCost`.
+        flops: floating-point operations. bytes: device-memory bytes read + written.
+        shape_known: False when shapes were not inferred.
+        weight_bytes: bytes of float initializers the node reads (part of `bytes`), e.g. a
+            MatMul's weight: what `estimate` rescales for quantized precisions.
+        weight: name of the (first) such initializer, or "".
+    """
+
+    name: str
+    op_type: str
+    unit: str
+    dtype: str
+    flops: float
+    bytes: float
+    shape_known: bool
+    operator: str = ""
+    weight_bytes: float = 0.0
+    weight: str = ""
+
+
+def _is_int8_matmul(node: onnx.NodeProto, infos: Mapping[str, TensorInfo]) -> bool:
+    """A MatMul of two int8 operands (W8A8's quantized Linear, tagged `int8_matmul`)."""
+    if node.op_type != "MatMul":
+        return False
+    if _operator_tag(node) == INT8_MATMUL_TAG:
+        return True
+    types = [infos[n].elem_type if n in infos else None for n in node.input[:2]]
+    return all(t == TensorProto.INT8 for t in types)
+
+
+def _uses_hook(node: onnx.NodeProto, infos: Mapping[str, TensorInfo]) -> bool:
+    """Whether the node's cost comes from its operators-registry `sim_cost` hook.
+
+    Custom-domain nodes, and the Ascend quant ops / int8 MatMul whatever their domain (ATC's
+    parsers register AscendQuant & co in the default domain, where the generic estimate would
+    count them as plain vector ops).
+    """
+    return (node.domain not in ("", "ai.onnx") or node.op_type in ASCEND_QUANT_OPS
+            or _is_int8_matmul(node, infos))
+
+
+def weight_dequant_chains(model: onnx.ModelProto) -> dict[int, tuple[tuple[int, ...], tuple[str, ...]]]:
+    """W8A16 weight-dequant chains the card fuses into the MatMul that reads them.
+
+    A chain is AscendAntiQuant(q) → [Reshape] → Mul(·, scale) → [Reshape] ending at input 1 (the
+    weight) of a MatMul, with q and the scale constants (initializers or Constant outputs) and
+    every intermediate read by the next chain node only (and not a graph output). On the card
+    ATC runs such a chain as one WeightQuantBatchMatmulV2: the int8 weight and its scales are read
+    and dequantized on the way into the Cube, with no fp16 weight copy in device memory (hicann
+    ops-nn `matmul/weight_quant_batch_matmul_v2/docs/aclnnWeightQuantBatchMatmulV2.md`, CANN 8.x:
+    supported on "Atlas 推理系列产品" = the 310P cards, and the A2/A3 series; the original 310 is
+    not listed, so there the rule is an assumption, confidence L; that ATC's graph fusion forms
+    it from this AscendAntiQuant + Mul + MatMul pattern is not documented publicly either:
+    confidence M on 310P).
+
+    Returns:
+        {MatMul node index: (indices of the fused chain nodes, names of the constants the fused
+        op reads instead of the fp16 weight: q first, then the scales)}.
+    """
+    g = model.graph
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for x in n.input:
+            if x:
+                readers[x] = readers.get(x, 0) + 1
+    outs = {o.name for o in g.output}
+    consts = {t.name for t in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant" and n.output}
+    chains: dict[int, tuple[tuple[int, ...], tuple[str, ...]]] = {}
+    for mi, mm in enumerate(g.node):
+        if mm.op_type != "MatMul" or len(mm.input) < 2 or _operator_tag(mm) == INT8_MATMUL_TAG:
+            continue
+        cur, idx, scales, q = mm.input[1], [], [], None
+        while cur in producer and readers.get(cur, 0) == 1 and cur not in outs:
+            j = producer[cur]
+            n = g.node[j]
+            if n.op_type == "Reshape":
+                idx.append(j)
+                cur = n.input[0]
+            elif n.op_type == "Mul" and len(n.input) == 2:
+                a, b = n.input
+                if b in consts and a not in consts:
+                    path, sc = a, b
+                elif a in consts and b not in consts:
+                    path, sc = b, a
+                else:
+                    break
+                idx.append(j)
+                scales.append(sc)
+                cur = path
+            elif n.op_type == "AscendAntiQuant":
+                if n.input[0] in consts:
+                    idx.append(j)
+                    q = n.input[0]
+                break
+            else:
+                break
+        if q is not None:
+            chains[mi] = (tuple(idx), (q, *scales))
+    return chains
+
+
+def op_loads(model: onnx.ModelProto, plan: PrecisionPlan, infos: Mapping[str, TensorInfo]) -> list[OpLoad]:
+    """FLOPs and bytes of every node (see the module assumptions); `op_costs` times them."""
+    inits = set(initializer_infos(model))
+    chains = weight_dequant_chains(model)
+    fused = {j for idx, _ in chains.values() for j in idx}
     out = []
     for i, node in enumerate(model.graph.node):
         mode = plan.modes.get(i, ORIGIN)
+        lb = 2 if (plan.low_dtype and mode in (LOW, LOW_IN)) else None
+        if i in fused:  # runs inside the MatMul it feeds (weight_dequant_chains)
+            out.append(OpLoad(node_label(node, i), node.op_type, "fused", "int8", 0.0, 0.0, True,
+                              _operator_tag(node)))
+            continue
         unit = _unit(node)
-        dtype = _compute_dtype(node, infos, mode, plan.low_dtype)
-        custom = _custom_cost(node, infos) if node.domain not in ("", "ai.onnx") else None
+        dtype = "int8" if _is_int8_matmul(node, infos) else _compute_dtype(node, infos, mode, plan.low_dtype)
+        custom = _custom_cost(node, infos) if _uses_hook(node, infos) else None
         if custom is not None:
             flops, nbytes = custom
             known = True
@@ -480,15 +621,63 @@ def op_costs(model: onnx.ModelProto, target: Any, plan: PrecisionPlan, infos: Ma
             nbytes, k2 = _bytes(node, infos, mode, plan.low_dtype)
             known = k1 and k2
         if unit == "view":
-            out.append(OpCost(node_label(node, i), node.op_type, unit, dtype, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "free",
-                              True, _operator_tag(node)))
-            continue
-        c_ms = flops / _peak_flops(target, unit, dtype) * 1e3 if flops else 0.0
-        m_ms = nbytes / bw * 1e3
-        t = max(c_ms, m_ms) + launch_ms
-        bound = "launch" if launch_ms >= max(c_ms, m_ms) else ("compute" if c_ms >= m_ms else "memory")
-        out.append(OpCost(node_label(node, i), node.op_type, unit, dtype, flops, nbytes, c_ms, m_ms, launch_ms,
-                          t, bound, known, _operator_tag(node)))
+            flops = nbytes = 0.0
+        w_bytes, w_name = 0.0, ""
+        if i in chains:  # the fused WeightQuantBatchMatmul: int8 weight + scales instead of the fp16 copy
+            _, leaves = chains[i]
+            fp_w = _tensor_bytes(infos, node.input[1], lb)
+            leaf_b = [_tensor_bytes(infos, n, lb) for n in leaves]
+            if fp_w is None or any(b is None for b in leaf_b):
+                known = False
+            else:
+                w_bytes = float(sum(leaf_b))  # type: ignore[arg-type]
+                nbytes = nbytes - fp_w + w_bytes
+                w_name = leaves[0]
+        elif unit == "cube":
+            for n in node.input[1:]:
+                if n in inits:
+                    b = _tensor_bytes(infos, n, lb) or 0
+                    w_bytes += b
+                    w_name = w_name or n
+        out.append(OpLoad(node_label(node, i), node.op_type, unit, dtype, float(flops), float(nbytes), known,
+                          _operator_tag(node), w_bytes, w_name))
+    return out
+
+
+def op_costs(model: onnx.ModelProto, target: Any, plan: PrecisionPlan, infos: Mapping[str, TensorInfo],
+             figures: CostFigures | None = None) -> list[OpCost]:
+    """Per-op time of `model` on `target` through the shared cost model (`cost_model.op_time`)."""
+    fig = figures or CostFigures.of(target)
+    out = []
+    for ld in op_loads(model, plan, infos):
+        t = op_time(ld.flops, ld.bytes, fig, ld.unit, ld.dtype)
+        out.append(OpCost(ld.name, ld.op_type, ld.unit, ld.dtype, ld.flops, ld.bytes, t.compute_ms, t.memory_ms,
+                          t.launch_ms, t.total_ms, t.bound, ld.shape_known, ld.operator))
+    return out
+
+
+def host_io(model: onnx.ModelProto, infos: Mapping[str, TensorInfo]) -> tuple[list[str], list[str]]:
+    """(inputs the host feeds, outputs the host reads) per run.
+
+    An LLM graph of the contract (inputs past_keys / past_values, outputs next_token /
+    logits_sum: docs/graph_contract.md) is costed as the "acl" runtime runs it with the KV cache
+    on the card and greedy on the card: the cache inputs and present_* outputs stay there and
+    only contract.GREEDY_OUTPUTS come back. Any other graph: every input and every output.
+    """
+    ins, outs = list(graph_inputs(model)), list(graph_outputs(model))
+    if {"past_keys", "past_values"} <= set(ins) and {"next_token", "logits_sum"} <= set(outs):
+        return [n for n in ins if n not in ("past_keys", "past_values")], ["next_token", "logits_sum"]
+    return ins, outs
+
+
+def host_io_bytes(model: onnx.ModelProto, infos: Mapping[str, TensorInfo]) -> list[int]:
+    """Bytes of each host↔device copy of one run (`host_io`), in graph dtypes."""
+    ins, outs = host_io(model, infos)
+    out = []
+    for n in ins + outs:
+        i = infos.get(n)
+        if i is not None and i.static:
+            out.append(int(i.numel * elem_size(i.elem_type)))  # type: ignore[operator]
     return out
 
 
@@ -612,13 +801,16 @@ def estimate_cost(model: Any, target: Any, settings: SimSettings | None = None, 
     if unknown:
         warnings.append(f"inputs with unknown dims: {', '.join(unknown)} (pass input_shapes or gears)")
     plan = plan_precision(m, settings, target=target, infos=infos)
-    ops = op_costs(m, target, plan, infos)
+    fig = CostFigures.of(target)
+    ops = op_costs(m, target, plan, infos, fig)
+    io = host_io_bytes(m, infos)
     n_unknown = sum(1 for o in ops if not o.shape_known)
     if n_unknown:
         warnings.append(f"{n_unknown} ops with shapes that could not be inferred are counted as launch overhead only")
     mem = estimate_memory(m, target, settings, input_shapes=shapes, infos=infos, plan=plan)
     return CostReport(graph_name or m.graph.name or "graph", target.name, target.soc_version, settings.precision_mode,
-                      shapes, ops, mem, ASSUMPTIONS, warnings)
+                      shapes, ops, mem, ASSUMPTIONS, warnings, transfer_ms=transfer_ms(sum(io), fig, len(io)),
+                      host_io_bytes=int(sum(io)), copies=len(io), figures=dict(fig.basis))
 
 
 def _with_weights_for_probe(model: Any, light: onnx.ModelProto) -> onnx.ModelProto:

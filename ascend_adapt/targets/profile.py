@@ -38,11 +38,18 @@ _FIGURES: dict[str, bool] = {
     "memory_bandwidth_gbps": True,
     "chips_per_card": True,
     "launch_overhead_us": True,
+    # the cost model's transfer figures and calibrated efficiencies (ascend_adapt/cost_model.py)
+    "pcie_gbps": False,
+    "memcpy_latency_us": False,
+    "memory_efficiency": False,
+    "compute_efficiency": False,
     "tdp_watts": False,
     "allows_shape_ranges": True,
     "precision_modes": True,
     "unsupported_dtypes": False,
     "fp16_only_ops": False,
+    # dtypes the PyTorch device plugin (torch_npu / torch_mlu) computes in, per plugin
+    "torch_dtypes": False,
     "gears": True,
     "onnx_opsets": True,
 }

@@ -9,6 +9,8 @@ prefill.onnx (S = prefill length, padded on the left; M = cache slots):
   → logits           float32 [B, S, V]
     present_keys     kv      [L, B, KVH, S, D]  (post-rotary)
     present_values   kv      [L, B, KVH, S, D]
+    next_token       int32   [B, S]        greedy choice per position: ArgMax over V (first max)
+    logits_sum       float32 [B, S]        Σ over V of the logits: finite ⇔ every logit is finite
 
 decode.onnx:
     input_ids        int32   [B, 1]
@@ -19,6 +21,8 @@ decode.onnx:
   → logits           float32 [B, 1, V]
     present_keys     kv      [L, B, KVH, 1, D]  (the host writes them into slot `start_slot`)
     present_values   kv      [L, B, KVH, 1, D]
+    next_token       int32   [B, 1]
+    logits_sum       float32 [B, 1]
 
 step.onnx (one graph for prefill AND decode, built with `gears`; weights loaded once on the card):
     input_ids        int32   [B, seq]
@@ -29,6 +33,8 @@ step.onnx (one graph for prefill AND decode, built with `gears`; weights loaded 
   → logits           float32 [B, seq, V]
     present_keys     kv      [L, B, KVH, seq, D]
     present_values   kv      [L, B, KVH, seq, D]
+    next_token       int32   [B, seq]
+    logits_sum       float32 [B, seq]
   `kv` is the activation dtype (float16 for an fp16 export, else float32): the cache crosses the
   graph boundary in the dtype the graph computes in, so no widened copy exists on either side.
   `seq` is a gear: ATC compiles one static graph per value of --dynamic_dims (1 = a decode step,
@@ -48,7 +54,10 @@ MASK_FILL = -10000.0
 
 PREFILL_INPUTS = ("input_ids", "position_ids", "attention_mask")
 DECODE_INPUTS = ("input_ids", "position_ids", "attention_mask", "past_keys", "past_values")
-OUTPUTS = ("logits", "present_keys", "present_values")
+OUTPUTS = ("logits", "present_keys", "present_values", "next_token", "logits_sum")
+# What a runner copies back per step when only greedy tokens are wanted (issue 13 item 3): the
+# ids chosen on the card and the finiteness witness of the logits, instead of the B·S·V logits.
+GREEDY_OUTPUTS = ("next_token", "logits_sum")
 
 
 def layer_output_names(num_layers: int) -> list[str]:
@@ -80,7 +89,8 @@ def io_spec(spec, kind: str, batch: int, seq_len: int, max_len: int, kv_dtype: s
     if kind != "prefill":
         inputs += [("past_keys", [L, B, KVH, M, D], kv_dtype), ("past_values", [L, B, KVH, M, D], kv_dtype)]
     outputs = [("logits", [B, S, V], "float32"), ("present_keys", [L, B, KVH, S, D], kv_dtype),
-               ("present_values", [L, B, KVH, S, D], kv_dtype)]
+               ("present_values", [L, B, KVH, S, D], kv_dtype), ("next_token", [B, S], "int32"),
+               ("logits_sum", [B, S], "float32")]
     return {"inputs": inputs, "outputs": outputs}
 
 
