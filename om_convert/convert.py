@@ -32,6 +32,10 @@ Output directory layout (written under a temporary name, renamed when complete):
     OUT/model.omsim/          the simulator artifact (always: it is what `--backend sim` runs); its
                               weights.bin is a hard link of export/weights.bin (one copy on disk)
     OUT/config.json, tokenizer files (HF input), convert_report.{json,txt}
+
+With `chips=N > 1` (`--chips N`, HF input) the layers are split over N chips (`om_convert.split`):
+export/ holds stage{i}_{kind}.onnx, atc/ one script per stage graph (→ OUT/stage{i}_{kind}.om),
+model.omsim/ a pipeline.json and one stage{i}.omsim per chip, and the fit check is per chip.
 """
 
 from __future__ import annotations
@@ -99,11 +103,21 @@ class ConvertReport:
                  f"  target {self.target} (soc_version {self.soc_version}), precision_mode {self.precision_mode}"]
         for s in self.steps:
             lines.append(f"  [{s['step']:<8}] {s['summary']}  ({s['seconds']:.1f} s)")
+            lines += [f"      {d}" for d in s.get("detail") or ()]  # e.g. the W8A8 keep-fp16 rule
         if self.atc.get("commands"):
-            lines.append("  atc commands, run in the output directory (also in atc/*.sh):")
+            tool = self.atc.get("toolchain", "atc")
+            lines.append(f"  {tool} commands, run in the output directory (also in "
+                         f"{'magicmind/build_*.py' if tool == 'magicmind' else 'atc/*.sh'}):")
             lines += [f"    {c}" for c in self.atc["commands"].values()]
         if a.get("simulated"):
-            lines.append(f"  artifact: {a.get('omsim')} (simulated: no ATC on this machine)")
+            lines.append(f"  artifact: {a.get('omsim')} (simulated: no "
+                         f"{'MagicMind' if self.atc.get('toolchain') == 'magicmind' else 'ATC'} on this machine)")
+        for c in a.get("chips") or ():  # a multi-chip split: each chip's stage and memory
+            f, gib = c["fit"], (lambda b: f"{b / 2**30:.2f} GiB")
+            lines.append(f"  chip {c['chip']} (device {c['device_id']}): layers {c['layers'][0]}-{c['layers'][1] - 1}"
+                         f"{' + embedding' if f['embed'] else ''}{' + head' if f['head'] else ''}, needs "
+                         f"{gib(f['needed_bytes'])} of {gib(f['usable_bytes'])} (weights {gib(f['weights_bytes'])}, "
+                         f"KV {gib(f['kv_cache_bytes'])}, workspace {gib(f['workspace_bytes'])}); {c['omsim']}")
         for g, om in (a.get("om") or {}).items():
             lines.append(f"  artifact: {om} (built by ATC)")
         if not v:
@@ -237,12 +251,11 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
                 max_len: int, batch: int, keep_dtype: list[str], weight_dtype: str, use_atc: str,
                 verify: bool, verify_tokens: int, progress: bool, on_step, on_line,
                 gears: Sequence[int] | None = None, cann_version: str | None = None,
-                src_dtype: str = "float32", num_params: int = 0) -> None:
+                src_dtype: str = "float32", num_params: int = 0, split=None, quant: dict | None = None) -> None:
     from ascend_adapt.om_convert.analyze import analyze_model
     from ascend_adapt.om_convert.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
-    from ascend_adapt.om_convert.builder.contract import graph_input_shapes
-    from ascend_adapt.operators.rewrites import write_keep_dtype
+    from ascend_adapt.om_convert.split import input_shapes_of
 
     t0 = time.perf_counter()
     exp = out / "export"
@@ -253,8 +266,26 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
     if opset < MIN_OPSET:
         raise UnsupportedError(f"{target.name} with CANN {cann_version} parses ONNX opsets up to {opset}; "
                                f"the LLM builder needs ≥ {MIN_OPSET}", "use CANN 6.0 or newer")
+    stages = [{"layers": list(c.layers), "device_id": c.device_id} for c in split.chips] if split else None
+    qkw = {}
+    if quant and quant.get("quantize"):  # --quantize: W8A8 calibrates here (om_convert.builder.quantize)
+        from ascend_adapt.om_convert.builder.quantize import prepare
+
+        tq = time.perf_counter()
+        qkw = prepare(src, **quant, note=on_step)
+        if qkw["w8a8_plan"] is not None:
+            lines = qkw["w8a8_plan"].summary()
+            _step(report, "quantize", tq, lines[0], on_step)
+            report.steps[-1]["detail"] = lines[1:]
+            if on_step:
+                for line in lines[1:]:
+                    on_step(f"    {line}")
     res = build_llm_onnx(src, exp, batch=batch, seq_len=seq_len, max_len=max_len, target=target, opset=opset,
-                         weight_dtype=weight_dtype, progress=progress, gears=gears)
+                         weight_dtype=weight_dtype, progress=progress, gears=gears, stages=stages, **qkw)
+    if "quantization" in res.manifest and qkw.get("quantize") == "w8a16":
+        q = res.manifest["quantization"]
+        _step(report, "quantize", t0, f"W8A16: {len(q['quantized'])} Linears int8 ({q['granularity']}) "
+              f"through AscendAntiQuant; scales {q['scale_bytes'] / 2**20:.2f} MiB", on_step)
     graphs = dict(res.paths)
     shape_doc = (f"step.onnx with gears {res.manifest['gears']} (decode = 1; one OM, weights loaded once)"
                  if res.manifest.get("gears") else f"prefill.onnx + decode.onnx (S={seq_len})")
@@ -266,10 +297,11 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
     analyses = {}
     for k, p in graphs.items():
         # analysed as ATC will build it: a step graph with its gear profiles (-1 dims + --dynamic_dims)
-        shapes_k, dims_k = graph_input_shapes(res.manifest, k, target.soc_version)
+        shapes_k, dims_k = input_shapes_of(res.manifest, k, target.soc_version)
         analyses[k] = analyze_model(p, target, cann_version, rules=False,
                                     input_shapes={n: [int(x) for x in d] for n, d in shapes_k.items()},
-                                    gears=dims_k)
+                                    # a toolchain without gears (MagicMind) builds the -1 dims as a shape range
+                                    gears=dims_k if target.gear_min is not None else None)
     report.analysis = {k: {"accepted": a.accepted_as_is, "blocking": a.blocking, "nodes": a.node_count}
                        for k, a in analyses.items()}
     refused = {k: a.blocking for k, a in analyses.items() if not a.accepted_as_is}
@@ -286,23 +318,39 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
 
     t0 = time.perf_counter()
     manifest = res.manifest
-    options = {}
-    for kind, path in graphs.items():
-        keep = list(manifest.get("keep_dtype", {}).get(kind, [])) + keep_dtype
-        keep_file = out / "atc" / f"keep_dtype_{kind}.cfg"
-        keep_file.parent.mkdir(exist_ok=True)
-        write_keep_dtype(keep_file, keep)
-        shapes, dims = graph_input_shapes(manifest, kind, target.soc_version)
-        options[kind] = _atc_options(path, out / kind, target, precision_mode, keep_file, shapes, dims)
-    oms = _compile(report, out, graphs, options, use_atc, on_line)
+    # the target's toolchain compiles (om_convert/toolchains: atc -> keep_dtype files, atc/*.sh and
+    # the .om where ATC is found; magicmind -> magicmind/build_*.py + run_torch_mlu.py)
+    from ascend_adapt.om_convert.toolchains import get_toolchain
+
+    toolchain = get_toolchain(target)
+    build = toolchain.compile_llm(report, out, graphs, manifest, target, precision_mode, keep_dtype, use_atc, on_line)
+    oms, options = build.built, build.atc_options
+    report.atc = build.info
     # link=True: the artifact's weights.bin is a hard link of export/weights.bin (one copy on disk;
     # a copy only where the filesystem refuses links); both stay valid when OUT is moved
-    omsim_from_export(exp, out / OMSIM, target, atc_options=options, link=True)
+    if split is None:
+        # without ATC options (other toolchains) the simulator takes the mode and no keep_dtype list
+        omsim_from_export(exp, out / OMSIM, target, atc_options=options, link=True,
+                          **({} if options is not None else {"precision_mode": precision_mode, "keep_dtype": None}))
+    else:  # one simulator artifact per chip, each accepted (and its memory checked) on its own
+        from ascend_adapt.om_convert.split import write_split_omsim
+
+        pipeline = write_split_omsim(exp, out / OMSIM, target, options)
     report.artifact = {"omsim": OMSIM, "simulated": not oms, "om": {k: p.name for k, p in oms.items()},
                        "graphs": list(graphs)}
-    _step(report, "compile", t0, (f"ATC built {', '.join(p.name for p in oms.values())}" if oms else
-                                  f"no ATC here: wrote {OMSIM} (simulated) and atc/*.sh to run on a CANN host"),
-          on_step)
+    if split is not None:
+        report.artifact["chips"] = [{"chip": st["index"], "device_id": st["device_id"], "layers": st["layers"],
+                                     "omsim": f"{OMSIM}/{st['omsim']}", "graphs": st["graphs"],
+                                     "fit": c.to_dict(), "simulated_memory": st["memory"]}
+                                    for st, c in zip(pipeline["stages"], split.chips)]
+    if toolchain.name == "atc":
+        compiled = (f"ATC built {', '.join(p.name for p in oms.values())}" if oms else
+                    f"no ATC here: wrote {OMSIM} (simulated) and atc/*.sh to run on a CANN host")
+    else:
+        compiled = (f"{toolchain.label} built {', '.join(p.name for p in oms.values())}" if oms else
+                    f"no {toolchain.label} here: wrote {OMSIM} (simulated), "
+                    f"{', '.join(build.info.get('scripts', {}).values())} and {build.info.get('run_script')}")
+    _step(report, "compile", t0, compiled, on_step)
     for f in src.iterdir():  # config + tokenizer beside the artifacts, for generate/run
         if f.is_file() and f.suffix in (".json", ".model", ".txt") and not f.name.endswith(".index.json"):
             shutil.copy2(f, out / f.name)
@@ -720,7 +768,7 @@ def golden_plan(num_params: int, src_dtype: str, available_bytes: int, *, other_
 
 
 def check_memory_fit(src: Path, target, *, precision_mode: str, weight_dtype: str, layout: str, batch: int,
-                     max_len: int, seq_len: int, spec=None):
+                     max_len: int, seq_len: int, spec=None, quantize: str | None = None):
     """The fit check of `convert` (estimate's formula, from config.json): a FitCheck; raises
     ModelDoesNotFitError before anything is written when the model cannot fit one chip."""
     from ascend_adapt.estimate.core import spec_for
@@ -728,11 +776,34 @@ def check_memory_fit(src: Path, target, *, precision_mode: str, weight_dtype: st
 
     spec = spec if spec is not None else spec_for(src)[0]
     w_b, c_b = card_bytes(precision_mode, weight_dtype)
+    if quantize:  # int8 Linears + scales (estimate's "w8a16" arithmetic; W8A8 keeps a few fp16)
+        w_b = 1
     fc = check_fit(spec, target, weight_bytes_per_elem=w_b, compute_bytes=c_b, batch=batch, max_len=max_len,
                    prompt_len=seq_len, weight_copies=2 if layout == "two-graph" else 1, layout=layout)
     if not fc.fits:
         raise fc.error(f"{src} ({spec.arch}, {spec.param_count() / 1e9:.2f} B params)")
     return fc
+
+
+def check_split_memory_fit(src: Path, target, chips: int, device_ids=None, *, precision_mode: str,
+                           weight_dtype: str, layout: str, batch: int, max_len: int, seq_len: int, spec=None,
+                           quantize: str | None = None):
+    """The per-chip fit check of a split (`convert --chips N`): a SplitFit whose chips carry
+    the layer ranges and device ids; raises ModelDoesNotFitError naming the chip that does not
+    fit, before anything is written. Bad --chips / --device-ids values raise ConfigError."""
+    from ascend_adapt.estimate.core import spec_for
+    from ascend_adapt.estimate.fit import check_split_fit
+
+    spec = spec if spec is not None else spec_for(src)[0]
+    w_b, c_b = card_bytes(precision_mode, weight_dtype)
+    if quantize:
+        w_b = 1
+    sf = check_split_fit(spec, target, chips, device_ids, weight_bytes_per_elem=w_b, compute_bytes=c_b, batch=batch,
+                         max_len=max_len, prompt_len=seq_len, weight_copies=2 if layout == "two-graph" else 1,
+                         layout=layout)
+    if not sf.fits:
+        raise sf.error(f"{src} ({spec.arch}, {spec.param_count() / 1e9:.2f} B params)")
+    return sf
 
 
 # ------------------------------------------------------------------------------------- entry
@@ -742,7 +813,10 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
             cann_version: str | None = None, weight_dtype: str | None = None, layout: str | None = None,
             use_atc: str = "auto", verify: bool = True, verify_tokens: int = 16,
             force: bool = False, progress: bool = False, on_step: Callable[[str], None] | None = None,
-            on_line: Callable[[str], None] | None = None) -> ConvertReport:
+            on_line: Callable[[str], None] | None = None, chips: int = 1,
+            device_ids: Sequence[int] | str | None = None, quantize: str | None = None,
+            group_size: int | None = None, calib: str | None = None, smooth_alpha: float | None = None,
+            keep_fp16: str | None = None) -> ConvertReport:
     """Convert an HF checkpoint directory or an .onnx file for `soc`; see the module docstring.
 
     Args:
@@ -768,12 +842,22 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
         use_atc: "auto" (use ATC when found), "never", "always".
         verify: run the verification against the golden.
         force: replace `out`.
+        chips: HF input: split the layers over this many chips (`om_convert.split`): one stage
+            graph and one OM per chip, each holding its layers' weights and KV cache (embedding
+            on the first, head on the last); the fit check is then per chip. 1 (default): one chip.
+        device_ids: the NPU of each chip ("0,1" or a list; default 0..chips-1).
+        quantize: HF input: None, "w8a16" (int8 Linears, AscendAntiQuant) or "w8a8" (SmoothQuant,
+            AscendQuant → int8 MatMul → AscendDequant); docs/quantization.md. The fit check then
+            counts int8 Linear bytes + scales.
+        group_size: w8a16 scales per group of input channels (None: per output channel).
+        calib: w8a8 calibration set, "builtin" (default) or a prompts file.
+        smooth_alpha: w8a8 SmoothQuant α (default 0.5).
+        keep_fp16: w8a8 keep-fp16 rule (`KeepRule.parse`; default: lm_head and the edge layers' down_proj).
 
     Raises:
         ModelDoesNotFitError: (HF input) the model as it would be built needs more memory than a
             chip of `soc` has — raised from config.json before anything is written.
     """
-    from ascend_adapt.sim.settings import normalize_precision_mode
     from ascend_adapt.targets import load_target
 
     src = Path(source)
@@ -781,7 +865,10 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
         raise ConfigError(f"{src}: no such file or directory",
                           "pass an HF model directory (with config.json) or an .onnx file")
     target = load_target(soc)
-    mode = normalize_precision_mode(precision_mode)
+    from ascend_adapt.om_convert.toolchains import get_toolchain
+
+    toolchain = get_toolchain(target)
+    mode = toolchain.precision_mode(precision_mode, target)  # ATC: --precision_mode; MagicMind: precision_config
     if mode not in target.precision_modes:
         raise ConfigError(f"precision mode '{precision_mode}' is not supported on {target.name}",
                           f"use one of: {', '.join(target.precision_modes)}")
@@ -791,7 +878,28 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
     out = Path(out)
     check_output(out, force, inputs=[src])
     kind = "onnx" if src.is_file() else "hf"
-    fit = None
+    if toolchain.name != "atc" and (kind == "onnx" or chips != 1):
+        raise UnsupportedError(f"{target.name} builds with {toolchain.label}: convert takes an HF checkpoint on one "
+                               f"chip for it ({'an ONNX file' if kind == 'onnx' else f'--chips {chips}'} given)",
+                               "convert the HF checkpoint directory without --chips")
+    fit = split = None
+    from ascend_adapt.om_convert.builder.quantize import check_quantize_options
+
+    quantize = check_quantize_options(quantize, group_size, calib)
+    if quantize != "w8a8" and (smooth_alpha is not None or keep_fp16 is not None):
+        raise ConfigError("--smooth-alpha / --keep-fp16 apply to --quantize w8a8", "add --quantize w8a8, or drop them")
+    if kind == "onnx" and quantize:
+        raise ConfigError("--quantize applies to HF checkpoints (the weights are quantized as they stream)",
+                          "convert the HF checkpoint directory with --quantize")
+    if quantize == "w8a8" and calib is not None and calib != "builtin" and not Path(calib).is_file():
+        raise ConfigError(f"--calib: calibration file '{calib}' does not exist",
+                          "pass a file of prompts, or --calib builtin")
+    if isinstance(chips, bool) or not isinstance(chips, (int, np.integer)) or chips < 1:
+        raise ConfigError(f"--chips {chips!r}: the number of chips must be a positive integer",
+                          "pass --chips 1 (one chip, the default) or the chips to split the layers over, e.g. 2")
+    if kind == "onnx" and (chips != 1 or device_ids):
+        raise ConfigError("--chips / --device-ids split an HF checkpoint's layers; an ONNX file is converted whole",
+                          "convert the HF checkpoint directory with --chips N")
     if kind == "hf":
         from ascend_adapt.estimate.core import spec_for
 
@@ -814,8 +922,16 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
             flat = default_gears(seq_len, target)
         prompt = max(flat) if flat else seq_len
         # the fit check from the spec, in seconds, before any byte is written
-        fit = check_memory_fit(src, target, precision_mode=mode, weight_dtype=weight_dtype, layout=layout,
-                               batch=batch, max_len=max_len, seq_len=prompt, spec=spec)
+        if chips == 1 and device_ids:
+            raise ConfigError(f"--device-ids {device_ids}: device ids place the chips of a split (--chips N, N > 1)",
+                              "drop --device-ids for one chip (the runtime picks the device), or pass --chips N")
+        if chips == 1:
+            fit = check_memory_fit(src, target, precision_mode=mode, weight_dtype=weight_dtype, layout=layout,
+                                   batch=batch, max_len=max_len, seq_len=prompt, spec=spec, quantize=quantize)
+        else:  # the per-chip fit of the split, before anything is written
+            fit = split = check_split_memory_fit(src, target, int(chips), device_ids, precision_mode=mode,
+                                                 weight_dtype=weight_dtype, layout=layout, batch=batch,
+                                                 max_len=max_len, seq_len=prompt, spec=spec, quantize=quantize)
         t_fit = time.perf_counter() - t_fit
     elif layout is not None:
         raise ConfigError("--layout applies to HF checkpoints", "for an ONNX file use --input-shape and --gears")
@@ -831,7 +947,9 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
                         batch=batch, keep_dtype=keep, weight_dtype=weight_dtype, use_atc=use_atc, verify=verify,
                         verify_tokens=verify_tokens, progress=progress, on_step=on_step, on_line=on_line,
                         gears=flat, cann_version=cann_version, src_dtype=src_dtype,
-                        num_params=spec.param_count())
+                        num_params=spec.param_count(), split=split,
+                        quant={"quantize": quantize, "group_size": group_size, "calib": calib,
+                               "smooth_alpha": smooth_alpha, "keep_fp16": keep_fp16} if quantize else None)
         else:
             _convert_onnx(report, src, tmp, target, precision_mode=mode, input_shape=input_shape or {},
                           gears=gears, keep_dtype=keep, cann_version=cann_version, use_atc=use_atc,
@@ -841,7 +959,9 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
             "format": "ascend-adapt convert 1", "kind": kind, "source": str(src.resolve()),
             "target": target.name, "soc_version": target.soc_version, "precision_mode": mode,
             "omsim": OMSIM, "om": report.artifact.get("om", {}), "export": "export" if kind == "hf" else None,
-            "model": "model.onnx" if kind == "onnx" else None}, indent=2))
+            "model": "model.onnx" if kind == "onnx" else None,
+            **({"chips": len(split.chips), "device_ids": split.device_ids,
+                "layers": [list(c.layers) for c in split.chips]} if split else {})}, indent=2))
         (tmp / "convert_report.json").write_text(json.dumps(report.to_dict(), indent=2, default=_jsonable))
         (tmp / "convert_report.txt").write_text(report.to_text() + "\n")
     return report

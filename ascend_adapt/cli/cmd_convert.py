@@ -69,8 +69,30 @@ def _gears(text: str | None, source: str, input_shape: str | None) -> list[tuple
 @click.option("--verify-tokens", type=int, default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--force", is_flag=True, help="Replace the output directory.")
+@click.option("--chips", type=int, default=1, show_default=True,
+              help="HF input: split the layers over N chips (contiguous ranges, one OM per chip, each holding "
+                   "its layers' weights and KV cache; embedding on the first, head on the last). The fit check "
+                   "is then per chip; a refusal on one chip names the N that fits.")
+@click.option("--device-ids", default=None,
+              help="With --chips N: the NPU of each chip, comma-separated, e.g. 0,1. [default: 0..N-1]")
+@click.option("--quantize", default=None, metavar="w8a16|w8a8",
+              help="HF input: int8 Linear weights. w8a16: weight-only, AscendAntiQuant (no calibration). "
+                   "w8a8: SmoothQuant + static int8 activations, AscendQuant → int8 MatMul → AscendDequant "
+                   "(calibrates with the fp32 golden). docs/quantization.md")
+@click.option("--group-size", type=int, default=None,
+              help="w8a16: one scale per this many input channels (must divide them) instead of per output channel.")
+@click.option("--calib", default=None, metavar="FILE|builtin",
+              help="w8a8 calibration prompts: a text file (one prompt per line) or JSON lines, or builtin. "
+                   "[default: builtin]")
+@click.option("--smooth-alpha", type=float, default=None,
+              help="w8a8 SmoothQuant migration strength α in [0, 1]. [default: 0.5]")
+@click.option("--keep-fp16", default=None,
+              help='w8a8: which Linears stay fp16, "key=value;…" (lm_head, edge_layers, edge_linears, '
+                   'outlier_linears, outlier_ratio, keep) or a JSON file; printed in the report. '
+                   '[default: lm_head=true;edge_layers=1;edge_linears=mlp.down;outlier_ratio=64]')
 def convert_cmd(source, soc, out, precision_mode, seq_len, max_len, layout, batch, input_shape, gears, keep_dtype,
-                cann_version, weight_dtype, use_atc, no_verify, verify_tokens, as_json, force):
+                cann_version, weight_dtype, use_atc, no_verify, verify_tokens, as_json, force, chips, device_ids,
+                quantize, group_size, calib, smooth_alpha, keep_fp16):
     """HF checkpoint or ONNX → OM (ATC) or simulator artifact, verified against the golden.
 
     fit → export → analyze → rewrite → atc (or the simulator artifact `model.omsim` when ATC is
@@ -88,6 +110,8 @@ def convert_cmd(source, soc, out, precision_mode, seq_len, max_len, layout, batc
                      cann_version=cann_version, layout=layout,
                      weight_dtype={"fp32": "float32", "fp16": "float16", None: None}[weight_dtype],
                      use_atc=use_atc, verify=not no_verify, verify_tokens=verify_tokens, force=force,
+                     chips=chips, device_ids=device_ids, quantize=quantize, group_size=group_size, calib=calib,
+                     smooth_alpha=smooth_alpha, keep_fp16=keep_fp16,
                      progress=not as_json, on_step=None if as_json else (lambda m: click.echo(m, err=True)))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))

@@ -544,20 +544,25 @@ class AclDeviceKVCache:
 
 def _device_cache_session(backend: "AclLMBackend", batch: int, max_len: int):
     """A GraphLMSession whose KV cache lives on the card (`AclDeviceKVCache`): per step the host
-    sends ids, positions and the mask, and receives only the logits."""
-    from .graph_session import GraphLMSession, open_session
+    sends ids, positions and the mask, and receives only what the step is asked for: the logits
+    (`prefill` / `decode`), or the greedy token and the logits' finiteness witness
+    (`prefill_next` / `decode_next`: contract.GREEDY_OUTPUTS, 8 bytes per row)."""
+    from ascend_adapt.om_convert.builder.contract import GREEDY_OUTPUTS
+
+    from .graph_session import GraphLMSession, has_greedy_outputs, open_session
 
     class AclDeviceCacheSession(GraphLMSession):
-        def _run(self, inputs, executor, feeds) -> np.ndarray:
+        def _run(self, inputs, executor, feeds) -> np.ndarray | None:
             role = "prefill" if executor is self.run_prefill else "decode"
             r = backend.runner(role)
             meta = r.get_input_metadata()
             cast = {k: np.asarray(v).astype(meta[k][0]) for k, v in feeds.items() if k in meta}
+            r.fetch = set(GREEDY_OUTPUTS) if self.want == "tokens" else {"logits"}  # the rest stays on the card
             out = r.infer(cast)
             backend.cache.write(r.output_buffer("present_keys"), r.output_buffer("present_values"),
                                 inputs.start_slot, inputs.seq_len)
             self.last_outputs = out
-            return np.asarray(out["logits"], dtype=np.float32)
+            return np.asarray(out["logits"], dtype=np.float32) if "logits" in out else None
 
     def prefill_marker(feeds):  # never called: _run dispatches on identity
         raise AssertionError("device-cache session executor called directly")
@@ -569,6 +574,7 @@ def _device_cache_session(backend: "AclLMBackend", batch: int, max_len: int):
     open_session(backend, batch, max_len, prefill_marker, decode_marker, lengths)  # its batch / max_len checks
     s = AclDeviceCacheSession(backend.spec, prefill_marker, decode_marker, backend.batch, backend.max_len, lengths)
     s.cache_k = s.cache_v = None  # the cache is on the card (the host arrays were never touched)
+    s.greedy_on_graph = has_greedy_outputs(backend.manifest)
     backend.ensure_cache().clear()
     return s
 
@@ -594,7 +600,9 @@ class AclLMBackend:
         kv_cache: "host" (default; the session's numpy cache is copied to the card every step,
             what `ascend_adapt.serve` drives directly) or "device" (`AclDeviceKVCache`: the cache
             stays on the card, per step only ids / positions / mask go up and the logits come
-            back; one session at a time per backend).
+            back — or, through the session's `prefill_next` / `decode_next` (what greedy
+            `generate` uses), only the token chosen by the graph's ArgMax and the logits' sum
+            as a finiteness check; one session at a time per backend).
     """
 
     name = "acl"
@@ -711,7 +719,16 @@ class AclLMBackend:
 
 def acl_backend(path, **options) -> AclLMBackend:
     """Factory registered as "acl" (path = an export directory with the OMs ATC built)."""
+    import json
+
     known = {k: options[k] for k in ("device_id", "engine", "acl", "session_cls", "kv_cache") if k in options}
+    p = Path(path)
+    export = p / "export.json" if (p / "export.json").is_file() else p / "export" / "export.json"
+    if export.is_file() and json.loads(export.read_text()).get("stages"):  # a multi-chip split: a stage per device
+        from .pipeline import AclPipelineBackend
+
+        known.pop("device_id", None)
+        return AclPipelineBackend(path, device_ids=options.get("device_ids"), **known)
     return AclLMBackend(path, **known)
 
 

@@ -166,13 +166,14 @@ class SimLMBackend:
 
     @property
     def per_token_ms(self) -> float:
-        """Simulated decode latency of one step (one token per row) on the target, in ms."""
-        return self.cost("decode").total_ms
+        """Simulated decode latency of one step (one token per row) on the target, in ms: the
+        ops plus the host↔device copies (`CostReport.step_ms`)."""
+        return self.cost("decode").step_ms
 
     @property
     def prefill_ms(self) -> float:
-        """Simulated latency of the prefill graph (S tokens per row), in ms."""
-        return self.cost("prefill").total_ms
+        """Simulated latency of the prefill graph (S tokens per row), in ms (ops + host copies)."""
+        return self.cost("prefill").step_ms
 
     def cost_summary(self) -> dict:
         """Both graphs' simulated step costs and memory, for reports."""
@@ -181,8 +182,8 @@ class SimLMBackend:
         pre, dec = self.cost("prefill"), self.cost("decode")
         mem = combine_memory([pre.memory, dec.memory])
         return {"simulated": True, "target": self.target, "precision_mode": dec.precision_mode,
-                "prefill_ms": pre.total_ms, "decode_ms_per_token": dec.total_ms,
-                "tokens_per_s": (1e3 * self.batch / dec.total_ms) if dec.total_ms else None,
+                "prefill_ms": pre.step_ms, "decode_ms_per_token": dec.step_ms,
+                "tokens_per_s": (1e3 * self.batch / dec.step_ms) if dec.step_ms else None,
                 "memory": mem.to_dict(), "assumptions": list(dec.assumptions)}
 
     # ------------------------------------------------------------------ LMBackend
@@ -252,6 +253,12 @@ def sim_backend(path, **options) -> SimLMBackend:
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(f"sim backend: unknown options {unknown}", f"known: {', '.join(known)}")
+    from ascend_adapt.om_convert.split import is_pipeline
+
+    if is_pipeline(path):  # a multi-chip split (convert --chips N): one simulated chip per stage
+        from .pipeline import SimPipelineBackend
+
+        return SimPipelineBackend(path, **options)
     return SimLMBackend(path, **options)
 
 

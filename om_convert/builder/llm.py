@@ -104,7 +104,7 @@ class _LLMGraph:
     """Emits one graph (prefill or decode) for `spec` into a GraphBuilder."""
 
     def __init__(self, spec, kind: str, batch: int, seq_len: int, max_len: int, act_dtype, opset: int,
-                 target, stored: dict, sink):
+                 target, stored: dict, sink, stage: dict | None = None):
         from ascend_adapt.operators import get_operator
         from ascend_adapt.operators.graph import GraphBuilder
 
@@ -116,6 +116,13 @@ class _LLMGraph:
         self.b = GraphBuilder(kind, opset=opset, act_dtype=act_dtype)
         self.b.external_sink = sink
         self._weight_names: dict[str, str] = {}
+        self.quantizer = None  # om_convert.builder.quantize.LinearQuantizer of a --quantize build
+        # a stage of a multi-chip split (om_convert/split.py): layers [a, b), the embedding on the
+        # first stage, the final norm and head on the last; None = the whole model
+        self.stage = stage
+        self.layer_range = range(*stage["layers"]) if stage else range(spec.num_layers)
+        self.is_first = stage is None or stage["first"]
+        self.is_last = stage is None or stage["last"]
 
     # -- helpers --------------------------------------------------------------------------------
     def w(self, name: str) -> str:
@@ -132,10 +139,17 @@ class _LLMGraph:
     def linear(self, x: str, prefix: str, scope: str) -> str:
         b = self.b
         with b.scope(scope):
-            y = b.node("MatMul", [x, self.w(prefix + ".weight")])
+            y = self.matmul(x, prefix + ".weight")
             if prefix + ".bias" in self.stored:
                 y = b.node("Add", [y, self.w(prefix + ".bias")], name="AddBias")
         return y
+
+    def matmul(self, x: str, weight: str) -> str:
+        """x @ W for a stored [in, out] Linear weight (quantized ones through the quantizer)."""
+        q = self.quantizer
+        if q is not None and q.quantizes(weight):
+            return q.emit(self, x, weight)
+        return self.b.node("MatMul", [x, self.w(weight)])
 
     def norm(self, x: str, prefix: str, scope: str) -> str:
         spec, b = self.spec, self.b
@@ -158,6 +172,10 @@ class _LLMGraph:
     def build(self):
         spec, b = self.spec, self.b
         io = io_spec(spec, self.kind, self.B, self.S or 0, self.M, kv_dtype=self.b.act_dtype.name)
+        if self.stage is not None:
+            from ascend_adapt.om_convert.split import stage_io
+
+            io = stage_io(io, spec, self.stage)
         for name, shape, dtype in io["inputs"]:
             b.add_input(name, dtype, shape)
         act = b.act_dtype
@@ -169,17 +187,22 @@ class _LLMGraph:
 
         tied = spec.tie_word_embeddings
         embed_w = spec.tied_source if tied else "embed.weight"
-        with b.scope("embed"):
-            h = b.node("Gather", [self.w(embed_w), "input_ids"], axis=0)
-        h = b.rename(h, "embed")
+        if self.is_first:
+            with b.scope("embed"):
+                h = b.node("Gather", [self.w(embed_w), "input_ids"], axis=0)
+            h = b.rename(h, "embed")
+        else:  # a later stage of a split: the previous chip's hidden state
+            h = "hidden_in"
 
         presents_k, presents_v = [], []
-        for i in range(spec.num_layers):
+        for i in self.layer_range:
             with b.scope(f"layers.{i}"):
                 h, k, v = self.block(i, h, mask, past_k, past_v)
             h = b.rename(h, f"layers.{i}")
             presents_k.append(k)
             presents_v.append(v)
+        if not self.is_last:
+            return self._finish_stage(h, presents_k, presents_v, io)
 
         h = self.norm(h, "final_norm", "final_norm")
         h = b.rename(h, "final_norm")
@@ -189,18 +212,45 @@ class _LLMGraph:
                 logits = b.node("Gemm", [flat, self.w(embed_w)], transB=1)
                 logits = b.reshape(logits, [self.B, -1, spec.vocab_size], name="Unflatten")
             else:
-                logits = b.node("MatMul", [h, self.w("lm_head.weight")])
+                logits = self.matmul(h, "lm_head.weight")
         with b.scope("outputs"):
             if act != np.float32:
                 logits = b.cast(logits, np.float32, name="CastLogits")
+            logits = b.rename(logits, "logits")  # named before ArgMax / ReduceSum consume it
             outs = {"logits": logits}
+            # greedy on the card (issue 13 item 3): ArgMax over V of the fp32 logits the host
+            # would get (ONNX select_last_index=0: the first maximum, as numpy.argmax), cast to
+            # the int32 of input_ids; and Σ logits over V, non-finite iff a logit is NaN / ±Inf
+            # (|Σ| ≤ V·65504 < fp32 max for fp16 logits), so the host can still refuse NaN output
+            # without copying the logits back
+            am = b.node("ArgMax", [logits], name="ArgMaxToken", axis=-1, keepdims=0, select_last_index=0)
+            outs["next_token"] = b.cast(am, np.int32, name="CastToken")
+            outs["logits_sum"] = b.node("ReduceSum", [logits, b.ints([-1])], name="SumLogits", keepdims=0)
             for name, parts in (("present_keys", presents_k), ("present_values", presents_v)):
                 stacked = b.node("Concat", [b.unsqueeze(p, [0], name=f"Unsqueeze_{name}") for p in parts],
                                  name=f"Stack_{name}", axis=0)
                 outs[name] = stacked
         for name, shape, dtype in io["outputs"]:
-            b.rename(outs[name], name)
+            if outs[name] != name:
+                b.rename(outs[name], name)
             b.add_output(name, dtype, shape)
+        return b
+
+    def _finish_stage(self, h: str, presents_k, presents_v, io):
+        """Outputs of a stage that is not the last: the hidden state (through an Identity, so the
+        block output keeps its `layers.{i}` name) and this stage's present K/V."""
+        b = self.b
+        outs = {"hidden_out": h}
+        with b.scope("outputs"):
+            for name, parts in (("present_keys", presents_k), ("present_values", presents_v)):
+                outs[name] = b.node("Concat", [b.unsqueeze(p, [0], name=f"Unsqueeze_{name}") for p in parts],
+                                    name=f"Stack_{name}", axis=0)
+        for name, shape, dtype in io["outputs"]:
+            if name == "hidden_out":
+                b.add_output(outs[name], dtype, shape, name=name)
+            else:
+                b.rename(outs[name], name)
+                b.add_output(name, dtype, shape)
         return b
 
     def block(self, i: int, h: str, mask: str, past_k_all, past_v_all):
@@ -222,8 +272,8 @@ class _LLMGraph:
             with b.scope("k_rotary"):
                 k = self.op("rotary").emit(b, [k, "position_ids"], self.target, **rot)[0]
             inputs = [q, k, v, mask]
-            if past_k_all is not None:
-                idx = b.const(np.int32(i))
+            if past_k_all is not None:  # this graph's cache holds its own layers (a stage: from its first)
+                idx = b.const(np.int32(i - self.layer_range.start))
                 inputs += [b.node("Gather", [past_k_all, idx], name="PastK", axis=0),
                            b.node("Gather", [past_v_all, idx], name="PastV", axis=0)]
             with b.scope("sdpa"):
@@ -326,7 +376,8 @@ def _progress(total: int, enabled: bool):
 
 def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max_len: int = 256, target=None,
                    opset: int = 17, weight_dtype: str = "float32", force: bool = False,
-                   progress: bool = True, gears=None) -> BuildResult:
+                   progress: bool = True, gears=None, stages=None, quantize: str | None = None,
+                   group_size: int | None = None, w8a8_plan=None) -> BuildResult:
     """Build prefill.onnx + decode.onnx (+ weights.bin, export.json) for an HF LLM checkpoint.
 
     With `gears`, build instead ONE step.onnx whose step length is a gear dimension (decode = 1,
@@ -349,6 +400,15 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
         progress: show a progress bar on stderr.
         gears: prefill lengths of a step-graph build (1 is added for decode); `seq_len` becomes
             the largest gear.
+        stages: a multi-chip split (`om_convert.split`): [{"layers": [a, b], "device_id": d}, …]
+            contiguous ranges covering every layer; each graph kind is then built once per stage
+            as `stage{i}_{kind}.onnx` (stage I/O: `split.stage_io`), all sharing weights.bin, and
+            export.json lists them under "stages".
+        quantize: None (float weights), "w8a16" or "w8a8" (`om_convert.builder.quantize`): Linear
+            weights stored int8 as they stream, read through the Ascend quant operators;
+            export.json records it under "quantization".
+        group_size: w8a16 scales per group of this many input channels (None = per output channel).
+        w8a8_plan: the `ascend_adapt.quant.smoothquant.W8A8Plan` of a w8a8 build.
 
     Returns:
         BuildResult.
@@ -369,9 +429,12 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
         raise ConfigError(f"opset {opset} is not supported by the graph builder",
                           f"use {MIN_OPSET}-{MAX_OPSET} (ATC parses ONNX opsets up to 18)")
     if gears:
-        gears = normalize_gears(gears, max_len, getattr(target, "gear_max", 100) if not isinstance(target, str) else 100)
+        gears = normalize_gears(gears, max_len, (getattr(target, "gear_max", None) or 100)  # None: no gear limit (MLU370)
+                                if not isinstance(target, str) else 100)
         seq_len = gears[-1]
     kinds = ("step",) if gears else ("prefill", "decode")
+    # (graph name, kind, stage): one graph per kind, or per kind and stage of a split
+    units = [(k, k, None) for k in kinds]
     if batch < 1 or seq_len < 1 or max_len < 1:
         raise ConfigError(f"batch, seq_len and max_len must be ≥ 1 (got {batch}, {seq_len}, {max_len})")
     if seq_len > max_len:
@@ -389,12 +452,22 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
     spec = adapter.spec_from_config(reader.config)
     if spec.rotary not in ("half_split", "interleaved", "glm2d"):
         raise UnsupportedError(f"rotary style '{spec.rotary}' has no graph emission")
+    if stages:
+        from ascend_adapt.om_convert.split import graph_units
+
+        units = graph_units(spec, stages, kinds)
 
     entries = adapter.entries(spec, "meta" if getattr(reader, "layout", "") == "meta" else "hf")
     n_expected = sum(len(e.canonical) for e in entries)
     skip = set()
     if spec.tie_word_embeddings:
         skip.add("embed.weight" if spec.tied_source == "lm_head.weight" else "lm_head.weight")
+    quantizer = None
+    if quantize is not None:  # validated before anything is written
+        from .quantize import LinearQuantizer, check_quantize_options
+
+        if check_quantize_options(quantize, group_size) is not None:
+            quantizer = LinearQuantizer(quantize, spec, act, group_size=group_size, plan=w8a8_plan)
 
     with atomic_output(out_dir, force=force, is_dir=True, inputs=[model_dir]) as d:
         stored: dict = {}
@@ -402,7 +475,8 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
             bar = _progress(n_expected, progress)
             try:
                 for name, arr in adapter.iter_canonical(reader, spec):
-                    if name not in skip:
+                    if name not in skip and not (quantizer is not None and quantizer.store(
+                            name, arr, wf, stored, lambda n, a: _stored_array(n, a, spec, act))):
                         st = wf.add(name, _stored_array(name, arr, spec, act))
                         stored[name] = (wf.location, st)
                     del arr
@@ -414,24 +488,39 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
             if spec.tie_word_embeddings and spec.tied_source not in stored:
                 raise ConfigError(f"tied weights: '{spec.tied_source}' is not in the checkpoint")
             graphs, keep, protos = {}, {}, {}
-            for kind in kinds:
-                g = _LLMGraph(spec, kind, batch, seq_len, max_len, act, opset, target, stored, wf.sink)
+            for gname, kind, stage in units:
+                g = _LLMGraph(spec, kind, batch, seq_len, max_len, act, opset, target, stored, wf.sink, stage)
+                g.quantizer = quantizer
                 b = g.build()
                 shape_doc = f"S={seq_len}" if kind != "step" else f"step gears {gears}"
                 model = b.make_model(doc=f"ascend-adapt {kind} graph of {spec.arch} (static KV cache, "
                                          f"B={batch}, {shape_doc}, M={max_len})",
-                                     metadata={"ascend_adapt.graph": kind, "ascend_adapt.mask_fill": MASK_FILL})
+                                     metadata={"ascend_adapt.graph": gname, "ascend_adapt.mask_fill": MASK_FILL})
+                if quantizer is not None:  # types / shapes after the Ascend quant ops, for the simulator
+                    from ascend_adapt.operators.quant import annotate_quant_value_info
+
+                    annotate_quant_value_info(model)
                 if target is not None:
                     problems = check_graph_ops(model, target, opset)
                     if problems:
                         raise UnsupportedError(
-                            f"{kind} graph: {len(problems)} node(s) {target.name} does not accept, e.g. {problems[0]}",
+                            f"{gname} graph: {len(problems)} node(s) {target.name} does not accept, e.g. {problems[0]}",
                             "this is a builder bug: report it with the spec; try another --opset meanwhile")
-                path = d / f"{kind}.onnx"
+                path = d / f"{gname}.onnx"
                 path.write_bytes(model.SerializeToString())
-                onnx.checker.check_model(str(path))
-                graphs[kind], keep[kind] = model, list(b.keep_dtype)
-                protos[kind] = path.stat().st_size
+                if quantizer is not None:  # Ascend quant ops (default domain, unknown to onnx): check
+                    from ascend_adapt.operators.quant import lower_quant_ops  # their lowered form
+
+                    tmp = d / f".lowered_{gname}.onnx"  # beside weights.bin (external data)
+                    tmp.write_bytes(lower_quant_ops(model).SerializeToString())
+                    try:
+                        onnx.checker.check_model(str(tmp))
+                    finally:
+                        tmp.unlink()
+                else:
+                    onnx.checker.check_model(str(path))
+                graphs[gname], keep[gname] = model, list(b.keep_dtype)
+                protos[gname] = path.stat().st_size
         weights_bytes, n_tensors, max_tensor = wf.nbytes, len(wf.tensors), wf.max_tensor_bytes
 
         op_types = sorted({n.op_type for m in graphs.values() for n in m.graph.node})
@@ -461,9 +550,15 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
             "op_types": op_types,
             "copied_files": copied,
         }
+        if quantizer is not None:
+            manifest["quantization"] = quantizer.manifest()
+        if stages:  # the stage graphs replace the whole-model ones (split.stage_manifest)
+            from ascend_adapt.om_convert.split import stage_manifest
+
+            stage_manifest(manifest, spec, units, batch, seq_len, max_len)
         (d / "export.json").write_text(json.dumps(manifest, indent=2))
     out = Path(out_dir)
-    paths = {k: out / f"{k}.onnx" for k in kinds}
+    paths = {g: out / f"{g}.onnx" for g, _, _ in units}
     return BuildResult(out, paths.get("prefill", out / "step.onnx"), paths.get("decode", out / "step.onnx"),
                        out / "weights.bin", manifest, weights_bytes, n_tensors, max_tensor, protos, op_types,
                        time.perf_counter() - t0, paths)
