@@ -33,7 +33,7 @@ from ascend_adapt.registry import Registry
 
 # the built-in operator modules, imported on the first registry lookup
 BUILTIN_OPERATOR_MODULES = (
-    "rms_norm", "layer_norm", "rotary", "swiglu", "gelu_tanh", "glm_residual", "attention",
+    "rms_norm", "layer_norm", "rotary", "swiglu", "gelu_tanh", "glm_residual", "attention", "quant",
 )
 
 

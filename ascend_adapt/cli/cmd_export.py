@@ -38,19 +38,46 @@ def _traced_export_available() -> bool:
 @click.option("--gears", default=None,
               help='Prefill lengths, "16;32;64" or "16,32,64" (the same three gears; mixing ; and , is refused; '
                    'positive integers, no repeats): build ONE step.onnx (decode = gear 1) for ATC --dynamic_dims.')
-def export_cmd(hf_dir, out_dir, seq_len, max_len, batch, soc, weight_dtype, opset, force, quiet, gears):
+@click.option("--quantize", default=None, metavar="w8a16|w8a8",
+              help="int8 Linear weights: w8a16 (AscendAntiQuant, weight-only) or w8a8 (SmoothQuant, AscendQuant → "
+                   "int8 MatMul → AscendDequant; calibrates with the fp32 golden). docs/quantization.md")
+@click.option("--group-size", type=int, default=None,
+              help="w8a16: one scale per this many input channels instead of per output channel.")
+@click.option("--calib", default=None, metavar="FILE|builtin",
+              help="w8a8 calibration prompts (a file, or builtin). [default: builtin]")
+@click.option("--smooth-alpha", type=float, default=None, help="w8a8 SmoothQuant α in [0, 1]. [default: 0.5]")
+@click.option("--keep-fp16", default=None,
+              help='w8a8: the Linears kept fp16, "key=value;…" or a JSON file (docs/quantization.md).')
+@click.option("--format", "fmt", type=click.Choice(["onnx", "msmodelslim"]), default="onnx", show_default=True,
+              help="onnx: the graphs for ATC. msmodelslim: W8A8 safetensors + quant_model_description.json for "
+                   "vLLM-Ascend / MindIE (needs --quantize w8a8; docs/quantization.md).")
+def export_cmd(hf_dir, out_dir, seq_len, max_len, batch, soc, weight_dtype, opset, force, quiet, gears,
+               quantize, group_size, calib, smooth_alpha, keep_fp16, fmt):
     """Build static prefill/decode ONNX graphs (KV cache as input) for the checkpoint HF_DIR.
 
     The graphs are built from the architecture's spec with weights streamed one tensor at a time
     into one shared external-data file; the I/O contract is in docs/graph_contract.md.
     Architectures without a builder fall back to the traced export when it is installed.
     """
+    if fmt == "msmodelslim":
+        _export_msmodelslim(hf_dir, out_dir, quantize, group_size, calib, smooth_alpha, keep_fp16, force, quiet)
+        return
     from ascend_adapt.errors import UnsupportedError
     from ascend_adapt.om_convert.builder import build_llm_onnx
 
     from ascend_adapt.om_convert.atc.gearspec import parse_prefill_gears
 
     prefill_gears = parse_prefill_gears(gears) if gears is not None else None
+    qkw = {}
+    if quantize is not None or group_size is not None or calib is not None or smooth_alpha is not None \
+            or keep_fp16 is not None:
+        from ascend_adapt.om_convert.builder.quantize import prepare
+
+        qkw = prepare(hf_dir, quantize, group_size=group_size, calib=calib, smooth_alpha=smooth_alpha,
+                      keep_fp16=keep_fp16, note=None if quiet else (lambda m: click.echo(m, err=True)))
+        if qkw.get("w8a8_plan") is not None:
+            for line in qkw["w8a8_plan"].summary():
+                click.echo(line)
     target = None
     if soc:
         from ascend_adapt.targets import load_target
@@ -69,7 +96,7 @@ def export_cmd(hf_dir, out_dir, seq_len, max_len, batch, soc, weight_dtype, opse
     try:
         r = build_llm_onnx(hf_dir, out_dir, batch=batch, seq_len=seq_len, max_len=max_len, target=target,
                            opset=opset, weight_dtype=_DTYPES[weight_dtype], force=force, progress=not quiet,
-                           gears=prefill_gears)
+                           gears=prefill_gears, **qkw)
     except UnsupportedError as exc:
         if "unsupported architecture" not in exc.message or not _traced_export_available():
             raise
@@ -92,11 +119,40 @@ def export_cmd(hf_dir, out_dir, seq_len, max_len, batch, soc, weight_dtype, opse
     click.echo(f"  {graphs}, weights.bin {r.weights_bytes / 1e6:.1f} MB "
                f"({r.num_tensors} tensors) in {r.elapsed_s:.1f} s")
     click.echo(f"  ops: {', '.join(r.op_types)}")
+    if m.get("quantization"):
+        q = m["quantization"]
+        click.echo(f"  {q['mode']}: {len(q['quantized'])} Linears int8 ({q['granularity']}), "
+                   f"scales {q['scale_bytes'] / 1e6:.2f} MB")
     if target is not None:
         click.echo(f"  every node is in {target.name}'s ATC op table at opset {opset}")
         _analyze_summary(r, target)
     for kind in r.paths:
         click.echo(f"  keep_dtype candidates ({kind}): {len(m['keep_dtype'][kind])} nodes ({m['keep_dtype_files'][kind]})")
+
+
+def _export_msmodelslim(hf_dir, out_dir, quantize, group_size, calib, smooth_alpha, keep_fp16, force, quiet) -> None:
+    """`export --format msmodelslim`: the W8A8 weights in msModelSlim's format (ascend_adapt.quant.msmodelslim)."""
+    from ascend_adapt.errors import ConfigError
+
+    if str(quantize).lower() != "w8a8" or group_size is not None:
+        raise ConfigError("--format msmodelslim writes W8A8 weights: it needs --quantize w8a8 (and no --group-size)",
+                          "add --quantize w8a8 [--calib FILE|builtin] [--smooth-alpha A], or use --format onnx")
+    from ascend_adapt.quant.msmodelslim import export_msmodelslim
+    from ascend_adapt.quant.smoothquant import check_alpha, plan_w8a8
+
+    from ascend_adapt.fsutil import check_output
+
+    check_output(out_dir, force, inputs=[hf_dir])  # before the calibration run, not after it
+    note = None if quiet else (lambda m: click.echo(m, err=True))
+    alpha = check_alpha(0.5 if smooth_alpha is None else smooth_alpha)
+    if note:
+        note(f"[msmodelslim] calibrating on {calib or 'builtin'} (SmoothQuant α={alpha:g}) with the fp32 golden")
+    plan = plan_w8a8(hf_dir, calib=calib or "builtin", alpha=alpha, rule=keep_fp16)
+    for line in plan.summary():
+        click.echo(line)
+    out = export_msmodelslim(hf_dir, out_dir, plan, force=force, note=note)
+    click.echo(f"wrote {out}: quant_model_weights.safetensors + quant_model_description.json (W8A8); "
+               f"serve with vLLM-Ascend: vllm serve {out} --quantization ascend")
 
 
 def _analyze_summary(r, target) -> None:

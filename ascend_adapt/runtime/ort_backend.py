@@ -87,14 +87,17 @@ class OrtLMBackend:
             before = _anonymous_regions() if self.huge_pages else None
             ort, so = self._options()
             path = self.path / self.manifest["graphs"][kind]["file"]
+            from ascend_adapt.operators.quant import ort_model_source  # a quantized export: quant ops lowered
+
             if extra_outputs:
                 # the graph with extra outputs, from bytes; its external data stays in the export
                 so.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                             str(self.path.resolve()))
-                model = self._with_outputs(path, extra_outputs).SerializeToString()
+                model = ort_model_source(self._with_outputs(path, extra_outputs), so, self.path.resolve())
                 self._sessions[key] = ort.InferenceSession(model, so, providers=self.providers)
             else:
-                self._sessions[key] = ort.InferenceSession(str(path), so, providers=self.providers)
+                self._sessions[key] = ort.InferenceSession(ort_model_source(path, so), so,
+                                                           providers=self.providers)
             if before is not None:
                 self.huge_page_bytes += promote_to_huge_pages(before)
         return self._sessions[key]

@@ -199,13 +199,15 @@ class OrtRunner(Runner):
         if self.threads:
             so.intra_op_num_threads = self.threads
         so.log_severity_level = 3
+        from ascend_adapt.operators.quant import ort_model_source  # a quantized graph: quant ops lowered
+
         src = self.model
         if self.dump:
-            src = _expose_all(self.model).SerializeToString()
-        elif isinstance(src, onnx.ModelProto):
-            src = src.SerializeToString()
+            src = _expose_all(self.model)
         elif isinstance(src, os.PathLike):
             src = os.fspath(src)
+        base = os.path.dirname(os.path.abspath(self.model)) if isinstance(self.model, (str, os.PathLike)) else None
+        src = ort_model_source(src, so, base if isinstance(src, onnx.ModelProto) else None)
         self.session = ort.InferenceSession(src, so, providers=self.providers)
         self._outputs = [o.name for o in self.session.get_outputs()]
 

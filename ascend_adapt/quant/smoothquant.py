@@ -1,0 +1,459 @@
+"""The W8A8 plan: SmoothQuant smoothing vectors, static per-tensor activation scales, and the
+rule that says which Linears stay in fp16.
+
+Math (Xiao et al., "SmoothQuant", ICML 2023, eq. 4). For a Linear y = x·Wᵀ with input channels j,
+calibration gives `amax[j] = max |x[..., j]|` (`ascend_adapt.quant.calib`) and the weight gives
+`wmax[j] = max_o |W[o, j]|` (over every Linear reading that input, stacked). Then
+
+    s[j]   = amax[j]^α / wmax[j]^(1-α)           (clamped to ≥ 1e-5; 1 where either max is 0)
+    x'     = x / s,   W' = W · diag(s)            (x'·W'ᵀ = x·Wᵀ exactly in real arithmetic)
+    act_scale = max_j (amax[j] / s[j]) / 127      (static, per tensor, symmetric: x' ≈ act_scale·q,
+                                                   q = clip(rint(x' / act_scale), -127, 127))
+
+and W' is quantized per output channel by `ascend_adapt.quant.weights.quantize_per_channel`. α
+moves difficulty from activations (α → 1) to weights (α → 0); 0.5 is the paper's default for
+OPT / BLOOM / Llama-style models.
+
+Linears sharing one input share one `s` (and hence one `act_scale`): q/k/v (ChatGLM's fused
+`query_key_value` is those three), gate/up. Where that input is a norm's output and the residual
+branch does not reuse it (`spec.residual == "prenorm"`), `1/s` folds into the norm's weight (and
+bias, for LayerNorm): `fold` names the norm weight. o_proj / down_proj read the attention
+context / the FFN product, and ChatGLM-6B's "glm_alpha" residual reuses the norm output, so
+there `fold` is None and the graph divides by `s` with an explicit Mul before the quant.
+
+Keep-fp16 rule (`KeepRule`), defaults and why:
+
+- `lm_head` stays fp16: the SmoothQuant paper keeps it (and the embedding) in floating point; it
+  decides every token directly and is the one Linear whose error is not averaged by later layers.
+- `down_proj` of the first and last decoder layers (`edge_layers=1, edge_linears=mlp.down`): the
+  FFN-output input of Llama-family models carries the largest activation outliers ("massive
+  activations", Sun et al. 2024: in the first layers and the last ones), and it has no norm to fold
+  a smoothing vector into; msModelSlim's published W8A8 Llama-2 recipes disable exactly these
+  down_proj layers (their `disable_names`). Keeping all Linears of the edge layers costs ~2/L of
+  the int8 saving for little gain over keeping their down_proj, so the default is the narrower one.
+- any `down_proj` whose smoothed input still has `max / median` of its per-channel maxima above
+  `outlier_ratio` (32): with one per-tensor scale a median channel then gets < 127/32 ≈ 4 int8
+  levels (2 bits), its rounding noise (step/√12) over 7 % of its own range on most channels. On
+  SmolLM2-135M (α = 0.5, builtin calibration) this keeps 3 more down_proj and takes the W8A8
+  perplexity rise from +9.2 % to +4.0 % (docs/PERFORMANCE.md).
+- user patterns (`keep`, fnmatch over canonical or HF names) keep more.
+
+A kept Linear keeps its whole input group (q/k/v, gate/up) in fp16: one quantized input per
+group in the graph, and vLLM-Ascend refuses fused shards of mixed precision.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ascend_adapt.errors import ConfigError
+
+INT8_MAX = 127
+MIN_SMOOTH = 1e-5  # the SmoothQuant reference's clamp: s never reaches 0
+# α of the SmoothQuant authors' published perplexity runs (mit-han-lab/smoothquant README,
+# smoothquant/ppl_eval.py commands: Llama-2-7B/13B and Llama-3-8B 0.85, Llama-2-70B 0.9,
+# Mistral-7B 0.8). Only the families with a published value; others use the default 0.5.
+RECOMMENDED_ALPHA = {"llama": 0.85}
+
+
+# ------------------------------------------------------------------------------------------------
+# the keep-fp16 rule
+
+@dataclass(frozen=True)
+class KeepRule:
+    """Which Linears stay in fp16 under W8A8.
+
+    Attributes:
+        lm_head: keep the output head in fp16.
+        edge_layers: how many first and last decoder layers the edge rule covers (0 = none).
+        edge_linears: canonical Linear suffixes of those layers kept ("mlp.down"; "*" = all).
+        outlier_linears: suffixes checked against `outlier_ratio`.
+        outlier_ratio: keep a checked Linear whose smoothed input amax has max/median above it
+            (`math.inf` = never).
+        keep: fnmatch patterns over canonical ("layers.3.mlp.*") or HF weight names, always kept.
+    """
+
+    lm_head: bool = True
+    edge_layers: int = 1
+    edge_linears: tuple[str, ...] = ("mlp.down",)
+    outlier_linears: tuple[str, ...] = ("mlp.down",)
+    outlier_ratio: float = 32.0
+    keep: tuple[str, ...] = ()
+
+    _FIELDS = ("lm_head", "edge_layers", "edge_linears", "outlier_linears", "outlier_ratio", "keep")
+
+    def __post_init__(self):
+        if not isinstance(self.edge_layers, int) or isinstance(self.edge_layers, bool) or self.edge_layers < 0:
+            raise ConfigError(f"keep rule: edge_layers = {self.edge_layers!r}, expected an integer ≥ 0",
+                              "e.g. edge_layers=1 keeps the first and the last decoder layer's Linears listed "
+                              "in edge_linears")
+        if not isinstance(self.outlier_ratio, (int, float)) or not self.outlier_ratio > 1:
+            raise ConfigError(f"keep rule: outlier_ratio = {self.outlier_ratio!r}, expected a number > 1 "
+                              "(or inf / off)", "e.g. outlier_ratio=32")
+        for what in ("edge_linears", "outlier_linears", "keep"):
+            v = getattr(self, what)
+            if not isinstance(v, tuple) or not all(isinstance(x, str) and x for x in v):
+                raise ConfigError(f"keep rule: {what} = {v!r}, expected a list of names",
+                                  "e.g. edge_linears=mlp.down,attn.o")
+
+    # -- parsing ---------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "keep rule") -> "KeepRule":
+        """A rule from a dict with any of the field names (lists or comma-separated strings)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(d).__name__}",
+                              f"use keys {', '.join(cls._FIELDS)}")
+        unknown = sorted(set(d) - set(cls._FIELDS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key '{unknown[0]}'", f"known keys: {', '.join(cls._FIELDS)}")
+        kw = {}
+        for k, v in d.items():
+            kw[k] = _coerce(k, v, source)
+        return cls(**kw)
+
+    @classmethod
+    def parse(cls, text) -> "KeepRule":
+        """A rule from the CLI: a JSON file path, a JSON object, or `key=value;key=value`.
+
+        Examples: `edge_layers=2;edge_linears=mlp.down,attn.o;outlier_ratio=off;keep=layers.5.*`,
+        `lm_head=false`, `rule.json`.
+
+        Raises:
+            ConfigError: unreadable file, bad JSON, unknown key or bad value (naming it).
+        """
+        if isinstance(text, KeepRule):
+            return text
+        s = str(text).strip()
+        if s.endswith(".json") or Path(s).is_file():
+            p = Path(s)
+            if not p.is_file():
+                raise ConfigError(f"--keep-fp16: rule file '{p}' does not exist",
+                                  "pass a JSON file, or key=value pairs separated by ';'")
+            try:
+                d = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"--keep-fp16: cannot read '{p}' as JSON ({exc})",
+                                  "write a JSON object with the rule's keys") from None
+            return cls.from_dict(d, str(p))
+        if s.startswith("{"):
+            try:
+                return cls.from_dict(json.loads(s), "--keep-fp16")
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"--keep-fp16: not valid JSON ({exc.msg})",
+                                  "or use key=value pairs separated by ';'") from None
+        d = {}
+        for item in filter(None, (x.strip() for x in s.split(";"))):
+            k, eq, v = item.partition("=")
+            if not eq:
+                raise ConfigError(f"--keep-fp16: '{item}' is not key=value",
+                                  f"e.g. edge_layers=1;outlier_ratio=32 (keys: {', '.join(cls._FIELDS)})")
+            d[k.strip()] = v.strip()
+        return cls.from_dict(d, "--keep-fp16")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if math.isinf(self.outlier_ratio):
+            d["outlier_ratio"] = "off"
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    def describe(self) -> str:
+        """One line a user can read (and paste back into --keep-fp16)."""
+        parts = [f"lm_head={'true' if self.lm_head else 'false'}", f"edge_layers={self.edge_layers}",
+                 f"edge_linears={','.join(self.edge_linears) or '-'}",
+                 f"outlier_linears={','.join(self.outlier_linears) or '-'}",
+                 f"outlier_ratio={'off' if math.isinf(self.outlier_ratio) else f'{self.outlier_ratio:g}'}"]
+        if self.keep:
+            parts.append(f"keep={','.join(self.keep)}")
+        return ";".join(parts)
+
+    # -- application -----------------------------------------------------------------------------
+    def reasons(self, name: str, hf_name: str, layer: int | None, num_layers: int,
+                smoothed_ratio: float) -> list[str]:
+        """Why Linear `name` stays fp16 under this rule (empty: it is quantized)."""
+        out = []
+        if name == "lm_head":
+            if self.lm_head:
+                out.append("lm_head stays fp16")
+            return out + [f"matches keep pattern '{p}'" for p in self.keep
+                          if fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(hf_name, p)]
+        suffix = name.split(".", 2)[2]
+        edge = layer is not None and (layer < self.edge_layers or layer >= num_layers - self.edge_layers)
+        if edge and any(fnmatch.fnmatchcase(suffix, p) for p in self.edge_linears):
+            out.append(f"edge layer {layer} ({'first' if layer < self.edge_layers else 'last'} "
+                       f"{self.edge_layers})")
+        if any(fnmatch.fnmatchcase(suffix, p) for p in self.outlier_linears) and smoothed_ratio > self.outlier_ratio:
+            out.append(f"activation outliers: max/median {smoothed_ratio:.0f} > {self.outlier_ratio:g}")
+        out += [f"matches keep pattern '{p}'" for p in self.keep
+                if fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name + ".weight", p)
+                or fnmatch.fnmatchcase(hf_name, p)]
+        return out
+
+
+def _coerce(key: str, v, source: str):
+    bad = ConfigError(f"{source}: {key} = {v!r:.80} is not valid",
+                      {"lm_head": "use true or false", "edge_layers": "use an integer ≥ 0",
+                       "outlier_ratio": "use a number > 1, or off"}.get(key, "use a comma-separated list"))
+    if key == "lm_head":
+        if isinstance(v, bool):
+            return v
+        if str(v).lower() in ("true", "1", "yes", "keep"):
+            return True
+        if str(v).lower() in ("false", "0", "no", "quantize"):
+            return False
+        raise bad
+    if key == "edge_layers":
+        try:
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                raise ValueError
+            return int(v)
+        except (TypeError, ValueError):
+            raise bad from None
+    if key == "outlier_ratio":
+        if str(v).lower() in ("off", "inf", "none", "never"):
+            return math.inf
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            return float(v)
+        except (TypeError, ValueError):
+            raise bad from None
+    if isinstance(v, str):
+        return tuple(x.strip() for x in v.split(",") if x.strip())
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    raise bad
+
+
+# ------------------------------------------------------------------------------------------------
+# the plan
+
+@dataclass
+class LinearPlan:
+    """The W8A8 recipe of one quantized Linear.
+
+    Attributes:
+        name: canonical prefix ("layers.0.attn.q"); its weight is `name + ".weight"`.
+        hf_name: the HF checkpoint's weight name holding it (ChatGLM's fused
+            `…query_key_value.weight` for q, k and v).
+        smooth: float32 [in]: x is divided by it, W's input columns multiplied by it.
+        act_scale: float32 scalar: static per-tensor int8 step of x / smooth (symmetric, offset 0).
+        fold: the norm weight (canonical name) the division folds into, or None (explicit Mul).
+        group: canonical prefixes sharing this input (and `smooth`, `act_scale`).
+        amax: float32 [in]: the calibration statistic, per input channel max |x| before smoothing.
+    """
+
+    name: str
+    hf_name: str
+    smooth: np.ndarray
+    act_scale: np.float32
+    fold: str | None
+    group: tuple[str, ...]
+    amax: np.ndarray = field(repr=False)
+
+    @property
+    def weight_name(self) -> str:
+        return self.name + ".weight"
+
+
+@dataclass
+class W8A8Plan:
+    """Per quantized Linear: smoothing vector, activation scale, fold target; plus what stays fp16.
+
+    Attributes:
+        arch: the spec's architecture.
+        alpha: SmoothQuant migration strength.
+        rule: the keep-fp16 rule applied.
+        linears: canonical prefix → `LinearPlan`, quantized Linears only, in model order.
+        kept: canonical prefix → reasons it stays fp16.
+        calib: the calibration set ("builtin" or its path); tokens, prompts: its size.
+    """
+
+    arch: str
+    alpha: float
+    rule: KeepRule
+    linears: dict[str, LinearPlan]
+    kept: dict[str, list[str]]
+    calib: str = "builtin"
+    tokens: int = 0
+    prompts: int = 0
+
+    def get(self, name: str) -> LinearPlan | None:
+        """The plan of a Linear by canonical prefix, canonical weight name or HF weight name
+        (None when it stays fp16 or is not a Linear)."""
+        key = name[: -len(".weight")] if name.endswith(".weight") and name[: -len(".weight")] in self.linears \
+            else name
+        if key in self.linears:
+            return self.linears[key]
+        for lp in self.linears.values():
+            if lp.hf_name == name:
+                return lp
+        return None
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def folds(self) -> dict[str, np.ndarray]:
+        """Norm weight name → the smooth vector to divide it (and its bias) by."""
+        return {lp.fold: lp.smooth for lp in self.linears.values() if lp.fold is not None}
+
+    def summary(self) -> list[str]:
+        """Lines for a report: the rule, the counts, and every fp16 Linear with its reason."""
+        out = [f"W8A8 (SmoothQuant α={self.alpha:g}, calibration {self.calib}: {self.prompts} prompts, "
+               f"{self.tokens} tokens): {len(self.linears)} Linears int8, {len(self.kept)} fp16",
+               f"keep-fp16 rule: {self.rule.describe()}"]
+        out += [f"  fp16 {n}: {'; '.join(r)}" for n, r in self.kept.items()]
+        return out
+
+
+def _groups(spec) -> list[tuple[tuple[str, ...], str | None]]:
+    """Input-sharing groups of a spec's decoder Linears, each with its fold target (or None)."""
+    out = []
+    fold_ok = spec.residual == "prenorm"
+    for i in range(spec.num_layers):
+        p = f"layers.{i}."
+        out.append(((p + "attn.q", p + "attn.k", p + "attn.v"), p + "attn_norm.weight" if fold_ok else None))
+        out.append(((p + "attn.o",), None))
+        mlp = (p + "mlp.gate", p + "mlp.up") if spec.ffn == "swiglu" else (p + "mlp.up",)
+        out.append((mlp, p + "mlp_norm.weight" if fold_ok else None))
+        out.append(((p + "mlp.down",), None))
+    return out
+
+
+def smooth_factors(amax, wmax, alpha: float) -> np.ndarray:
+    """SmoothQuant's s = amax^α / wmax^(1-α) per input channel (float32; 1 where either is 0)."""
+    a = np.asarray(amax, np.float64)
+    w = np.asarray(wmax, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.power(a, alpha) / np.power(w, 1.0 - alpha)
+    s = np.where((a > 0) & (w > 0) & np.isfinite(s), np.maximum(s, MIN_SMOOTH), 1.0)
+    return s.astype(np.float32)
+
+
+def act_scale_of(amax, smooth) -> np.float32:
+    """Static symmetric int8 step of x / smooth: max_j(amax[j] / smooth[j]) / 127 (1 when all zero)."""
+    m = float(np.max(np.asarray(amax, np.float32) / np.asarray(smooth, np.float32))) if np.size(amax) else 0.0
+    return np.float32(m / INT8_MAX) if m > 0 else np.float32(1.0)
+
+
+def check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+        raise ConfigError(f"--smooth-alpha: {alpha!r} is not in [0, 1]",
+                          "0.5 is SmoothQuant's default; larger moves more of the outliers into the weights")
+    return float(alpha)
+
+
+def plan_from_stats(spec, amax: dict[str, np.ndarray], weight_colmax: dict[str, np.ndarray], *,
+                    alpha: float = 0.5, rule: KeepRule | None = None, hf_names: dict[str, str] | None = None,
+                    calib: str = "builtin", tokens: int = 0, prompts: int = 0) -> W8A8Plan:
+    """The plan from statistics (the pure part of `plan_w8a8`).
+
+    Args:
+        spec: the model.
+        amax: canonical Linear prefix → per-input-channel max |x| (calibration).
+        weight_colmax: canonical Linear prefix → per-input-channel max |W[:, j]|.
+        alpha: migration strength in [0, 1].
+        rule: keep-fp16 rule (default `KeepRule()`).
+        hf_names: canonical prefix → HF weight name (default: from the adapter's table).
+    """
+    from .calib import hf_weight_names, linear_names
+
+    alpha = check_alpha(alpha)
+    rule = rule or KeepRule()
+    hf = hf_names if hf_names is not None else hf_weight_names(spec)
+    missing = [n for n in linear_names(spec) if n not in amax]
+    if missing:
+        raise ConfigError(f"W8A8 plan: no calibration statistic for '{missing[0]}'",
+                          "collect statistics with ascend_adapt.quant.calib.collect_act_stats on this model")
+    linears: dict[str, LinearPlan] = {}
+    kept: dict[str, list[str]] = {}
+    for names, fold in _groups(spec):
+        a = np.asarray(amax[names[0]], np.float32)
+        wmax = np.max(np.stack([np.asarray(weight_colmax[n], np.float32) for n in names]), axis=0)
+        s = smooth_factors(a, wmax, alpha)
+        scale = act_scale_of(a, s)
+        smoothed = a / s
+        med = float(np.median(smoothed))
+        ratio = float(np.max(smoothed)) / med if med > 0 else math.inf
+        reasons: dict[str, list[str]] = {}
+        for n in names:
+            layer = int(n.split(".")[1])
+            r = rule.reasons(n, hf.get(n, n), layer, spec.num_layers, ratio)
+            if r:
+                reasons[n] = r
+        if reasons:  # the whole input group stays fp16
+            for n in names:
+                kept[n] = reasons.get(n) or [f"shares its input with {next(iter(reasons))}"]
+            continue
+        for n in names:
+            linears[n] = LinearPlan(n, hf.get(n, n), s, scale, fold, names, a)
+    head = rule.reasons("lm_head", hf.get("lm_head", "lm_head.weight"), None, spec.num_layers, 0.0)
+    if not head and spec.tie_word_embeddings:  # W·s would change the embedding it shares
+        head = ["tied to the embedding (smoothing its columns would change the embedding)"]
+    if head:
+        kept["lm_head"] = head
+    else:
+        a = np.asarray(amax["lm_head"], np.float32)
+        s = smooth_factors(a, weight_colmax["lm_head"], alpha)
+        fold = "final_norm.weight"  # the final norm feeds only the head
+        linears["lm_head"] = LinearPlan("lm_head", hf.get("lm_head", "lm_head.weight"), s, act_scale_of(a, s),
+                                        fold, ("lm_head",), a)
+    return W8A8Plan(spec.arch, alpha, rule, linears, kept, str(calib), tokens, prompts)
+
+
+def plan_w8a8(model_dir, *, calib="builtin", alpha: float = 0.5, rule: KeepRule | str | None = None,
+              max_tokens: int = 4096, max_seq_len: int = 256, backend=None) -> W8A8Plan:
+    """Calibrate a checkpoint on its fp32 torch golden and plan its W8A8 quantization.
+
+    Args:
+        model_dir: HF checkpoint directory or llama.cpp .gguf file.
+        calib: "builtin" or a calibration file (`ascend_adapt.quant.calib.load_calib_texts`).
+        alpha: SmoothQuant migration strength in [0, 1].
+        rule: a `KeepRule`, a rule string / JSON path (`KeepRule.parse`), or None (defaults).
+        max_tokens: calibration tokens at most; max_seq_len: tokens per prompt at most.
+        backend: an already built fp32 `TorchBackend` of this model (reused, else built here).
+
+    Returns:
+        the `W8A8Plan`.
+    """
+    from ascend_adapt.model_zoo.tokenizers import load_tokenizer
+
+    from .calib import collect_act_stats, load_calib_texts, tokenize_calib, torch_linear_modules
+
+    alpha = check_alpha(alpha)
+    rule = KeepRule.parse(rule) if rule is not None else KeepRule()
+    texts = load_calib_texts(calib)
+    if backend is None:
+        from ascend_adapt.checkpoint.gguf_io import resolve_source
+        from ascend_adapt.runtime.torch_backend import TorchBackend
+
+        backend = TorchBackend(resolve_source(model_dir), dtype="float32")
+    tok = load_tokenizer(model_dir)
+    stats = collect_act_stats(backend, tokenize_calib(tok, texts, max_tokens, max_seq_len))
+    colmax = {n: m.weight.detach().abs().amax(dim=0).float().numpy()
+              for n, m in torch_linear_modules(backend).items()}
+    return plan_from_stats(backend.spec, stats.amax, colmax, alpha=alpha, rule=rule, calib=str(calib),
+                           tokens=stats.tokens, prompts=stats.prompts)
+
+
+def apply_smoothing(canonical: dict[str, np.ndarray], plan: W8A8Plan) -> dict[str, np.ndarray]:
+    """Canonical weights with the plan's smoothing applied (float32 copies of what changes).
+
+    Every planned Linear's weight columns are multiplied by its `smooth`; each fold target (norm
+    weight, and the norm's bias where it has one) is divided by it. Linears with `fold=None`
+    expect the division of x in the graph (an explicit Mul by 1/smooth).
+    """
+    out = dict(canonical)
+    for lp in plan.linears.values():
+        out[lp.weight_name] = np.asarray(canonical[lp.weight_name], np.float32) * lp.smooth[None, :]
+    for norm_w, s in plan.folds().items():
+        out[norm_w] = np.asarray(canonical[norm_w], np.float32) / s
+        bias = norm_w[: -len(".weight")] + ".bias"
+        if bias in canonical:
+            out[bias] = np.asarray(canonical[bias], np.float32) / s
+    return out
