@@ -36,7 +36,7 @@ def parse_prompt_ids(text: str, option: str = "--prompt-ids") -> list[int]:
               help="A prompt as token ids instead of text, e.g. 1,15043,3186 (ids in [0, vocab); no tokenizer "
                    "needed; ChatGLM-6B ids must end in [gMASK] <sop>); repeat for a batch. Not with --prompt.")
 @click.option("--backend", default="torch", show_default=True,
-              help="Backend name in the registry: torch, mindspore, onnxruntime, sim, acl.")
+              help="Backend name in the registry: torch, mindspore, onnxruntime, sim, acl, torch_npu, torch_mlu.")
 @click.option("--dtype", default=None, help="Compute dtype for backends that take one (torch: float32, float16).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
               help="New tokens per prompt; prompt + this must fit the model's context (a converted model's "

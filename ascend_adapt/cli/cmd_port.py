@@ -20,8 +20,11 @@ def _parse_size(text: str | None) -> int | None:
 
 @click.command("port")
 @click.argument("src", type=click.Path(exists=True, path_type=str))
-@click.option("--to", "to", type=click.Choice(["mindspore", "hf"]), required=True,
-              help="mindspore: HF/Meta checkpoint -> MindSpore; hf: a port output -> HF safetensors.")
+@click.option("--to", "to", type=click.Choice(["mindspore", "hf", "torch-npu", "torch-mlu"]), required=True,
+              help="mindspore: HF/Meta checkpoint -> MindSpore; hf: a port output -> HF safetensors; "
+                   "torch-npu / torch-mlu: a porting script + op-coverage report (docs/torch_npu.md).")
+@click.option("--soc", default=None, help="--to torch-npu / torch-mlu: target SoC (e.g. Ascend910B4, Ascend310P3, "
+                                          "MLU370); sets the dtype policy.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output directory.")
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32", "float16", "bfloat16", "float32"]),
               default=None, help="Cast floating weights (default: keep the source's dtype; round trips are bit-exact).")
@@ -36,7 +39,7 @@ def _parse_size(text: str | None) -> int | None:
 @click.option("--mindir", is_flag=True, help="--to mindspore: also export prefill/decode MindIR graphs into OUT/mindir.")
 @click.option("--seq-len", type=int, default=None, help="MindIR prefill length (prompts padded to it).")
 @click.option("--max-len", type=int, default=None, help="MindIR KV-cache slots (default 2 x --seq-len).")
-def port_cmd(src, to, out, dtype, naming, fmt, max_shard_size, force, no_verify, no_progress, mindir,
+def port_cmd(src, to, out, soc, dtype, naming, fmt, max_shard_size, force, no_verify, no_progress, mindir,
              seq_len, max_len):
     """Convert weights between Hugging Face and MindSpore, one tensor in memory at a time.
 
@@ -56,6 +59,19 @@ def port_cmd(src, to, out, dtype, naming, fmt, max_shard_size, force, no_verify,
 
     if is_gguf(src) and to == "mindspore":  # a llama.cpp file: unpacked once into the cache
         src = str(resolve_source(src, note=lambda m: click.echo(m, err=True)))
+    if to in ("torch-npu", "torch-mlu"):
+        if mindir or dtype or naming != "ours" or fmt != "ckpt" or max_shard_size:
+            raise ConfigError(f"--to {to} writes a script and a report, not weights",
+                              "drop --dtype / --naming / --format / --mindir / --max-shard-size (the dtype "
+                              "follows --soc)")
+        from ascend_adapt.port.torch_npu import port_torch_device
+
+        path = port_torch_device(src, out, package=to.replace("-", "_"), soc=soc, force=force)
+        pkg = to.replace("-", "_")
+        click.echo(f"wrote {path}/run_{pkg}.py and the op-coverage report {path}/op_coverage_{pkg}.txt / .json")
+        return
+    if soc:
+        raise ConfigError("--soc only applies with --to torch-npu / torch-mlu")
     shard = _parse_size(max_shard_size)
     if to == "hf":
         if mindir or dtype or naming != "ours" or fmt != "ckpt":

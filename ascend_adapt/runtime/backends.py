@@ -24,6 +24,7 @@ BUILTIN_BACKEND_MODULES = (
     "ascend_adapt.runtime.ort_backend",        # "onnxruntime": built prefill/decode graphs
     "ascend_adapt.runtime.sim_backend",        # "sim": the Ascend CPU simulator on .omsim artifacts
     "ascend_adapt.runtime.acl_backend",        # "acl": real .om through pyACL / ais_bench
+    "ascend_adapt.runtime.torch_npu_backend",  # "torch_npu" / "torch_mlu": the torch model on an NPU / MLU
 )
 
 

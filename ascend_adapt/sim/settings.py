@@ -58,6 +58,18 @@ POLICIES: dict[str, tuple[str, str | None]] = {
 
 DEFAULT_PRECISION_MODE = "force_fp16"
 
+# MagicMind `precision_config.precision_mode` values (Cambricon MLU; reference sheet §8) -> the
+# emulated policy; None = not emulated (the qint* modes need MagicMind's Calibrator).
+# force_float16: fp16 storage and compute, as "force" (fp32 accumulation inside MatMul: assumed,
+# MagicMind does not document its accumulator); force_float32: the fp32 graph unchanged.
+MAGICMIND_MODES: dict[str, tuple[str, str | None] | None] = {
+    "force_float32": ("origin", None),
+    "force_float16": ("force", "float16"),
+    "qint8_mixed_float16": None, "qint16_mixed_float16": None,
+    "qint8_mixed_float32": None, "qint16_mixed_float32": None,
+}
+POLICIES.update({k: v for k, v in MAGICMIND_MODES.items() if v is not None})
+
 
 def normalize_precision_mode(precision_mode: str | None = None,
                              precision_mode_v2: str | None = None) -> str:
@@ -90,6 +102,12 @@ def normalize_precision_mode(precision_mode: str | None = None,
                               "simulate with mixed_float16 or fp16 instead")
         return mode
     mode = precision_mode or DEFAULT_PRECISION_MODE
+    if mode in MAGICMIND_MODES:  # a Cambricon target's mode; convert checks it against the target
+        if MAGICMIND_MODES[mode] is None:
+            raise ConfigError(f"MagicMind precision mode {mode} is quantized (needs MagicMind's Calibrator) "
+                              "and is not emulated by the simulator",
+                              "simulate with force_float16 or force_float32")
+        return mode
     if mode not in PRECISION_MODES:
         raise ConfigError(f"E10001: Value {mode} for parameter --precision_mode is invalid.",
                           f"use one of {', '.join(PRECISION_MODES)}")
