@@ -419,7 +419,9 @@ _PROTO_LIMIT = 1_800_000_000
 # Memory, not values: the rewrites below change when onnxruntime allocates, never what it computes.
 # A float16 weight bigger than this once widened to fp32 is multiplied in chained column blocks
 # (`chain_wide_matmuls`): ChatGLM-6B's [130528, 4096] head would otherwise be widened whole (2.1 GB).
-WIDEN_BLOCK_BYTES = 128 << 20
+# 6B/7B MLP matrices (<= 0.45 GB widened) stay whole: split at 128 MiB they saved 0.45 GiB of peak on
+# the ChatGLM-6B shape but made its prefill 1.7x slower (tools/bench/real_size.py, consecutive runs).
+WIDEN_BLOCK_BYTES = 512 << 20
 # A Gather / Slice reading at least this many bytes of a graph input runs next to its consumer
 # (`defer_input_reads`): the per-layer reads of the KV cache, [B, KVH, M, D] each.
 DEFER_READ_BYTES = 1 << 20
