@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 from ascend_adapt.cli.main import COMMANDS, LazyGroup
 

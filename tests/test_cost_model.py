@@ -174,7 +174,7 @@ def test_calibration_statements_for_13b_on_a_duo_and_7b_on_a_310p3():
         t = r.targets[0]
         assert t.calibration.startswith(f"{target}: memory efficiency {t.efficiency:.3f} calibrated on "
                                         "'duo-llama-13b' (LLaMA-13B fp16, Atlas300IDuo, all chips of the card, 6.32")
-        assert f"not fitted on '310p-llamacpp'" in t.calibration and f"error {round(err, 1) + 0.0:+.1f}%" in t.calibration
+        assert "not fitted on '310p-llamacpp'" in t.calibration and f"error {round(err, 1) + 0.0:+.1f}%" in t.calibration
         text = format_report(r)
         assert "calibration (fitted on one published figure, checked on the others):" in text
         assert t.calibration in text

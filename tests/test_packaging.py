@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["ascend_adapt", "ascend_adapt.operators", "ascend_adapt.model_zoo", "ascend_adapt.om_convert",

@@ -5,7 +5,6 @@ machine."""
 
 import json
 import math
-import os
 import shutil
 import struct
 

@@ -383,7 +383,7 @@ def format_report(r: CompareReport) -> str:
     """Polygraphy-style text: per tensor stats, first divergence, min tolerances, verdict, command."""
     lines = [f"[I] compare ({r.level} level): A = {r.a} [{r.label_a}, {r.precision_a}]",
              f"[I]                  B = {r.b} [{r.label_b}, {r.precision_b}]",
-             f"[I] inputs: " + ", ".join(f"{k} {v[0]} {v[1]}" if isinstance(v, list) and len(v) == 2
+             "[I] inputs: " + ", ".join(f"{k} {v[0]} {v[1]}" if isinstance(v, list) and len(v) == 2
                                           and isinstance(v[0], list) and isinstance(v[1], str)
                                           else f"{k}={v}" for k, v in r.inputs.items())]
     def row(s: TensorStats, tag: str) -> str:

@@ -253,7 +253,7 @@ def write_reduced(result: ReduceResult, out_path: str | os.PathLike, *, force: b
     with atomic_output(out, force=force, inputs=inputs) as tmp:
         onnx.save(result.model, str(tmp))
     with atomic_output(log, force=force, inputs=inputs) as tmp:
-        lines = [f"# ascend-adapt debug reduce", f"# command: {command}" if command else "",
+        lines = ["# ascend-adapt debug reduce", f"# command: {command}" if command else "",
                  f"# check: {result.check}", f"# original nodes: {result.original_nodes}",
                  f"# failure signature: {json.dumps(result.signature)}"]
         lines += [s.line() for s in result.steps]

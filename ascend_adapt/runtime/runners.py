@@ -117,7 +117,7 @@ class Runner(abc.ABC):
     def _require_active(self, what: str) -> None:
         if not self.is_active:
             raise RunnerError(f"{self.name}.{what}() called before activate()",
-                              f"use `with runner:` or call runner.activate() first")
+                              "use `with runner:` or call runner.activate() first")
 
     def _check_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
         meta = self.get_input_metadata_impl()

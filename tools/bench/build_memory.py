@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import shutil
 import struct
@@ -64,7 +63,7 @@ def write_checkpoint(d: Path, cfg: dict, n_shards: int = 2) -> int:
     ones = np.ones(cfg["hidden_size"], np.float16).tobytes()
     tensors = llama_tensors(cfg)
     total = sum(math.prod(s) * 2 for _, s in tensors)
-    shards, cur, size = [[]], 0, 0
+    shards, size = [[]], 0
     for name, shape in tensors:
         nbytes = math.prod(shape) * 2
         if size and size + nbytes > total / n_shards + 1 and len(shards) < n_shards:
