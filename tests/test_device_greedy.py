@@ -176,3 +176,32 @@ def test_exports_without_the_greedy_outputs_use_the_logits(converted, tmp_path):
     res = generate(be, None, [prompt[0].tolist()], GenerationConfig(max_new_tokens=N))
     assert res[0].token_ids == golden
     be.close()
+
+
+def test_logits_sum_stays_finite_under_force_fp16_when_the_sum_exceeds_fp16(tmp_path):
+    """The finiteness witness is an fp32 island (ATC --keep_dtype): under force_fp16 a sum over V of
+    finite logits can pass fp16's 65504 (SmolLM2: 49152 logits of ~10), and an fp16 ReduceSum then
+    gives ±inf, refusing good output. Every head row is one N(0, 100²) vector, so all V logits are
+    the same r·h: |Σ| = V·|r·h| ≫ 65504 while each logit is far below it (checked first)."""
+    from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
+    from ascend_adapt.om_convert.builder import build_llm_onnx
+
+    w = unit_head_weights("llama", untied=True)
+    r = np.random.default_rng(5).standard_normal(w["lm_head.weight"].shape[1]).astype(np.float32) * 100
+    w["lm_head.weight"][:] = r
+    src = make_tiny_checkpoint(tmp_path / "ckpt", "llama", weights=w, config_overrides={"tie_word_embeddings": False})
+    exp = tmp_path / "export"
+    build_llm_onnx(src, exp, batch=1, max_len=24, gears=[8], target="Ascend310P3", progress=False)
+    keep = json.loads((exp / "export.json").read_text())
+    assert "outputs/SumLogits" in json.dumps(keep)  # recorded as an fp32 island for ATC
+    prompt = np.array([[1, 40, 50]], np.int64)
+    ref = get_backend("onnxruntime", exp).new_session(1, 24)
+    logits = ref.prefill(prompt)
+    V = logits.shape[-1]
+    assert np.all(np.abs(logits) < 4096) and np.all(np.abs(logits.astype(np.float64).sum(-1)) > 2 * 65504)
+    sim = get_backend("sim", exp, precision_mode="force_fp16", target="Ascend310P3")
+    _, finite = sim.new_session(1, 24).prefill_next(prompt)
+    assert finite.tolist() == [True], V
+    res = generate(sim, None, prompt.tolist(), GenerationConfig(max_new_tokens=3))  # no NonFiniteLogitsError
+    res = res[0] if isinstance(res, list) else res
+    assert res.finish_reason == "length" and len(res.token_ids) == 3

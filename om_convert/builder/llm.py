@@ -222,10 +222,12 @@ class _LLMGraph:
             # would get (ONNX select_last_index=0: the first maximum, as numpy.argmax), cast to
             # the int32 of input_ids; and Σ logits over V, non-finite iff a logit is NaN / ±Inf
             # (|Σ| ≤ V·65504 < fp32 max for fp16 logits), so the host can still refuse NaN output
-            # without copying the logits back
+            # without copying the logits back. The sum is an fp32 island (ATC --keep_dtype): in
+            # fp16 it overflows for finite logits (SmolLM2: 49152 logits of ~10 > 65504)
             am = b.node("ArgMax", [logits], name="ArgMaxToken", axis=-1, keepdims=0, select_last_index=0)
             outs["next_token"] = b.cast(am, np.int32, name="CastToken")
-            outs["logits_sum"] = b.node("ReduceSum", [logits, b.ints([-1])], name="SumLogits", keepdims=0)
+            with b.fp32_island():
+                outs["logits_sum"] = b.node("ReduceSum", [logits, b.ints([-1])], name="SumLogits", keepdims=0)
             for name, parts in (("present_keys", presents_k), ("present_values", presents_v)):
                 stacked = b.node("Concat", [b.unsqueeze(p, [0], name=f"Unsqueeze_{name}") for p in parts],
                                  name=f"Stack_{name}", axis=0)
