@@ -9,6 +9,7 @@ and what a session allocates.
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -246,7 +247,12 @@ print(json.dumps(out))
 
 
 def _child(*args) -> dict:
-    res = subprocess.run([sys.executable, "-c", _CHILD, *map(str, args)], capture_output=True, text=True)
+    # glibc's malloc raises its mmap threshold after each free of an mmapped chunk (up to 32 MiB), so
+    # later 16 MiB blocks come from per-thread heap arenas that keep freed memory: the peak then
+    # depends on which thread ran what (once 157 MiB above the weights against a bound of 99). A fixed
+    # threshold maps every block and unmaps it on free, so the peak measures the graph, not the arenas.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20), MALLOC_TRIM_THRESHOLD_=str(1 << 20))
+    res = subprocess.run([sys.executable, "-c", _CHILD, *map(str, args)], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
