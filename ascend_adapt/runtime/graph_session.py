@@ -190,3 +190,16 @@ def has_greedy_outputs(manifest) -> bool:
     graphs = (manifest or {}).get("graphs") or {}
     return bool(graphs) and all(set(GREEDY_OUTPUTS) <= {o["name"] for o in g.get("outputs", ())}
                                 for g in graphs.values())
+
+
+def prefill_with_layers(session: GraphLMSession, input_ids, attention_mask, layer_names):
+    """Full logits of a prefill and, when `layer_names` is not None, {name: float32 [B, T, ...]}
+    of those graph outputs (the padding rows cut off) with "logits" added; the last name (the
+    logits themselves) is skipped. Shared by the simulator backend and the multi-chip pipeline."""
+    logits = session.prefill_all(input_ids, attention_mask)
+    if layer_names is None:
+        return logits
+    layers = {n: np.asarray(session.last_outputs[n], np.float32)[:, session.pad:]
+              for n in layer_names[:-1] if n in session.last_outputs}
+    layers["logits"] = logits
+    return logits, layers

@@ -166,7 +166,7 @@ class SimPipelineBackend:
 
     def full_logits(self, input_ids, attention_mask=None, layer_outputs: bool = False):
         """As `SimLMBackend.full_logits`, through every stage (layer outputs from every chip)."""
-        from .graph_session import GraphLMSession
+        from .graph_session import GraphLMSession, prefill_with_layers
         from .runners import SimRunner
 
         dump = {}
@@ -179,14 +179,8 @@ class SimPipelineBackend:
         session = GraphLMSession(self.spec, self._run("prefill", dump), self._run("decode"), self.batch,
                                  self.max_len, self.gears or self.seq_len, cache_dtype=self.cache_dtype)
         try:
-            logits = session.prefill_all(input_ids, attention_mask)
-            if not layer_outputs:
-                return logits
-            names = self.manifest.get("layer_outputs") or []
-            layers = {n: np.asarray(session.last_outputs[n], np.float32)[:, session.pad:]
-                      for n in names[:-1] if n in session.last_outputs}
-            layers["logits"] = logits
-            return logits, layers
+            names = (self.manifest.get("layer_outputs") or []) if layer_outputs else None
+            return prefill_with_layers(session, input_ids, attention_mask, names)
         finally:
             for r in dump.values():
                 r.__self__.deactivate()

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from ascend_adapt.errors import ConfigError
 
@@ -211,7 +210,7 @@ class SimLMBackend:
         With `layer_outputs`, also {name: float32 [B, s, …]} for "embed", "layers.{i}",
         "final_norm", "logits" as the card stores them (fp16-rounded under fp16 modes).
         """
-        from .graph_session import GraphLMSession
+        from .graph_session import GraphLMSession, prefill_with_layers
         from .runners import SimRunner
 
         pre = self.runner("prefill")
@@ -223,14 +222,8 @@ class SimLMBackend:
         session = GraphLMSession(self.spec, lambda f: runner.infer(f), self.executor("decode"), self.batch,
                                  self.max_len, self.gears or self.seq_len, cache_dtype=self.cache_dtype)
         try:
-            logits = session.prefill_all(input_ids, attention_mask)
-            if not layer_outputs:
-                return logits
-            names = self.manifest.get("layer_outputs") or []
-            layers = {n: np.asarray(session.last_outputs[n], np.float32)[:, session.pad:]
-                      for n in names[:-1] if n in session.last_outputs}
-            layers["logits"] = logits
-            return logits, layers
+            names = (self.manifest.get("layer_outputs") or []) if layer_outputs else None
+            return prefill_with_layers(session, input_ids, attention_mask, names)
         finally:
             if runner is not pre:
                 runner.deactivate()
