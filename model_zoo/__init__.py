@@ -5,6 +5,6 @@
 """
 
 from .base import ADAPTERS, Adapter, WeightEntry, adapter_for_config, register_adapter
-from .spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 __all__ = ["ADAPTERS", "Adapter", "WeightEntry", "adapter_for_config", "register_adapter", "ModelSpec"]

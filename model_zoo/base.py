@@ -34,7 +34,7 @@ from ascend_adapt.checkpoint.config import ConfigFields, check_identity_keys, co
 from ascend_adapt.errors import CheckpointError, ConfigError, ShapeMismatchError, UnsupportedError
 from ascend_adapt.registry import Registry
 
-from .spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from ascend_adapt.errors import ConfigError
 from ascend_adapt.fsutil import atomic_output
 
 from .base import ADAPTERS
-from .spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 LAYOUTS = ("safetensors", "safetensors-sharded", "bin", "bin-sharded", "meta")
 _CORPUS = Path(__file__).with_name("tiny_corpus.txt")

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ascend_adapt.model_zoo.spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 from ascend_adapt.runtime.lm_inputs import StepInputs, prefill_inputs
 from ascend_adapt.runtime.session import StaticCacheSession
 

@@ -531,7 +531,7 @@ def omsim_from_export(export_dir: str | os.PathLike, out: str | os.PathLike, tar
         link: hard-link the export's weights.bin into the artifact (default: one copy of the
             weights on disk; a copy where links are refused), see `write_omsim`.
     """
-    from ascend_adapt.om_convert.builder.contract import graph_input_shapes
+    from ascend_adapt.contract import graph_input_shapes
     from ascend_adapt.om_convert.builder.llm import load_manifest
     from ascend_adapt.sim.settings import GearSpec, SimSettings
     from ascend_adapt.targets import load_target

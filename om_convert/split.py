@@ -107,7 +107,7 @@ def stage_io(io: Mapping, spec, stage: Mapping) -> dict:
 
 def stage_manifest(manifest: dict, spec, units, batch: int, seq_len: int, max_len: int) -> dict:
     """Rewrite an export manifest in place for a split: "graphs" keyed by stage graph, "stages"."""
-    from ascend_adapt.om_convert.builder.contract import io_spec
+    from ascend_adapt.contract import io_spec
 
     kv = manifest["weight_dtype"]
     graphs, stages = {}, {}
@@ -132,7 +132,7 @@ def stage_view(export: Mapping, index: int) -> dict:
 
 def input_shapes_of(manifest: Mapping, graph: str, soc_version: str | None = None):
     """`contract.graph_input_shapes` for a whole-model graph or a stage graph of a split."""
-    from ascend_adapt.om_convert.builder.contract import graph_input_shapes
+    from ascend_adapt.contract import graph_input_shapes
 
     for st in manifest.get("stages") or ():
         for kind, g in st["graphs"].items():

@@ -213,7 +213,7 @@ def test_gears_read_from_the_om_and_output_shapes_from_the_manifest(tiny_dir, tm
     """Without gears given, AclRunner reads them from the OM (aclmdlGetInputDynamicDims) and picks
     the gear from the feeds' shapes; the output shapes come from the export manifest per gear."""
     pytest.importorskip("onnxruntime")
-    from ascend_adapt.om_convert.builder.contract import step_shape
+    from ascend_adapt.contract import step_shape
     from ascend_adapt.om_convert.builder.llm import load_manifest
     from ascend_adapt.runtime.runners import OrtRunner
 

@@ -324,7 +324,7 @@ def test_fake_memcpy_2d_and_memset_bounds():
 def test_kv_cache_on_the_card(converted, case):
     """kv_cache="device": the golden's greedy tokens, and per decode step only ids, positions and the
     mask go up and only the logits come down; the new K/V move on the card (strided D2D copy)."""
-    from ascend_adapt.model_zoo.spec import ModelSpec
+    from ascend_adapt.spec import ModelSpec
     from ascend_adapt.runtime.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 

@@ -146,7 +146,7 @@ def test_weights_live_in_one_shared_file_and_protos_are_small(export, arch):
 
 
 def _shapes(spec_dict):
-    from ascend_adapt.model_zoo.spec import ModelSpec
+    from ascend_adapt.spec import ModelSpec
 
     spec = ModelSpec.from_dict(spec_dict)
     shapes = spec.canonical_shapes()

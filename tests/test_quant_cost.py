@@ -49,7 +49,7 @@ def test_w8a16_chain_is_one_matmul_reading_int8_bytes(tiny_dir, tmp_path):
     assert len(f_mm) == len(q_mm)
     saved = sum(a.bytes - b.bytes for a, b in zip(f_mm, q_mm))
     # Linear [in, out]: fp16 2·in·out bytes → int8 in·out + fp16 scale 2·out: saves in·out − 2·out each
-    from ascend_adapt.model_zoo.spec import ModelSpec
+    from ascend_adapt.spec import ModelSpec
 
     ms = ModelSpec.from_dict(spec)
     want = 0

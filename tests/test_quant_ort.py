@@ -65,8 +65,8 @@ def test_ort_runner_runs_a_quantized_graph(w8a16_export):
     path = w8a16_export / man["graphs"]["step"]["file"]
     r = OrtRunner(path)
     r.activate()
-    from ascend_adapt.model_zoo.spec import ModelSpec
-    from ascend_adapt.om_convert.builder.contract import io_spec, step_shape
+    from ascend_adapt.spec import ModelSpec
+    from ascend_adapt.contract import io_spec, step_shape
 
     spec = ModelSpec.from_dict(man["spec"])
     be = OrtLMBackend(w8a16_export)

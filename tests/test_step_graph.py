@@ -70,7 +70,7 @@ def test_step_graph_on_the_simulator(step_exports, tiny_dir, arch):
     cost = sim.cost_summary()
     assert 0 < cost["decode_ms_per_token"] <= cost["prefill_ms"]
     # the card would refuse a step length that is not a gear
-    from ascend_adapt.om_convert.builder.contract import decode_feeds
+    from ascend_adapt.contract import decode_feeds
     from ascend_adapt.runtime.lm_inputs import prefill_inputs
 
     step, _ = prefill_inputs(sim.spec, _prompt(arch, 5), None, sim.max_len)

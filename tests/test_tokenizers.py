@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ascend_adapt.errors import CheckpointError
-from ascend_adapt.model_zoo.spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 from ascend_adapt.model_zoo.tokenizers import ChatGLMTokenizer, LlamaTokenizer, load_tokenizer
 from ascend_adapt.runtime.lm_inputs import prefill_inputs
 

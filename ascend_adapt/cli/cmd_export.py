@@ -165,7 +165,7 @@ def _analyze_summary(r, target) -> None:
         return
     from ascend_adapt.om_convert.analyze import analyze_model
 
-    from ascend_adapt.om_convert.builder.contract import graph_input_shapes
+    from ascend_adapt.contract import graph_input_shapes
 
     for kind, path in r.paths.items():
         shapes = None if kind == "step" else graph_input_shapes(r.manifest, kind)[0]

@@ -93,7 +93,7 @@ def load_config(config_or_dir: Any) -> tuple[dict, str]:
 
 def spec_for(config_or_dir: Any):
     """The ModelSpec (and display name) of a config dict / directory / config.json / ModelSpec."""
-    from ascend_adapt.model_zoo.spec import ModelSpec
+    from ascend_adapt.spec import ModelSpec
 
     if isinstance(config_or_dir, ModelSpec):
         return config_or_dir, config_or_dir.arch

@@ -97,7 +97,7 @@ def _build(spec_json: str, layers: int, target_name: str, batch: int, max_len: i
     """
     import numpy as np
 
-    from ascend_adapt.model_zoo.spec import ModelSpec
+    from ascend_adapt.spec import ModelSpec
     from ascend_adapt.om_convert.builder.llm import _LINEAR, _LLMGraph
     from ascend_adapt.targets import load_target
 
@@ -145,7 +145,7 @@ def _build(spec_json: str, layers: int, target_name: str, batch: int, max_len: i
 @lru_cache(maxsize=256)
 def _loads(spec_json: str, layers: int, target_name: str, batch: int, max_len: int, gear: int, act: str,
            precision: str, group_size: int):
-    from ascend_adapt.om_convert.builder.contract import io_spec, step_shape
+    from ascend_adapt.contract import io_spec, step_shape
     from ascend_adapt.sim.cost import host_io_bytes, op_loads
     from ascend_adapt.sim.graph import infer_tensor_infos
     from ascend_adapt.sim.numerics import plan_precision

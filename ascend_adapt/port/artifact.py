@@ -176,7 +176,7 @@ def open_weights(path) -> Weights:
     """Open an HF / Meta checkpoint directory or a port output directory."""
     from ascend_adapt.checkpoint import open_checkpoint
     from ascend_adapt.model_zoo.base import ADAPTERS, adapter_for_config
-    from ascend_adapt.model_zoo.spec import ModelSpec
+    from ascend_adapt.spec import ModelSpec
 
     path = Path(path)
     manifest = read_manifest(path) if path.is_dir() else None

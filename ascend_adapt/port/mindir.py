@@ -121,7 +121,7 @@ class MindIRSession(StaticCacheSession):
         from mindspore import nn
 
         from ascend_adapt.model_zoo.ms_layers import configure_cpu
-        from ascend_adapt.model_zoo.spec import ModelSpec
+        from ascend_adapt.spec import ModelSpec
 
         configure_cpu("graph")
         directory = Path(directory)

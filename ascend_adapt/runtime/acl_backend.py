@@ -547,7 +547,7 @@ def _device_cache_session(backend: "AclLMBackend", batch: int, max_len: int):
     sends ids, positions and the mask, and receives only what the step is asked for: the logits
     (`prefill` / `decode`), or the greedy token and the logits' finiteness witness
     (`prefill_next` / `decode_next`: contract.GREEDY_OUTPUTS, 8 bytes per row)."""
-    from ascend_adapt.om_convert.builder.contract import GREEDY_OUTPUTS
+    from ascend_adapt.contract import GREEDY_OUTPUTS
 
     from .graph_session import GraphLMSession, has_greedy_outputs, open_session
 
@@ -609,7 +609,7 @@ class AclLMBackend:
 
     def __init__(self, path, device_id: int = 0, engine: str = "acl", acl: Any = None, session_cls: Any = None,
                  kv_cache: str = "host"):
-        from ascend_adapt.model_zoo.spec import ModelSpec
+        from ascend_adapt.spec import ModelSpec
         from ascend_adapt.om_convert.builder.llm import load_manifest
 
         self.path = Path(path)
@@ -664,7 +664,7 @@ class AclLMBackend:
                     dev = {"resident": {"past_keys": (c.k, c.nbytes), "past_values": (c.v, c.nbytes)} if has_past
                            else None, "fetch": ["logits"]}
                 if kind == "step":
-                    from ascend_adapt.om_convert.builder.contract import graph_input_shapes, step_shape
+                    from ascend_adapt.contract import graph_input_shapes, step_shape
 
                     shapes, dims = graph_input_shapes(self.manifest, kind)
                     outs = {i: {o["name"]: step_shape(o["shape"], g) for o in self.manifest["graphs"][kind]["outputs"]}

@@ -2,7 +2,7 @@
 
 `GraphLMSession` does on the host what the card's runner does: it left-pads the prompt to the
 graph's prefill length S (the extra slots are just invalid), builds the feeds of the graph
-contract (`ascend_adapt.om_convert.builder.contract`) from the shared step bookkeeping
+contract (`ascend_adapt.contract`) from the shared step bookkeeping
 (`lm_inputs.prefill_inputs` / `decode_inputs`, `StepInputs.split_visible`), keeps the KV cache
 [L, B, KVH, M, D] in numpy and writes each step's present K/V into its slots.
 
@@ -17,8 +17,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ascend_adapt.errors import ConfigError
-from ascend_adapt.model_zoo.spec import ModelSpec
-from ascend_adapt.om_convert.builder.contract import GREEDY_OUTPUTS, decode_feeds, prefill_feeds
+from ascend_adapt.spec import ModelSpec
+from ascend_adapt.contract import GREEDY_OUTPUTS, decode_feeds, prefill_feeds
 
 from .lm_inputs import StepInputs, decode_inputs, prefill_inputs
 from .session import StaticCacheSession

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ascend_adapt.errors import ConfigError
-from ascend_adapt.model_zoo.spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 
 @dataclass

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ascend_adapt._optional import require
-from ascend_adapt.model_zoo.spec import ModelSpec
-from ascend_adapt.om_convert.builder.contract import cache_dtype
+from ascend_adapt.spec import ModelSpec
+from ascend_adapt.contract import cache_dtype
 
 from .backends import BACKENDS
 from .graph_session import GraphLMSession, open_session

@@ -265,7 +265,7 @@ class AclPipelineBackend:
     name = "acl"
 
     def __init__(self, path, device_ids: Sequence[int] | None = None, **options):
-        from ascend_adapt.model_zoo.spec import ModelSpec
+        from ascend_adapt.spec import ModelSpec
 
         self.path = Path(path)
         self.export = _export_of(self.path)
@@ -278,7 +278,7 @@ class AclPipelineBackend:
         self.spec = ModelSpec.from_dict(self.export["spec"])
         self.batch, self.seq_len, self.max_len = (int(self.export[k]) for k in ("batch", "seq_len", "max_len"))
         self.gears = self.export.get("gears") or None
-        from ascend_adapt.om_convert.builder.contract import cache_dtype
+        from ascend_adapt.contract import cache_dtype
 
         self.cache_dtype = cache_dtype(self.export)
         self.kv_cache = options.get("kv_cache", "host")

@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ascend_adapt.model_zoo.spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 from .lm_inputs import CacheState, StepInputs, decode_inputs, prefill_inputs
 

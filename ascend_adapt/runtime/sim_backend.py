@@ -58,7 +58,7 @@ class SimLMBackend:
     def __init__(self, path, precision_mode: str | None = None, keep_dtype: Any = None, target: str | None = None,
                  modify_mixlist: Mapping | None = None, check: bool = True, cost: bool = True,
                  threads: int | None = None):
-        from ascend_adapt.model_zoo.spec import ModelSpec
+        from ascend_adapt.spec import ModelSpec
         from ascend_adapt.om_convert.artifact import is_omsim, read_omsim
 
         from .runners import SimRunner
@@ -83,7 +83,7 @@ class SimLMBackend:
             models = {k: self.path for k in kinds}
             base = {k: self.artifact.settings(k) for k in kinds}
         else:
-            from ascend_adapt.om_convert.builder.contract import graph_input_shapes
+            from ascend_adapt.contract import graph_input_shapes
             from ascend_adapt.om_convert.builder.llm import load_manifest
             from ascend_adapt.sim.settings import GearSpec, SimSettings
 
@@ -101,7 +101,7 @@ class SimLMBackend:
         self.manifest = export
         self.spec = ModelSpec.from_dict(export["spec"])
         self.batch, self.seq_len, self.max_len = (int(export[k]) for k in ("batch", "seq_len", "max_len"))
-        from ascend_adapt.om_convert.builder.contract import cache_dtype
+        from ascend_adapt.contract import cache_dtype
 
         self.cache_dtype = cache_dtype(export)
         # roles → graphs: prefill / decode graphs, or one step graph (a gear build) for both
@@ -156,7 +156,7 @@ class SimLMBackend:
     def cost(self, kind: str = "decode"):
         """CostReport (simulated) of one `kind` step ("prefill" / "decode") at the export's shapes
         (a step graph: gear 1 for decode, the largest gear for prefill)."""
-        from ascend_adapt.om_convert.builder.contract import step_shape
+        from ascend_adapt.contract import step_shape
 
         graph = self.roles[kind]
         gear = 1 if kind == "decode" else self.seq_len

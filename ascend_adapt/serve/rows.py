@@ -109,7 +109,7 @@ class GraphRows:
         pick = [per[r][0] if r in per else filler for r in range(self.batch)]
         step = StepInputs(np.concatenate([p.input_ids for p in pick]), np.concatenate([p.positions for p in pick]),
                           0, np.concatenate([p.visible for p in pick]))
-        from ascend_adapt.om_convert.builder.contract import decode_feeds, prefill_feeds
+        from ascend_adapt.contract import decode_feeds, prefill_feeds
 
         if self.gears is None:
             out = self.run_prefill(prefill_feeds(step))
@@ -160,7 +160,7 @@ class GraphRows:
             st.next_pos += 1
             st.next_slot = s + 1
             slots[r] = s
-        from ascend_adapt.om_convert.builder.contract import additive
+        from ascend_adapt.contract import additive
 
         new = np.ones((B, 1, 1), bool)  # a query always sees its own slot
         feeds = {"input_ids": ids.astype(np.int32), "position_ids": pos.astype(np.int32),

@@ -21,7 +21,7 @@ from ascend_adapt.checkpoint.config import (MAX_HEADS, MAX_HIDDEN, MAX_INTERMEDI
 from ascend_adapt.errors import UnsupportedError
 
 from ..base import Adapter, register_adapter, table
-from ..spec import ModelSpec, glm_alpha
+from ascend_adapt.spec import ModelSpec, glm_alpha
 
 ALIASES = {
     "hidden_size": ("hidden_size",),

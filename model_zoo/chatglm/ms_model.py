@@ -26,7 +26,7 @@ from mindspore import nn, ops
 from ..ms_layers import (layer_outputs, Embedding, LayerNorm, Linear, apply_rotary, cached_attention, compute_dtype,
                          gather_rotary, gelu_tanh, model_rotary_table, scalar_div, scalar_mul, split_heads,
                          tanh_in_float64)
-from ..spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 
 class GLMAttention(nn.Cell):

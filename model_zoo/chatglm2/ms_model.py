@@ -21,7 +21,7 @@ from mindspore import nn, ops
 
 from ..ms_layers import (Embedding, Linear, _zeros, cached_attention, compute_dtype, default_score_scale,
                          gather_rotary, layer_outputs, model_rotary_table, split_heads)
-from ..spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 
 class GLM2RMSNorm(nn.Cell):

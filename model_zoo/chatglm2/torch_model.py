@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ascend_adapt.model_zoo.spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 from ascend_adapt.model_zoo.torch_reference import ModuleReference
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -16,7 +16,7 @@ from ascend_adapt.checkpoint.config import (MAX_FFN_MULTIPLIER, MAX_HEAD_DIM, MA
 from ascend_adapt.errors import ConfigError, UnsupportedError
 
 from ..base import Adapter, register_adapter, table
-from ..spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 ALIASES = {
     "hidden_size": ("hidden_size", "dim"),

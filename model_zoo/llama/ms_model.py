@@ -16,7 +16,7 @@ from mindspore import nn, ops
 
 from ..ms_layers import (layer_outputs, Embedding, Linear, RMSNorm, apply_rotary, cached_attention, compute_dtype,
                          default_score_scale, gather_rotary, model_rotary_table, split_heads)
-from ..spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 
 class LlamaAttention(nn.Cell):

@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from ascend_adapt.model_zoo.spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 from ascend_adapt.runtime.lm_inputs import StepInputs, prefill_inputs
 from ascend_adapt.runtime.session import StaticCacheSession
 

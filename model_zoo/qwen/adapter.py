@@ -22,7 +22,7 @@ from ascend_adapt.checkpoint.config import (MAX_HEAD_DIM, MAX_HEADS, MAX_HIDDEN,
 from ascend_adapt.errors import UnsupportedError
 
 from ..base import Adapter, register_adapter, table
-from ..spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 ALIASES = {
     "hidden_size": ("hidden_size",),

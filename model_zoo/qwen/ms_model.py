@@ -10,7 +10,7 @@ from mindspore import nn
 from ..llama.ms_model import LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP
 from ..ms_layers import (Embedding, Linear, RMSNorm, apply_rotary, cached_attention, compute_dtype,
                          default_score_scale, model_rotary_table, split_heads)
-from ..spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 
 class QwenAttention(nn.Cell):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ascend_adapt.model_zoo.llama.torch_model import _DTYPES, LlamaReference
-from ascend_adapt.model_zoo.spec import ModelSpec
+from ascend_adapt.spec import ModelSpec
 
 
 def hf_config(spec: ModelSpec, attn_implementation: str = "eager"):

@@ -1,6 +1,6 @@
 """LLM graph builder: HF checkpoint → prefill.onnx + decode.onnx with a static KV cache, built
 directly from the adapter's spec and the streamed weights (see `llm.py`; contract in
-`contract.py` and docs/graph_contract.md).
+`ascend_adapt/contract.py` and docs/graph_contract.md).
 
     from ascend_adapt.om_convert.builder import build_llm_onnx
     result = build_llm_onnx("llama-2-7b-hf", "out/llama2", seq_len=64, max_len=512,
@@ -9,7 +9,7 @@ directly from the adapter's spec and the streamed weights (see `llm.py`; contrac
 The contract module is pure numpy; `build_llm_onnx` (onnx) is loaded on first access.
 """
 
-from .contract import MASK_FILL, io_spec, layer_output_names
+from ascend_adapt.contract import MASK_FILL, io_spec, layer_output_names
 
 __all__ = ["build_llm_onnx", "BuildResult", "load_manifest", "check_graph_ops", "MASK_FILL", "io_spec",
            "layer_output_names"]

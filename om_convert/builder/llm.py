@@ -4,7 +4,7 @@ emits each piece (fused where the target has the op, else target-supported primi
 canonical weights stream one tensor at a time into ONE external-data file `weights.bin` that both
 graphs reference — so the build holds about one tensor in memory and the protos stay small.
 
-The I/O contract is in `contract.py` / docs/graph_contract.md.
+The I/O contract is in `ascend_adapt/contract.py` / docs/graph_contract.md.
 
 Graph internals (batch-first):
 - hidden states [B, S, H] in the activation dtype (= `weight_dtype`); fp32 graph I/O is cast at
@@ -29,7 +29,7 @@ import numpy as np
 from ascend_adapt.errors import ConfigError, UnsupportedError
 from ascend_adapt.fsutil import atomic_output, check_output
 
-from .contract import MASK_FILL, io_spec, layer_output_names
+from ascend_adapt.contract import MASK_FILL, io_spec, layer_output_names
 from .weights import ExternalWeights
 
 WEIGHT_DTYPES = {"float32": np.float32, "fp32": np.float32, "float16": np.float16, "fp16": np.float16}

@@ -311,7 +311,7 @@ def main(argv=None) -> int:
         workdir = Path(tmp.name)
     try:
         ckpt, export, build_s = prepare(workdir, a.prompt, a.new)
-        from ascend_adapt.model_zoo.spec import ModelSpec
+        from ascend_adapt.spec import ModelSpec
         from ascend_adapt.om_convert.builder.llm import load_manifest
 
         spec = ModelSpec.from_dict(load_manifest(export)["spec"])
