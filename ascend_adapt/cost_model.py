@@ -90,10 +90,9 @@ class CostFigures:
     def of(cls, target: Any, *, memory_efficiency: float | None = None,
            compute_efficiency: float | None = None) -> "CostFigures":
         """The figures of a `Target` (or a target name), efficiencies overridable."""
-        if isinstance(target, str):
-            from ascend_adapt.targets import load_target
+        from ascend_adapt.targets import resolve_target
 
-            target = load_target(target)
+        target = resolve_target(target)
         facts = getattr(target, "facts", {}) or {}
         basis: dict[str, str] = {}
 

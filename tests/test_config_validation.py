@@ -112,10 +112,11 @@ def test_huge_values_allocate_nothing(tmp_path):
 
 def test_bounds_admit_the_largest_real_configs():
     """The bounds are above every published model (Llama-3.1-405B: 16384 wide, 126 layers)."""
-    from ascend_adapt.estimate.published import llama_config
-
-    cfg = llama_config(16384, 53248, 126, 128, 8)
-    cfg.update(vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0)
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 16384,
+           "intermediate_size": 53248, "num_hidden_layers": 126, "num_attention_heads": 128,
+           "num_key_value_heads": 8, "hidden_act": "silu", "max_position_embeddings": 131072,
+           "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "vocab_size": 128256, "bos_token_id": 1,
+           "eos_token_id": 2, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
     spec = ADAPTERS.get("llama").spec_from_config(cfg)
     assert spec.hidden_size <= MAX_HIDDEN and spec.num_layers <= MAX_LAYERS
     assert 4.0e11 < spec.param_count() < 4.1e11

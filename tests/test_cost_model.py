@@ -46,7 +46,7 @@ def _export(tmp_path, tiny_dir_path, max_len: int = 64):
 
 
 def _sim_decode(export, target="Ascend310P3"):
-    from ascend_adapt.runtime.sim_backend import SimLMBackend
+    from ascend_adapt.backends.sim.session import SimLMBackend
 
     sim = SimLMBackend(export, precision_mode="force_fp16", target=target, check=False)
     try:

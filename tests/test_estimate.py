@@ -89,3 +89,20 @@ def test_cli_from_dir_and_config_json(tmp_path, capsys):
     assert main(["estimate", str(d / "config.json"), "--precision", "w4a16", "--soc", "Ascend310B1"]) == 0
     assert "Ascend310B1" in capsys.readouterr().out
     assert main(["estimate", str(d), "--soc", "NoSuchChip"]) == 2
+
+
+def test_target_facts_drive_the_notes_and_default_targets():
+    """The weight-only note follows the data files' `weight_only_quant_kernels` figure, and the
+    default targets their `estimate_rank`, not names in the code."""
+    from ascend_adapt.estimate import DEFAULT_TARGETS, default_targets
+    from ascend_adapt.targets import list_targets, load_target
+
+    r = estimate(LLAMA2_7B, ["Ascend310", "Ascend310B1", "Ascend310P3", "Ascend910B"], "w8a16", 1024)
+    for t in r.targets:
+        fact = load_target(t.target).facts.get("weight_only_quant_kernels")
+        noted = any(n.startswith("weight-only int8/int4") for n in t.notes)
+        assert noted == (fact is not None and fact.value is False), t.target
+    assert {t.target for t in r.targets if any(n.startswith("weight-only") for n in t.notes)} == {
+        "Ascend310", "Ascend310B1"}
+    ranked = sorted((load_target(n).estimate_rank, n) for n in list_targets() if load_target(n).estimate_rank)
+    assert default_targets() == DEFAULT_TARGETS == tuple(n for _, n in ranked)

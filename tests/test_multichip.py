@@ -196,7 +196,7 @@ def _prompt(arch):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_split_gives_the_unsplit_greedy_tokens_on_the_simulator(split_pairs, case):
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
     ckpt, one, two, chips, rep = split_pairs[case]
@@ -263,7 +263,7 @@ def test_split_artifact_layout_and_report(split_pairs, case):
 def test_split_through_the_strict_fake_acl(split_pairs, case, kv_cache):
     """Each stage on its own device (set_device + one context per device), the hidden state through
     the host; with kv_cache="device" each chip's KV cache stays on it."""
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
     from ascend_adapt.testing.fake_acl import FakeAcl
 
@@ -296,7 +296,7 @@ def test_split_generate_cli_and_python_api_with_ascend_adapt_acl_fake(split_pair
 
     from ascend_adapt.cli.cmd_generate import generate_cmd
     from ascend_adapt.om_convert.convert import resolve_artifact
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
     monkeypatch.setenv("ASCEND_ADAPT_ACL", "fake")
@@ -353,7 +353,7 @@ def test_the_simulator_checks_each_chip_on_its_own_and_names_the_one_that_does_n
     from pathlib import Path
 
     import ascend_adapt.targets as targets
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.sim.acceptance import SimulatorRejection
 
     ckpt, one, two, chips, rep = split_pairs["llama-4chips"]
@@ -362,8 +362,7 @@ def test_the_simulator_checks_each_chip_on_its_own_and_names_the_one_that_does_n
     limit = (min(totals) + max(totals)) // 2  # between the smallest and the largest chip
     assert min(totals) < limit < max(totals)
     data = Path(targets.__file__).parent / "data"
-    for f in data.iterdir():
-        shutil.copy(f, tmp_path / f.name)
+    shutil.copytree(data, tmp_path, dirs_exist_ok=True)  # the target files and what they refer to
     t = json.loads((tmp_path / "Ascend310P3.json").read_text())
     t["usable_memory_bytes"]["value"] = limit
     (tmp_path / "Ascend310P3.json").write_text(json.dumps(t))

@@ -228,3 +228,182 @@ def test_derived_table_matches_a_rebuild(tmp_path):
     assert len(rows) == len(committed)
     for r in rows:
         assert committed[(r["domain"], r["op_type"])].opsets == parse_opsets(r["opsets"]), r["op_type"]
+
+
+# ---------------------------------------------------------------------------- one resolver
+def test_resolve_target_takes_names_targets_and_paths(tmp_path):
+    from ascend_adapt.targets import resolve_target
+
+    t = load_target("Ascend310P3")
+    assert resolve_target(t) is t
+    assert resolve_target("ascend310p3") is t
+    assert resolve_target("Ascend910B3").soc_version == "Ascend910B3"  # an alias keeps its soc_version
+    doc = json.loads(_docs_json())
+    p = tmp_path / f"{doc['name']}.json"
+    p.write_text(json.dumps(doc))
+    assert resolve_target(p).name == "Atlas300IProLowMem"
+    with pytest.raises(RegistryError) as err:
+        resolve_target("Ascend999")
+    assert "Ascend999" in str(err.value) and all(n in err.value.hint for n in BUILTIN)
+    with pytest.raises(ConfigError, match="expected a target name or a Target, got int"):
+        resolve_target(310)
+
+
+# ---------------------------------------------------------------------------- ATC limits from data
+def test_gear_limits_and_shape_ranges_come_from_the_data():
+    from ascend_adapt.targets.gear_rules import soc_limits
+
+    common = json.loads((DATA_DIR / "_atc_common.json").read_text())["gears"]["value"]
+    rules = json.loads((DATA_DIR / "_atc_soc_rules.json").read_text())["rules"]
+    assert (soc_limits(None).gear_min, soc_limits(None).gear_max) == (common["min"], common["max"]) == (2, 100)
+    # a chip with a profile: the profile's figures (an alias too)
+    for soc, name in (("Ascend310", "Ascend310"), ("Ascend310B1", "Ascend310B1"), ("Ascend910B3", "Ascend910B")):
+        t = load_target(name)
+        lim = soc_limits(soc)
+        assert (lim.gear_min, lim.gear_max, lim.allows_shape_ranges) == (t.gear_min, t.gear_max, t.allows_shape_ranges)
+        assert lim.source == f"target profile {name}"
+    # a chip without one: the rules file
+    a950 = next(r for r in rules if r.get("soc_prefix") == "Ascend950")
+    assert soc_limits("Ascend950PR").gear_max == a950["gears"]["max"] == 256
+    assert soc_limits("Ascend310B4").allows_shape_ranges is False and soc_limits("Ascend3100").allows_shape_ranges
+
+
+def test_a_registered_target_sets_atc_limits_for_its_soc(tmp_path):
+    """A target file with its own gear figure changes what validate() and the simulator accept
+    for its soc_version (the limits are data, not code)."""
+    from ascend_adapt.om_convert.atc.validate import gear_problems
+    from ascend_adapt.targets import register_target_file
+
+    doc = json.loads(_docs_json())
+    doc.update(name="TestChipGears", soc_version="Ascend310P9",
+               gears={"value": {"min": 2, "max": 8}, "source": "test", "confidence": "M"})
+    p = tmp_path / "TestChipGears.json"
+    p.write_text(json.dumps(doc))
+    register_target_file(p)
+    try:
+        codes = [e.code for e in gear_problems({"x": (1, -1)}, "dynamic_dims", [(g,) for g in range(1, 10)],
+                                               soc_version="Ascend310P9")]
+        assert codes == ["E10036"]
+        assert not list(gear_problems({"x": (1, -1)}, "dynamic_dims", [(g,) for g in range(1, 9)],
+                                      soc_version="Ascend310P9"))
+    finally:
+        TARGETS.unregister("TestChipGears")
+
+
+# ---------------------------------------------------------------------------- adding a target = a file
+def _tmp_target(d: Path, **over) -> Path:
+    """docs/targets.md's example card as a new chip family with a published figure of its own."""
+    doc = json.loads(_docs_json())
+    cfg = json.loads((DATA_DIR / "models" / "Llama-2-7b-hf.json").read_text())
+    (d / "models").mkdir(exist_ok=True)
+    (d / "models" / "MyLlama.json").write_text(json.dumps(cfg))
+    doc.update(name="TestChip9", family="TestFamily", estimate_rank=99,
+               memory_efficiency={"value": 0.5, "source": "test", "confidence": "M"},
+               published_decode=[{"key": "test-fig", "model": "MyLlama fp16", "config": "MyLlama",
+                                  "precision": "fp16", "seq_len": 512, "batch": 1, "chips": "min",
+                                  "tok_s": [5.0, 5.0], "stack": "test", "source": "test", "confidence": "M",
+                                  "calibrates": True}], **over)
+    p = d / "TestChip9.json"
+    p.write_text(json.dumps(doc))
+    return p
+
+
+_PROBE = """
+import json
+from ascend_adapt.estimate import CALIBRATION, default_targets, estimate
+from ascend_adapt.estimate.published import calibration_statement, figure, fit_memory_efficiency, model_tok_s
+from ascend_adapt.targets import list_targets
+fit = fit_memory_efficiency("test-fig")
+print(json.dumps({"targets": list_targets(), "default": list(default_targets()), "calibration": CALIBRATION,
+                  "statement": calibration_statement("TestChip9"), "fit": fit,
+                  "at_fit": model_tok_s(figure("test-fig"), fit),
+                  "est": estimate(figure("test-fig").config, ["TestChip9"], seq_len=512).targets[0].calibration}))
+"""
+
+
+def _run_probe(env_dirs: str, code: str = _PROBE):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ASCEND_ADAPT_TARGETS_PATH=env_dirs)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_target_file_in_ascend_adapt_targets_path_is_a_whole_target(tmp_path):
+    """Adding a target is adding a file (docs/targets.md): a directory in ASCEND_ADAPT_TARGETS_PATH
+    holding the profile and the config of its published figure; the registry, estimate's default
+    targets, the calibration table and the fit all pick it up."""
+    _tmp_target(tmp_path)
+    r = _run_probe(str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert "TestChip9" in out["targets"] and out["default"][-1] == "TestChip9"
+    assert out["default"][:-1] == ["Ascend310", "Ascend310P3", "Atlas300IDuo", "Ascend310B1", "Ascend910B", "MLU370"]
+    assert out["calibration"]["TestFamily"] == "test-fig"
+    assert out["statement"].startswith("TestChip9: memory efficiency 0.500 calibrated on 'test-fig'")
+    assert out["est"] == out["statement"]
+    # 40 bisection steps on [1e-3, 1]: the efficiency is within 2^-40 of the root, and decode
+    # tok/s grows at most in proportion to the efficiency (only the memory terms scale with it),
+    # so the relative error is <= 2^-40 / fit; x4 covers the float64 rounding of the estimate's
+    # own sums (~1e-13 relative, far below)
+    assert 1e-3 < out["fit"] < 1.0
+    assert out["at_fit"] == pytest.approx(5.0, rel=2.0 ** -40 / out["fit"] * 4)
+
+
+def test_targets_path_errors_name_the_file(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _tmp_target(tmp_path / "a")
+    _tmp_target(tmp_path / "b")
+    import os
+
+    r = _run_probe(f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}", "from ascend_adapt.targets import list_targets; list_targets()")
+    assert r.returncode != 0 and "redefines target 'TestChip9'" in r.stderr and str(tmp_path / "b") in r.stderr
+    r = _run_probe(str(tmp_path / "nope"), "from ascend_adapt.targets import list_targets; list_targets()")
+    assert r.returncode != 0 and "ASCEND_ADAPT_TARGETS_PATH names" in r.stderr and "nope" in r.stderr
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda f: f.update(tok_s=[6.0]), "tok_s must be"),
+    (lambda f: f.update(config="NoSuchModel"), "config 'NoSuchModel' not found"),
+    (lambda f: f.pop("source"), "missing"),
+    (lambda f: f.update(color="red"), "unknown keys"),
+    (lambda f: f.update(chips="all"), "chips must be"),
+])
+def test_bad_published_figures_are_refused(tmp_path, edit, match):
+    p = _tmp_target(tmp_path)
+    doc = json.loads(p.read_text())
+    edit(doc["published_decode"][0])
+    p.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=match):
+        load_target_file(p)
+
+
+def test_published_figures_are_not_inherited():
+    duo, p3 = load_target("Atlas300IDuo"), load_target("Ascend310P3")
+    assert [f.key for f in duo.published] == ["duo-llama-13b"] and [f.key for f in p3.published] == ["310p-llamacpp"]
+    assert duo.estimate_rank is not None and load_target("MLU370-X8").estimate_rank is None
+
+
+def test_gear_rule_wording_is_atcs_own():
+    """The simulator's fallback templates (used where the ATC driver is not importable) are ATC's
+    own, word for word, and cover every code the gear rules raise."""
+    from ascend_adapt.om_convert.atc.codes import ge_code
+    from ascend_adapt.sim.acceptance import _TEMPLATES
+    from ascend_adapt.targets.gear_rules import gear_violations
+
+    for code, template in _TEMPLATES.items():
+        assert template == ge_code(code)["template"], code
+    cases = [({}, "dynamic_dims", [1, 2]), ({"x": (1, 3)}, "dynamic_dims", [1, 2]),
+             ({"x": (1, -1)}, "dynamic_dims", [(1,)]), ({"x": (1, -1)}, "dynamic_dims", [(1,)] + [(0, 2)] * 2),
+             ({"x": (1, -1)}, "dynamic_dims", [(i,) for i in range(1, 102)]),
+             ({"x": (1, -1), "y": (-1,)}, "dynamic_dims", [(1,), (2,)]), ({"x": (1, -1)}, "dynamic_dims", [(1, 2), (3, 4)]),
+             ({"x": (3, -1)}, "dynamic_batch_size", [1, 2]), ({"x": (1, -1, 3, -1)}, "dynamic_image_size", [(1, 2), (3, 4)])]
+    seen = set()
+    for shape, flag, gears in cases:
+        for fmt in ("NCHW", "ND", None):
+            seen |= {v.code for v in gear_violations(shape, flag, gears, input_format=fmt, insert_op_conf="a.cfg")}
+    assert seen == {"E10004", "E10040", "E10035", "E10036", "E10037", "E10038", "E10039", "E10045", "E10003",
+                    "E10047", "E10018", "E10019", "E10001"}
+    assert seen <= set(_TEMPLATES)

@@ -33,7 +33,6 @@ from typing import Any, Mapping, Sequence
 from ascend_adapt.errors import AscendAdaptError, ConfigError
 
 
-DEFAULT_TARGETS = ("Ascend310", "Ascend310P3", "Atlas300IDuo", "Ascend310B1", "Ascend910B", "MLU370")
 
 # precision -> (bits per quantized weight, scale scheme text)
 PRECISIONS: dict[str, tuple[int, str]] = {
@@ -120,23 +119,40 @@ class TargetFigures:
     launch_overhead_us: float
     confidence: Mapping[str, str]
     products: str = ""
+    weight_only_quant_kernels: bool | None = None
 
     @property
     def usable_bytes(self) -> int:
         return self.usable_memory_bytes or int(self.memory_bytes * DEFAULT_RESERVE)
 
 
-def target_figures(name: str) -> TargetFigures:
-    """Figures of a target from the targets package (`ascend_adapt.targets.load_target`)."""
-    from ascend_adapt.targets import load_target
+def default_targets() -> tuple[str, ...]:
+    """`estimate`'s default targets: those whose data file gives an `estimate_rank`, in its order."""
+    from ascend_adapt.targets import TARGETS
 
-    t = load_target(name)
+    ranked = sorted((t.estimate_rank, name) for name, t in TARGETS.items() if t.estimate_rank is not None)
+    return tuple(name for _, name in ranked)
+
+
+def __getattr__(name: str):
+    if name == "DEFAULT_TARGETS":  # read from the target data files when asked for
+        return default_targets()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def target_figures(target) -> TargetFigures:
+    """Figures of a target (a name or a Target, `ascend_adapt.targets.resolve_target`)."""
+    from ascend_adapt.targets import resolve_target
+
+    t = resolve_target(target)
     conf = {k: f.confidence for k, f in t.facts.items()}
+    woq = t.facts.get("weight_only_quant_kernels")
     return TargetFigures(
         name=t.name, family=t.family, toolchain=t.toolchain, soc_version=t.soc_version,
         fp16_tflops=t.fp16_tflops, memory_bytes=t.memory_bytes, usable_memory_bytes=t.usable_memory_bytes,
         bandwidth_gbps=t.memory_bandwidth_gbps, chips_per_card=t.chips_per_card, gear_max=t.gear_max,
-        launch_overhead_us=t.launch_overhead_us, confidence=conf, products=t.products)
+        launch_overhead_us=t.launch_overhead_us, confidence=conf, products=t.products,
+        weight_only_quant_kernels=None if woq is None else bool(woq.value))
 
 
 # ------------------------------------------------------------------------------ model figures
@@ -426,9 +442,9 @@ def step_times(spec, target: str, *, batch: int, seq_len: int, prompt_len: int, 
         step_bytes / flops: the aggregate decode bytes and prefill FLOPs, for the fallback.
     """
     from ascend_adapt.cost_model import CostFigures, allreduce_ms, handover_ms, op_time, transfer_ms
-    from ascend_adapt.targets import load_target
+    from ascend_adapt.targets import resolve_target
 
-    t = load_target(target)
+    t = resolve_target(target)
     over = _efficiency_override(t.name, t.family, efficiency)
     fig = CostFigures.of(t, memory_efficiency=over, compute_efficiency=prefill_efficiency)
     ideal = CostFigures.of(t, memory_efficiency=1.0, compute_efficiency=1.0)
@@ -479,7 +495,7 @@ def _calibration(target: str) -> str:
 
 def _compile_cost(fig: TargetFigures, weights_total: int, min_prompt: int, seq_len: int,
                   seconds_per_gear: float | None) -> tuple[CompileCost | None, str | None]:
-    if fig.toolchain != "atc":
+    if fig.gear_max is None:  # the target data's `gears`: null where the toolchain has no gears (MagicMind)
         return None, (f"{fig.toolchain}: takes shape ranges, one build per graph; no ATC gear plan "
                       f"(compile time not modelled)")
     try:
@@ -508,7 +524,7 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
     Args:
         config_or_dir: an HF model directory, a config.json path, a config dict or a ModelSpec.
             Only the config is read; no weights are needed.
-        targets: target names (default: DEFAULT_TARGETS).
+        targets: target names (default: `default_targets()`, the data files with an `estimate_rank`).
         precision: "fp16", "w8a16", "w4a16" or "fp32" (see PRECISIONS).
         seq_len: context length the static KV cache holds (default: min(2048, max_position)).
         batch: sequences decoded together.
@@ -528,6 +544,25 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
         EstimateReport.
     """
     spec, name = spec_for(config_or_dir)
+    seq_len, prompt_len, batch = _lengths(spec, seq_len, prompt_len, batch)
+    mem = memory_footprint(spec, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
+                           group_size=group_size)
+    w, kv, ws = mem.weights, mem.kv_cache_bytes, mem.workspace_bytes
+    step_bytes = w.total - w.embedding + kv
+    flops = prefill_flops(spec, batch, prompt_len, seq_len)
+    run = _Run(spec, precision, batch, seq_len, prompt_len, mem, step_bytes, flops, efficiency,
+               prefill_efficiency, group_size, min_prompt, compile_seconds_per_gear, calibration)
+    out = [_target_estimate(run, tname) for tname in (targets or default_targets())]
+    return EstimateReport(
+        model=name, arch=spec.arch, params=spec.param_count(), precision=precision, seq_len=seq_len,
+        batch=batch, prompt_len=prompt_len, weights_bytes=w.total, weights=w, kv_cache_bytes=kv,
+        workspace_bytes=ws, total_bytes=w.total + kv + ws, decode_bytes_per_step=step_bytes,
+        prefill_flops=flops, targets=out, formulas=_formulas(spec, w, batch, seq_len),
+        assumptions=list(ASSUMPTIONS))
+
+
+def _lengths(spec, seq_len: int | None, prompt_len: int | None, batch: int) -> tuple[int, int, int]:
+    """seq_len (default min(2048, max_position)), prompt_len (default seq_len) and batch, checked."""
     seq_len = int(seq_len or min(2048, spec.max_position))
     prompt_len = int(prompt_len or seq_len)
     batch = int(batch)
@@ -536,76 +571,111 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
     if prompt_len > seq_len:
         raise ConfigError(f"estimate: prompt_len {prompt_len} exceeds seq_len {seq_len}",
                           "the static KV cache must hold the prompt; raise --seq-len")
-    mem = memory_footprint(spec, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
-                           group_size=group_size)
-    w, kv, ws = mem.weights, mem.kv_cache_bytes, mem.workspace_bytes
-    step_bytes = w.total - w.embedding + kv
-    flops = prefill_flops(spec, batch, prompt_len, seq_len)
-    out: list[TargetEstimate] = []
-    for tname in (targets or DEFAULT_TARGETS):
-        fig = target_figures(tname)
-        usable = fig.usable_bytes
-        needed = mem.total_bytes
-        # the chips a layer split (convert --chips N) needs, each chip checked with its own layers,
-        # KV cache and end of the model (estimate/fit.py, the planner convert uses)
-        from .fit import chips_for_split
+    return seq_len, prompt_len, batch
 
-        chips = chips_for_split(spec, fig.name, precision=precision, kv_bytes=mem.kv_bytes, act_bytes=mem.act_bytes,
-                                batch=batch, max_len=seq_len, prompt_len=prompt_len)
-        notes: list[str] = []
-        timing = None
-        if chips == 0:
-            notes.append(f"the prefill workspace alone ({ws / 1e9:.2f} GB) exceeds a chip: lower --seq-len/--batch")
-            cards = 0
-            bound = dec = card_dec = prefill_ms = cap = 0.0
-            eff, basis = 0.0, ""
-            card_chips = 0
-            pbound = "n/a"
-        else:
-            cards = math.ceil(chips / fig.chips_per_card)
-            card_chips = cards * fig.chips_per_card
-            timing = step_times(spec, tname, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
-                                precision=precision, chips=chips, card_chips=card_chips, efficiency=efficiency,
-                                prefill_efficiency=prefill_efficiency, group_size=group_size,
-                                step_bytes=step_bytes, flops=flops)
-            eff, basis = timing.memory_efficiency, timing.efficiency_basis
-            bound = 1e3 * batch / timing.bound_ms
-            dec = 1e3 * batch / timing.decode_ms
-            card_dec = 1e3 * batch / timing.card_decode_ms
-            cap = 1e3 * batch / timing.launch_ms if timing.launch_ms else math.inf
-            prefill_ms, pbound = timing.prefill_ms, timing.prefill_bound
-            if timing.launch_ms >= 0.5 * timing.decode_ms:
-                notes.append(f"launch-bound: {timing.launches} kernels x {fig.launch_overhead_us:g} us = "
-                             f"{timing.launch_ms:.2f} ms of the {timing.decode_ms:.2f} ms per step")
-            if chips > 1:
-                notes.append(f"needs {chips} chips: a layer split (convert --chips {chips}) runs them one after "
-                             f"another, + {chips - 1} hand-over(s) of the hidden state per step "
-                             f"({timing.handover_ms:.3f} ms); the card column is tensor parallel")
-            if timing.fallback:
-                notes.append(timing.fallback)
-        if precision != "fp16" and fig.toolchain == "atc" and fig.family in ("Ascend310", "Ascend310B"):
-            notes.append("weight-only int8/int4 is a msModelSlim/MindIE scheme; ATC on this chip has AMCT "
-                         "W8A8 only: the figure assumes a dequantizing kernel exists")
-        weak = sorted(k for k in ("memory_bandwidth_gbps", "memory_bytes", "fp16_tflops")
-                      if fig.confidence.get(k) == "M")
-        if weak:
-            notes.append(f"unconfirmed [M] figures: {', '.join(weak)}")
-        cc, cnote = (None, None) if chips == 0 else _compile_cost(
-            fig, w.total, min_prompt, seq_len, compile_seconds_per_gear)
-        if cnote:
-            notes.append(cnote)
-        out.append(TargetEstimate(
-            target=fig.name, family=fig.family, toolchain=fig.toolchain, memory_bytes=fig.memory_bytes,
-            usable_bytes=usable, bandwidth_gbps=fig.bandwidth_gbps, fp16_tflops=fig.fp16_tflops,
-            chips_per_card=fig.chips_per_card, needed_bytes=needed, fits_one_chip=chips == 1,
-            chips_needed=chips, cards_needed=cards, decode_bound_tok_s=bound, efficiency=eff,
-            efficiency_basis=basis, decode_tok_s=dec, launch_cap_tok_s=cap, card_chips=card_chips, card_decode_tok_s=card_dec,
-            prefill_ms=prefill_ms, prefill_bound=pbound, compile=cc, notes=notes,
-            confidence={k: fig.confidence.get(k, "?") for k in
-                        ("memory_bytes", "memory_bandwidth_gbps", "fp16_tflops", "chips_per_card")},
-            decode_ms=timing.decode_ms if timing else 0.0, transfer_ms=timing.transfer_ms if timing else 0.0,
-            calibration=_calibration(fig.name) if (calibration and timing) else ""))
-    formulas = {
+
+@dataclass(frozen=True)
+class _Run:
+    """What one `estimate` call computes every target with: the model, the build and the options."""
+
+    spec: Any
+    precision: str
+    batch: int
+    seq_len: int
+    prompt_len: int
+    mem: MemoryFootprint
+    step_bytes: int
+    flops: float
+    efficiency: Any
+    prefill_efficiency: float | None
+    group_size: int
+    min_prompt: int
+    compile_seconds_per_gear: float | None
+    calibration: bool
+
+
+def _target_estimate(run: _Run, tname: str) -> TargetEstimate:
+    """The estimate on one target: the chips a layer split needs, the step times, the notes."""
+    from .fit import chips_for_split
+
+    fig = target_figures(tname)
+    mem = run.mem
+    # the chips a layer split (convert --chips N) needs, each chip checked with its own layers,
+    # KV cache and end of the model (estimate/fit.py, the planner convert uses)
+    chips = chips_for_split(run.spec, fig.name, precision=run.precision, kv_bytes=mem.kv_bytes,
+                            act_bytes=mem.act_bytes, batch=run.batch, max_len=run.seq_len,
+                            prompt_len=run.prompt_len)
+    notes: list[str] = []
+    timing = None
+    if chips == 0:
+        notes.append(f"the prefill workspace alone ({mem.workspace_bytes / 1e9:.2f} GB) exceeds a chip: "
+                     "lower --seq-len/--batch")
+        cards = card_chips = 0
+        bound = dec = card_dec = prefill_ms = cap = eff = 0.0
+        basis, pbound = "", "n/a"
+    else:
+        cards = math.ceil(chips / fig.chips_per_card)
+        card_chips = cards * fig.chips_per_card
+        timing = step_times(run.spec, tname, batch=run.batch, seq_len=run.seq_len, prompt_len=run.prompt_len,
+                            precision=run.precision, chips=chips, card_chips=card_chips, efficiency=run.efficiency,
+                            prefill_efficiency=run.prefill_efficiency, group_size=run.group_size,
+                            step_bytes=run.step_bytes, flops=run.flops)
+        eff, basis = timing.memory_efficiency, timing.efficiency_basis
+        bound, dec, card_dec = (1e3 * run.batch / ms for ms in (timing.bound_ms, timing.decode_ms,
+                                                                 timing.card_decode_ms))
+        cap = 1e3 * run.batch / timing.launch_ms if timing.launch_ms else math.inf
+        prefill_ms, pbound = timing.prefill_ms, timing.prefill_bound
+        notes += _timing_notes(timing, fig, chips)
+    notes += _figure_notes(fig, run.precision)
+    cc, cnote = (None, None) if chips == 0 else _compile_cost(
+        fig, mem.weights.total, run.min_prompt, run.seq_len, run.compile_seconds_per_gear)
+    if cnote:
+        notes.append(cnote)
+    return TargetEstimate(
+        target=fig.name, family=fig.family, toolchain=fig.toolchain, memory_bytes=fig.memory_bytes,
+        usable_bytes=fig.usable_bytes, bandwidth_gbps=fig.bandwidth_gbps, fp16_tflops=fig.fp16_tflops,
+        chips_per_card=fig.chips_per_card, needed_bytes=mem.total_bytes, fits_one_chip=chips == 1,
+        chips_needed=chips, cards_needed=cards, decode_bound_tok_s=bound, efficiency=eff,
+        efficiency_basis=basis, decode_tok_s=dec, launch_cap_tok_s=cap, card_chips=card_chips,
+        card_decode_tok_s=card_dec, prefill_ms=prefill_ms, prefill_bound=pbound, compile=cc, notes=notes,
+        confidence={k: fig.confidence.get(k, "?") for k in
+                    ("memory_bytes", "memory_bandwidth_gbps", "fp16_tflops", "chips_per_card")},
+        decode_ms=timing.decode_ms if timing else 0.0, transfer_ms=timing.transfer_ms if timing else 0.0,
+        calibration=_calibration(fig.name) if (run.calibration and timing) else "")
+
+
+def _timing_notes(timing: StepTimes, fig: TargetFigures, chips: int) -> list[str]:
+    """Launch-bound steps, the hand-overs of a multi-chip split, the aggregate fallback."""
+    notes = []
+    if timing.launch_ms >= 0.5 * timing.decode_ms:
+        notes.append(f"launch-bound: {timing.launches} kernels x {fig.launch_overhead_us:g} us = "
+                     f"{timing.launch_ms:.2f} ms of the {timing.decode_ms:.2f} ms per step")
+    if chips > 1:
+        notes.append(f"needs {chips} chips: a layer split (convert --chips {chips}) runs them one after "
+                     f"another, + {chips - 1} hand-over(s) of the hidden state per step "
+                     f"({timing.handover_ms:.3f} ms); the card column is tensor parallel")
+    if timing.fallback:
+        notes.append(timing.fallback)
+    return notes
+
+
+def _figure_notes(fig: TargetFigures, precision: str) -> list[str]:
+    """What the target's data says about this estimate: no weight-only kernels, unconfirmed figures."""
+    notes = []
+    # `weight_only_quant_kernels` is false only in the ATC targets' data (Ascend310 / 310B1), whose
+    # source says ATC there has AMCT W8A8 only
+    if precision != "fp16" and fig.weight_only_quant_kernels is False:
+        notes.append("weight-only int8/int4 is a msModelSlim/MindIE scheme; ATC on this chip has AMCT "
+                     "W8A8 only: the figure assumes a dequantizing kernel exists")
+    weak = sorted(k for k in ("memory_bandwidth_gbps", "memory_bytes", "fp16_tflops")
+                  if fig.confidence.get(k) == "M")
+    if weak:
+        notes.append(f"unconfirmed [M] figures: {', '.join(weak)}")
+    return notes
+
+
+def _formulas(spec, w: WeightBytes, batch: int, seq_len: int) -> dict[str, str]:
+    return {
         "weights": w.scheme,
         "kv_cache": f"2 · layers · batch · seq_len · kv_dim · 2 B = 2·{spec.num_layers}·{batch}·{seq_len}·"
                     f"{spec.kv_dim}·2",
@@ -624,22 +694,19 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
                 "all-reduces of the hidden state per layer",
         "prefill": "Σ op times of a gear-prompt_len step + host copies (the mask is B·T·(T+M)·4 bytes)",
     }
-    assumptions = [
-        "figures are estimates from the target data files (confidence marks per target), not measurements",
-        "the ops are those of convert's step graph (one node = one kernel, no fusion beyond the builder's): "
-        "every weight and the whole static KV cache are read each step (ATC graphs are static)",
-        "efficiencies: memory efficiency fitted on a published decode figure where one exists (see calibration); "
-        "compute efficiency uncalibrated (no published prefill figure)",
-        "hand-over between chips: device -> host -> device over PCIe (no direct chip link assumed)",
-        "w8a16 / w4a16 compute in fp16 after dequantization: the fp16 peak applies; w8a16 costs the builder's "
-        "quantized graph with each weight dequantization fused into its MatMul (WeightQuantBatchMatmulV2: the int8 "
-        "weight + scales are read, no fp16 copy; sim.cost.weight_dequant_chains)",
-    ]
-    return EstimateReport(
-        model=name, arch=spec.arch, params=spec.param_count(), precision=precision, seq_len=seq_len,
-        batch=batch, prompt_len=prompt_len, weights_bytes=w.total, weights=w, kv_cache_bytes=kv,
-        workspace_bytes=ws, total_bytes=w.total + kv + ws, decode_bytes_per_step=step_bytes,
-        prefill_flops=flops, targets=out, formulas=formulas, assumptions=assumptions)
+
+
+ASSUMPTIONS = (
+    "figures are estimates from the target data files (confidence marks per target), not measurements",
+    "the ops are those of convert's step graph (one node = one kernel, no fusion beyond the builder's): "
+    "every weight and the whole static KV cache are read each step (ATC graphs are static)",
+    "efficiencies: memory efficiency fitted on a published decode figure where one exists (see calibration); "
+    "compute efficiency uncalibrated (no published prefill figure)",
+    "hand-over between chips: device -> host -> device over PCIe (no direct chip link assumed)",
+    "w8a16 / w4a16 compute in fp16 after dequantization: the fp16 peak applies; w8a16 costs the builder's "
+    "quantized graph with each weight dequantization fused into its MatMul (WeightQuantBatchMatmulV2: the int8 "
+    "weight + scales are read, no fp16 copy; sim.cost.weight_dequant_chains)",
+)
 
 
 # -------------------------------------------------------------------------------- formatting

@@ -168,8 +168,7 @@ def check_fit(spec, target, *, weight_bytes_per_elem: int, compute_bytes: int, b
     Returns:
         FitCheck.
     """
-    name = getattr(target, "name", target)
-    fig = target_figures(name)
+    fig = target_figures(target)
     precision = _PRECISION_OF_BYTES[weight_bytes_per_elem]
 
     def footprint(m: int, precision: str = precision, copies: int = weight_copies) -> MemoryFootprint:
@@ -435,7 +434,7 @@ def check_split_fit(spec, target, chips: int, device_ids=None, *, weight_bytes_p
         ranges: the layer ranges (default `partition_layers`).
         other args: as `check_fit`.
     """
-    fig = target_figures(getattr(target, "name", target))
+    fig = target_figures(target)
     precision = _PRECISION_OF_BYTES[weight_bytes_per_elem]
     kw = dict(kv_bytes=compute_bytes, act_bytes=compute_bytes, batch=batch, max_len=max_len, prompt_len=prompt_len,
               weight_copies=weight_copies)
@@ -456,7 +455,7 @@ def chips_for_split(spec, target, *, precision: str = "fp16", kv_bytes: int = 2,
                     max_len: int = 2048, prompt_len: int = 512, weight_copies: int = 1) -> int:
     """The fewest chips of `target` a pipeline split (`convert --chips N`) of `spec` fits on, every
     chip checked with `partition_layers`' ranges; 0 when even one layer per chip does not fit."""
-    usable = target_figures(getattr(target, "name", target)).usable_bytes
+    usable = target_figures(target).usable_bytes
     kw = dict(kv_bytes=kv_bytes, act_bytes=act_bytes, batch=batch, max_len=max_len, prompt_len=prompt_len,
               weight_copies=weight_copies)
     for n in range(1, spec.num_layers + 1):

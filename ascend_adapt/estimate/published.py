@@ -12,10 +12,14 @@ holds the fitted value rounded to 3 decimals (a test refits it). Every other pub
 the family is a **check**: `calibration_statement(target)` prints the fit and the error on each
 check, and `estimate`'s report carries it.
 
+The figures are target data: each target file lists the measurements made on it under
+`published_decode` (with the HF config they were measured with, from `targets/data/models/`),
+and marks the one its family is fitted on with `"calibrates": true` (docs/targets.md). Today:
+
 - Ascend310P (310P3, Atlas 300I Duo): fitted on LLaMA-13B fp16 on both chips of an Atlas 300I
-  Duo, 6.32 tok/s (tensor parallel over the 2 chips, so the estimate's card column); checked
-  against the llama.cpp CANN figure on 310P (6–8 tok/s, a weak check: another model and an
-  overhead-bound backend, see docs/ESTIMATES.md).
+  Duo, 6.32 tok/s (`Atlas300IDuo.json`; tensor parallel over the 2 chips, so the estimate's card
+  column); checked against the llama.cpp CANN figure on 310P (`Ascend310P3.json`, 6–8 tok/s, a
+  weak check: another model and an overhead-bound backend, see docs/ESTIMATES.md).
 - Ascend910B: fitted on Llama-2-7B fp16 torch_npu eager, 16.6 tok/s; no other figure to check.
 - Ascend310, Ascend310B, MLU370: no published LLM decode figure: the uncalibrated default
   (`cost_model.DEFAULT_MEMORY_EFFICIENCY`), said so in the report.
@@ -25,104 +29,58 @@ Compute efficiency (prefill) has no published figure anywhere: uncalibrated ever
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
-# target family -> the PUBLISHED key its memory efficiency is fitted on
-CALIBRATION: dict[str, str] = {
-    "Ascend310P": "duo-llama-13b",
-    "Ascend910B": "910b-llama2-7b",
-}
+from ascend_adapt.errors import ConfigError
+from ascend_adapt.targets import PublishedFigure, load_target, published_figures
+
+def calibration_table(figures: "tuple[PublishedFigure, ...]") -> dict[str, str]:
+    """{target family: the key of the figure its memory efficiency is fitted on}; one per family."""
+    out: dict[str, str] = {}
+    for f in figures:
+        if not f.used_for_calibration:
+            continue
+        family = load_target(f.target).family
+        if family in out:
+            raise ConfigError(f"two published figures calibrate the {family} family: '{out[family]}' and '{f.key}'",
+                              "mark one of them \"calibrates\": false in its target file")
+        out[family] = f.key
+    return out
 
 
-@dataclass(frozen=True)
-class PublishedFigure:
-    """One public decode measurement and the estimate settings that match it.
-
-    Attributes:
-        key: short id.
-        model: what was measured.
-        config: the HF config (as in model_architectures.md §3.3) to estimate it with.
-        target: target profile name.
-        precision: "fp16" / "w8a16" / "w4a16".
-        seq_len: context the decode runs at (prompt + generated).
-        batch: batch size.
-        chips: "card" when the measurement used every chip of a card, else "min".
-        tok_s: (low, high) measured tokens/s (low == high for a single figure).
-        stack: the software stack measured.
-        source: where the figure was published.
-        note: what differs from our setting.
-        used_for_calibration: whether a memory efficiency is fitted on it (`CALIBRATION`).
-    """
-
-    key: str
-    model: str
-    config: dict
-    target: str
-    precision: str
-    seq_len: int
-    batch: int
-    chips: str
-    tok_s: tuple[float, float]
-    stack: str
-    source: str
-    note: str
-    used_for_calibration: bool
+def published() -> tuple[PublishedFigure, ...]:
+    """Every published figure of the registered targets (their files' `published_decode`)."""
+    return published_figures()
 
 
-def llama_config(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
-                 max_position: int = 4096) -> dict:
-    """An HF Llama config.json with the common Llama-2 values (model_architectures.md §3.3)."""
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "hidden_act": "silu",
-        "max_position_embeddings": max_position, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
-        "vocab_size": 32000, "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False,
-        "torch_dtype": "float16",
-    }
+def calibration() -> dict[str, str]:
+    """{target family: the key of the published figure its memory efficiency is fitted on}."""
+    return calibration_table(published())
 
 
-LLAMA2_7B = llama_config(4096, 11008, 32, 32, 32)
-LLAMA2_13B = llama_config(5120, 13824, 40, 40, 40)
-LLAMA1_13B = llama_config(5120, 13824, 40, 40, 40, max_position=2048)
+# the HF configs the figures were measured with (targets/data/models/), by figure key
+_CONFIGS = {"LLAMA2_7B": "910b-llama2-7b", "LLAMA1_13B": "duo-llama-13b"}
 
-PUBLISHED: tuple[PublishedFigure, ...] = (
-    PublishedFigure(
-        key="910b-llama2-7b", model="Llama-2-7B fp16", config=LLAMA2_7B, target="Ascend910B",
-        precision="fp16", seq_len=256, batch=1, chips="min", tok_s=(16.6, 16.6),
-        stack="torch_npu 2.1 eager (HF transformers), CANN 8.0.RC1, one 910B",
-        source="https://github.com/sgl-project/sglang/issues/13072 (100 tokens in 6012 ms)",
-        note="eager PyTorch dispatches ~1000+ small ops per token from the host; a sunk graph "
-             "(OM / MindSpore graph mode / MindIE) is expected to be faster",
-        used_for_calibration=True),
-    PublishedFigure(
-        key="duo-llama-13b", model="LLaMA-13B fp16", config=LLAMA1_13B, target="Atlas300IDuo",
-        precision="fp16", seq_len=2048, batch=1, chips="card", tok_s=(6.32, 6.32),
-        stack="PytorchAdapter 1.11 + Ascend acceleration library, CANN 7.0.T3, weights split over "
-              "both chips of one Atlas 300I Duo",
-        source="Ascend ModelZoo 'LLaMA-13B模型-推理指导' README (Duo双芯, 1 x 1024 in, 1024 out)",
-        note="tensor-parallel over the card's 2 chips, so compared with the card figure",
-        used_for_calibration=True),
-    PublishedFigure(
-        key="310p-llamacpp", model="Llama-2-7B fp16 (cross-check)", config=LLAMA2_7B, target="Ascend310P3",
-        precision="fp16", seq_len=512, batch=1, chips="min", tok_s=(6.0, 8.0),
-        stack="llama.cpp CANN backend, CANN 8.5.0, 310P",
-        source="https://github.com/ggml-org/llama.cpp/issues/22271",
-        note="the issue measures gemma4-26b-a4b (MoE, ~4B active) at 6 (fp16) / 7 (int8) / 8 (int4) "
-             "tok/s with no speed-up from a second chip: the backend is overhead-bound there, not "
-             "bandwidth-bound. Our Llama-2-7B fp16 estimate lands in the same range by coincidence "
-             "of the two limits, not because the workloads match",
-        used_for_calibration=False),
-)
+
+def __getattr__(name: str):
+    """PUBLISHED, CALIBRATION, LLAMA2_7B, LLAMA1_13B: read from the target data when asked for
+    (importing this module loads no target file)."""
+    if name == "PUBLISHED":
+        return published()
+    if name == "CALIBRATION":
+        return calibration()
+    if name in _CONFIGS:
+        return dict(figure(_CONFIGS[name]).config)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def figure(key: str) -> PublishedFigure:
     """The published figure `key` (a KeyError naming the known keys otherwise)."""
-    for f in PUBLISHED:
+    figs = published()
+    for f in figs:
         if f.key == key:
             return f
-    raise KeyError(f"no published figure '{key}' (have {', '.join(f.key for f in PUBLISHED)})")
+    raise KeyError(f"no published figure '{key}' (have {', '.join(f.key for f in figs)})")
 
 
 def model_tok_s(fig: PublishedFigure, memory_efficiency: float | None = None) -> float:
@@ -130,7 +88,7 @@ def model_tok_s(fig: PublishedFigure, memory_efficiency: float | None = None) ->
     `memory_efficiency` (default: the target data file's)."""
     from .core import estimate
 
-    r = estimate(fig.config, [fig.target], fig.precision, fig.seq_len, fig.batch, prompt_len=min(16, fig.seq_len),
+    r = estimate(dict(fig.config), [fig.target], fig.precision, fig.seq_len, fig.batch, prompt_len=min(16, fig.seq_len),
                  efficiency=memory_efficiency, calibration=False)
     t = r.targets[0]
     return t.card_decode_tok_s if fig.chips == "card" else t.decode_tok_s
@@ -171,11 +129,11 @@ def calibration_statement(target: str) -> str:
     """Which published figure `target`'s memory efficiency was fitted on, the estimate there, and
     the estimate's error on every published figure of its family it was not fitted on."""
     from ascend_adapt.cost_model import CostFigures
-    from ascend_adapt.targets import load_target
 
     t = load_target(target)
     eff = CostFigures.of(t).memory_efficiency
-    key = CALIBRATION.get(t.family)
+    figs = published()
+    key = calibration_table(figs).get(t.family)
     if key is None:
         return (f"{t.name}: memory efficiency {eff:.3f} is an uncalibrated default: no published LLM decode "
                 f"figure for the {t.family} family")
@@ -184,8 +142,7 @@ def calibration_statement(target: str) -> str:
     parts = [f"{t.name}: memory efficiency {eff:.3f} calibrated on '{fit.key}' ({fit.model}, {fit.target}"
              f"{', all chips of the card' if fit.chips == 'card' else ''}, {_published_text(fit)}; {fit.source}): "
              f"estimate {got:.2f} tok/s, error {_pct(error_pct(got, fit))} (the fit, rounded)"]
-    family = {f.key for f in PUBLISHED if f.key != key and load_target(f.target).family == t.family}
-    checks = [f for f in PUBLISHED if f.key in family]
+    checks = [f for f in figs if f.key != key and load_target(f.target).family == t.family]
     if not checks:
         parts.append("no other published figure of this family to check it against")
     for f in checks:

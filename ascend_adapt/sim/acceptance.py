@@ -7,7 +7,7 @@ with problems. Checks, in ATC's order (parameters, parse, shapes, then load):
 | code    | check |
 |---------|-------|
 | E10001  | --precision_mode not offered by the target (bf16 modes on 310/310P) |
-| E10004 ... E10047 | ATC's gear rules (E10004 no --input_shape, E10040 no -1 or a lo~hi range, E10035 / E10036 fewer than the target's minimum (2) / more than its maximum (100) gears, E10037 / E10038 / E10039 / E10045 / E10003 profile values): one implementation, `om_convert.atc.validate.gear_problems`, shared with `validate()` and `analyze` |
+| E10004 ... E10047 | ATC's gear rules (E10004 no --input_shape, E10040 no -1 or a lo~hi range, E10035 / E10036 fewer than the target's minimum (2) / more than its maximum (100) gears, E10037 / E10038 / E10039 / E10045 / E10003 profile values): one definition in the core, `ascend_adapt.targets.gear_rules`, shared with ATC's `validate()`, `analyze` and the gear planner |
 | E10016  | an --input_shape / --keep_dtype name that is not in the model (keep_dtype: warning, as ATC) |
 | E10049  | --input_shape dim count differs from the graph input's rank |
 | E19010  | op type / opset with no ATC ONNX parser for the target (Loop, Gelu-20, opset 19+) |
@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import onnx
 
 from ascend_adapt.errors import UnsupportedError
+from ascend_adapt.targets import resolve_target
 
 from .graph import TensorInfo, attrs_of, graph_inputs, infer_tensor_infos, iter_nodes, load_model, node_label
 from .settings import SimSettings
@@ -34,9 +35,25 @@ from .settings import SimSettings
 SIMULATED = "simulated"
 
 # ATC's own templates (om_convert/atc/data/ge_error_codes.json, reference sheet §3), used when
-# the ATC driver package is not importable.
+# the ATC driver package is not importable: every code the checks below (the gear rules included) raise.
 _TEMPLATES = {
     "E10001": "Value %s for parameter %s is invalid. Reason: %s",
+    "E10003": "Value %s for parameter --%s is invalid. Reason: %s",
+    "E10004": "Value for --%s is empty.",
+    "E10012": "--dynamic_batch_size is included, but the dimension count of the dynamic-shape input configured in "
+              "--input_shape is less than 1.",
+    "E10018": "Value %s for shape %s is invalid. When --dynamic_batch_size is included, only batch size N can be -1 "
+              "in --input_shape.",
+    "E10019": "When --dynamic_image_size is included, only the height and width axes can be -1 in --input_shape.",
+    "E10031": "--dynamic_batch_size is included, but none of the nodes specified in --input_shape has a batch size "
+              "equaling -1.",
+    "E10037": "The profiles configured in --dynamic_batch_size, --dynamic_image_size, or --dynamic_dims have "
+              "inconsistent dimension counts. A profile has %s dimensions while another has %s dimensions.",
+    "E10038": "Dimension size %s is invalid. The value must be greater than 0.",
+    "E10039": "The --dynamic_batch_size, --dynamic_image_size, or --dynamic_dims argument has duplicate profiles.",
+    "E10045": "The number of -1 axes in the --input_shape argument exceeds the dimension count per profile in "
+              "--dynamic_dims.",
+    "E10047": "--%s and --%s are mutually exclusive.",
     "E10016": "Op name %s specified in --%s is not found in the model. Confirm whether this node name exists, "
               "or whether the node is not split with the specified delimiter ';'.",
     "E10035": "--dynamic_batch_size, --dynamic_image_size, or --dynamic_dims has %s profiles, which is less "
@@ -166,12 +183,6 @@ class AcceptanceReport:
                 "memory": None if self.memory is None else self.memory.to_dict()}
 
 
-def _target(target: Any):
-    from ascend_adapt.targets import load_target
-
-    return load_target(target) if isinstance(target, str) else target
-
-
 # ---------------------------------------------------------------------------- checks
 def _check_precision(settings: SimSettings, target: Any, graph: str | None) -> list[Problem]:
     if settings.precision_mode in target.precision_modes:
@@ -184,16 +195,16 @@ def _check_precision(settings: SimSettings, target: Any, graph: str | None) -> l
 
 
 def _check_gears(settings: SimSettings, target: Any, graph: str | None) -> list[Problem]:
-    """ATC's gear rules: the one implementation in om_convert.atc.validate.gear_problems."""
+    """ATC's gear rules: the one definition, `ascend_adapt.targets.gear_rules`."""
     g = settings.gears
     if g is None:
         return []
-    from ascend_adapt.om_convert.atc.validate import gear_problems
+    from ascend_adapt.targets.gear_rules import gear_violations
 
-    return [Problem(e.code, e.atc_message, e.hint or "", "gears", graph=graph)
-            for e in gear_problems(settings.input_shape or {}, g.flag, g.values, soc_version=settings.soc_version
-                                   or target.soc_version, min_gears=target.gear_min,
-                                   max_gears=target.gear_max, check_format=False)]
+    return [Problem(v.code, _format(v.code, *v.args), v.hint, "gears", graph=graph)
+            for v in gear_violations(settings.input_shape or {}, g.flag, g.values, soc_version=settings.soc_version
+                                     or target.soc_version, min_gears=target.gear_min,
+                                     max_gears=target.gear_max, check_format=False)]
 
 
 def _check_shapes(model: onnx.ModelProto, settings: SimSettings, target: Any, graph: str | None,
@@ -381,7 +392,7 @@ def check_memory(models: Sequence[onnx.ModelProto] | onnx.ModelProto, target: An
     """
     from .cost import combine_memory, estimate_memory
 
-    target = _target(target)
+    target = resolve_target(target)
     ms = [models] if isinstance(models, onnx.ModelProto) else list(models)
     ss = [settings] * len(ms) if isinstance(settings, SimSettings) else list(settings)
     shapes = list(input_shapes) if input_shapes is not None else [None] * len(ms)
@@ -418,7 +429,7 @@ def check_model(model: Any, target: Any, settings: SimSettings | None = None, *,
     Returns:
         AcceptanceReport; `.raise_if_rejected()` raises SimulatorRejection.
     """
-    target = _target(target)
+    target = resolve_target(target)
     settings = settings or SimSettings(target=target.name)
     m = load_model(model)
     report = AcceptanceReport(target.name)
@@ -457,7 +468,7 @@ def accept_model(model: Any, target: Any, settings: SimSettings | None = None, *
 def check_graphs(models: Mapping[str, Any], target: Any, settings: Mapping[str, SimSettings] | SimSettings
                  ) -> AcceptanceReport:
     """Check several graphs of one artifact (each alone, then their memory side by side)."""
-    target = _target(target)
+    target = resolve_target(target)
     report = AcceptanceReport(target.name)
     loaded = {}
     for name, model in models.items():

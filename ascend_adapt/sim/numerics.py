@@ -213,9 +213,14 @@ def plan_precision(model: onnx.ModelProto, settings: SimSettings, *, target: Any
     Args:
         model: the ONNX model (weights not needed).
         settings: precision mode, keep_dtype, modify_mixlist.
-        target: the target (maps ONNX types to Ascend IR types for OpType:: / mixlist entries).
+        target: the target or its name (maps ONNX types to Ascend IR types for OpType:: / mixlist
+            entries); None: entries match ONNX op types only.
         infos: tensor infos (computed when omitted).
     """
+    if target is not None:
+        from ascend_adapt.targets import resolve_target
+
+        target = resolve_target(target)
     infos = infos if infos is not None else infer_tensor_infos(model)
     policy, low = settings.policy, settings.low_dtype
     modes: dict[int, str] = {}
@@ -303,15 +308,25 @@ def emulate_precision(model: onnx.ModelProto, settings: SimSettings, *, target: 
     if plan.low_dtype is None:
         stats.fp32_nodes = len(model.graph.node)
         return out, stats
-    low_t = _LOW_ONNX[plan.low_dtype]
     g = out.graph
     nodes = []
     for n in g.node:  # detached copies: the repeated field is rebuilt below
         c = onnx.NodeProto()
         c.CopyFrom(n)
         nodes.append(c)
+    low_readers, other_readers = _float_readers(nodes, plan, infos, g.output)
+    exact, rounded = _round_initializers(g, plan.low_dtype, low_readers, other_readers, stats)
+    _round_constants(nodes, plan.low_dtype, low_readers, other_readers, exact)
+    new_nodes = _with_rounding_pairs(nodes, plan, infos, exact, rounded, stats)
+    g.ClearField("node")
+    g.node.extend(new_nodes)
+    return out, stats
 
-    # which float initializers are read by rounding nodes, and by others
+
+def _float_readers(nodes: list[onnx.NodeProto], plan: PrecisionPlan, infos: Mapping[str, TensorInfo],
+                   outputs) -> tuple[dict[str, int], dict[str, int]]:
+    """How often each tensor is read as a float input of a rounding node (LOW / LOW_IN), and by
+    anything else (other inputs, other nodes, the graph outputs)."""
     low_readers: dict[str, int] = defaultdict(int)
     other_readers: dict[str, int] = defaultdict(int)
     for i, node in enumerate(nodes):
@@ -321,19 +336,29 @@ def emulate_precision(model: onnx.ModelProto, settings: SimSettings, *, target: 
                 low_readers[name] += 1
             elif name:
                 other_readers[name] += 1
-    for o in g.output:
+    for o in outputs:
         other_readers[o.name] += 1
+    return low_readers, other_readers
 
-    exact: set[str] = set()          # tensors whose values are exact in the low dtype
-    rounded: dict[str, str] = {}     # tensor -> name of its rounded copy
+
+def _round_initializers(g: onnx.GraphProto, low: str, low_readers: Mapping[str, int],
+                        other_readers: Mapping[str, int], stats: EmulationStats) -> tuple[set[str], dict[str, str]]:
+    """Round the float32 initializers that rounding nodes read to the `low` dtype: in place when
+    only rounding nodes read them, else as a rounded copy beside the original.
+
+    Returns:
+        (tensors whose values are exact in the low dtype, {tensor: name of its rounded copy}).
+    """
+    exact: set[str] = set()
+    rounded: dict[str, str] = {}
     new_inits: list[onnx.TensorProto] = []
     for init in g.initializer:
         if init.data_type != TensorProto.FLOAT or not low_readers.get(init.name):
             continue
-        arr = _round_array(numpy_helper.to_array(init), plan.low_dtype)
+        arr = _round_array(numpy_helper.to_array(init), low)
         stats.rounded_initializers += 1
         if other_readers.get(init.name):
-            t = numpy_helper.from_array(arr, f"{init.name}{_SUFFIX}_{plan.low_dtype}")
+            t = numpy_helper.from_array(arr, f"{init.name}{_SUFFIX}_{low}")
             new_inits.append(t)
             rounded[init.name] = t.name
             exact.add(t.name)
@@ -341,26 +366,43 @@ def emulate_precision(model: onnx.ModelProto, settings: SimSettings, *, target: 
             init.CopyFrom(numpy_helper.from_array(arr, init.name))
             exact.add(init.name)
     g.initializer.extend(new_inits)
-    # Constant nodes holding float32 tensors read by rounding nodes: round in place when only
-    # rounding nodes read them (the common case), else let the input pair do it.
+    return exact, rounded
+
+
+def _round_constants(nodes: list[onnx.NodeProto], low: str, low_readers: Mapping[str, int],
+                     other_readers: Mapping[str, int], exact: set[str]) -> None:
+    """Constant nodes holding float32 tensors read by rounding nodes: round in place when only
+    rounding nodes read them (the common case), else let the input pair do it."""
     for node in nodes:
         if node.op_type == "Constant" and node.output and low_readers.get(node.output[0]) \
                 and not other_readers.get(node.output[0]):
             for a in node.attribute:
                 if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
-                    arr = _round_array(numpy_helper.to_array(a.t), plan.low_dtype)
+                    arr = _round_array(numpy_helper.to_array(a.t), low)
                     a.t.CopyFrom(numpy_helper.from_array(arr, a.t.name))
                     exact.add(node.output[0])
 
-    counter = [0]
 
-    def pair(src: str, dst: str) -> list[onnx.NodeProto]:
-        counter[0] += 1
-        mid = f"{dst}{_SUFFIX}_{plan.low_dtype}"
-        stats.rounding_pairs += 1
-        return [helper.make_node("Cast", [src], [mid], to=low_t, name=f"{_SUFFIX}_to_low_{counter[0]}"),
-                helper.make_node("Cast", [mid], [dst], to=TensorProto.FLOAT, name=f"{_SUFFIX}_to_f32_{counter[0]}")]
+class _Pairs:
+    """Makes the Cast(low) → Cast(float32) pairs that round a tensor to the low dtype, numbered."""
 
+    def __init__(self, low: str, stats: EmulationStats):
+        self.low, self.low_t, self.stats, self.count = low, _LOW_ONNX[low], stats, 0
+
+    def __call__(self, src: str, dst: str) -> list[onnx.NodeProto]:
+        self.count += 1
+        mid = f"{dst}{_SUFFIX}_{self.low}"
+        self.stats.rounding_pairs += 1
+        return [helper.make_node("Cast", [src], [mid], to=self.low_t, name=f"{_SUFFIX}_to_low_{self.count}"),
+                helper.make_node("Cast", [mid], [dst], to=TensorProto.FLOAT, name=f"{_SUFFIX}_to_f32_{self.count}")]
+
+
+def _with_rounding_pairs(nodes: list[onnx.NodeProto], plan: PrecisionPlan, infos: Mapping[str, TensorInfo],
+                         exact: set[str], rounded: dict[str, str], stats: EmulationStats) -> list[onnx.NodeProto]:
+    """The node list with rounding pairs: before each float input of a LOW / LOW_IN node that is
+    not exact yet (once per tensor), and after each float output of a LOW node that computes
+    (ops that only move values keep them exact). ORIGIN nodes stay as they are."""
+    pair = _Pairs(plan.low_dtype, stats)
     new_nodes: list[onnx.NodeProto] = []
     for i, node in enumerate(nodes):
         mode = plan.modes[i]
@@ -397,9 +439,7 @@ def emulate_precision(model: onnx.ModelProto, settings: SimSettings, *, target: 
                 exact.add(name)
         new_nodes.append(node)
         new_nodes.extend(post)
-    g.ClearField("node")
-    g.node.extend(new_nodes)
-    return out, stats
+    return new_nodes
 
 
 def _session_options(optimize: bool, threads: int | None):

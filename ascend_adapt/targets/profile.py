@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
 from .optable import OpRow, format_opsets, parse_opsets, read_table
+from .published import PublishedFigure, parse_published
 
 CONFIDENCE = ("V", "S", "M")
 DEFAULT_DOMAIN = "ai.onnx"
@@ -48,15 +49,16 @@ _FIGURES: dict[str, bool] = {
     "precision_modes": True,
     "unsupported_dtypes": False,
     "fp16_only_ops": False,
+    # False where the chip has no weight-only int8/int4 kernel (W8A16 / W4A16 dequantizing MatMul)
+    "weight_only_quant_kernels": False,
     # dtypes the PyTorch device plugin (torch_npu / torch_mlu) computes in, per plugin
     "torch_dtypes": False,
     "gears": True,
     "onnx_opsets": True,
 }
 _PLAIN = ("name", "vendor", "soc_version", "family", "toolchain", "products", "description",
-          "default_toolchain_version", "aliases", "op_table", "extends", "schema_version", "notes")
-
-_TOOLCHAIN_LABEL = {"atc": "CANN", "magicmind": "MagicMind"}
+          "default_toolchain_version", "aliases", "op_table", "extends", "schema_version", "notes",
+          "published_decode", "estimate_rank", "toolkit")
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -272,11 +274,17 @@ class Target:
         gear_min / gear_max: limits on the number of dynamic gears (None where not applicable).
         onnx_opsets: {toolchain version: (min_opset, max_opset)}.
         default_toolchain_version: the version assumed when none is given (CANN for Ascend).
+        toolkit: the vendor toolkit that version numbers ("CANN", "MagicMind"; the data file's
+            `toolkit`, else the toolchain's name), for messages.
         unsupported_dtypes: dtypes no op of the target takes ("float64", "bfloat16"); the fact
             (`fact("unsupported_dtypes")`) says where that comes from.
         fp16_only_ops: ONNX op types with no float32 kernel on this chip (refused under
             must_keep_origin_dtype / origin, which keep them in fp32); None where it is not known.
         op_table: which ONNX ops the converter parses, with restrictions.
+        published: public decode measurements on this target (`published_decode`, not inherited
+            through `extends`); `ascend_adapt.estimate.published` fits and checks on them.
+        estimate_rank: position in `estimate`'s default target list (None: not in it; not
+            inherited through `extends`).
     """
 
     name: str
@@ -309,6 +317,9 @@ class Target:
     source_file: str = ""
     notes: str = ""
     fp16_only_ops: frozenset[str] | None = None
+    published: tuple[PublishedFigure, ...] = ()
+    estimate_rank: int | None = None
+    toolkit: str = ""
 
     def dtype_source(self, fact_name: str) -> str:
         """"source [confidence]" of a dtype fact, for messages ("" when the profile has none)."""
@@ -326,8 +337,7 @@ class Target:
 
     def toolchain_label(self, version: str | None = None) -> str:
         """"CANN 8.0" / "MagicMind 1.0": the toolchain and version used in messages."""
-        label = _TOOLCHAIN_LABEL.get(self.toolchain, self.toolchain)
-        return f"{label} {version or self.default_toolchain_version}"
+        return f"{self.toolkit or self.toolchain} {version or self.default_toolchain_version}"
 
     @property
     def card_memory_bytes(self) -> int:
@@ -462,6 +472,8 @@ def read_profile(path: Path, search_dirs: Sequence[Path], _seen: tuple[str, ...]
                               f"put {parent}.json beside it or in {search_dirs[0] if search_dirs else '.'}")
         base.pop("name", None)
         base.pop("aliases", None)
+        base.pop("published_decode", None)  # measurements belong to the file that lists them
+        base.pop("estimate_rank", None)  # so does the place in estimate's default list
         data = _merge(base, {k: v for k, v in data.items() if k != "extends"}, whole=_FIGURES)
     return data
 
@@ -577,6 +589,15 @@ def _op_set(fact: Fact | None, where: str) -> frozenset[str] | None:
     return frozenset(fact.value)
 
 
+def _rank(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: estimate_rank must be an integer, got {value!r}",
+                          "give the position in estimate's default target list, or drop the key")
+    return value
+
+
 def target_from_dict(data: dict, where: str, search_dirs: Sequence[Path]) -> Target:
     """Build a Target from a resolved profile dict (after `extends`)."""
     for k in ("name", "vendor", "soc_version", "family", "toolchain", "default_toolchain_version", "op_table"):
@@ -629,6 +650,8 @@ def target_from_dict(data: dict, where: str, search_dirs: Sequence[Path]) -> Tar
         op_table=_op_table(data["op_table"], where, search_dirs), facts=MappingProxyType(facts),
         aliases=tuple(data.get("aliases", ())), source_file=where, notes=str(data.get("notes", "")),
         fp16_only_ops=_op_set(facts.get("fp16_only_ops"), where),
+        published=parse_published(data.get("published_decode"), data["name"], where, search_dirs),
+        estimate_rank=_rank(data.get("estimate_rank"), where), toolkit=str(data.get("toolkit") or data["toolchain"]),
     )
     t._version_key(None)  # the default version must resolve
     return t

@@ -1,7 +1,8 @@
 """Gear planning for dynamic sequence lengths under ATC's limits.
 
 ATC has no dynamic sequence length for the 310 family: a dim marked -1 in --input_shape must be
-bound to a list of profiles ("gears", 2–100, 256 on Ascend950) and ATC compiles one static graph
+bound to a list of profiles ("gears", 2–100, 256 on Ascend950: the chip's limits come from the
+target data through `ascend_adapt.targets.gear_rules`) and ATC compiles one static graph
 per gear into the OM. At run time the host pads a prompt up to the smallest gear that holds it
 and calls `aclmdlSetInputDynamicDims`. So the planner's job is: few gears (each one costs compile
 time and OM size), little padding, and the largest gear covering `max_len`.
@@ -25,10 +26,15 @@ from typing import Mapping, NamedTuple, Sequence
 from ascend_adapt.errors import ConfigError
 
 from .errors import AtcValidationError
+from ascend_adapt.targets.gear_rules import gear_violations, max_gears_for, min_gears_for
+
 from .options import AtcOptions, format_input_shape
-from .validate import MIN_GEARS, max_gears_for
 
 STRATEGIES = ("pow2", "linear", "explicit")
+# what to do when prefill gears break ATC's count / duplicate rules (prefill_gear_shapes)
+_PREFILL_HINTS = {"E10035": "plan at least two gears with plan_gears()",
+                  "E10036": "plan fewer gears with plan_gears(max_gears=...)",
+                  "E10039": "remove repeated gears"}
 
 
 def _positive_int(name: str, value) -> int:
@@ -93,61 +99,84 @@ def plan_gears(
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"gear planner: unknown strategy {strategy!r}", f"use one of {', '.join(STRATEGIES)}")
-    limit = max_gears_for(soc_version)
-    if isinstance(max_gears, bool) or not isinstance(max_gears, int) or not MIN_GEARS <= max_gears <= limit:
-        raise ConfigError(
-            f"gear planner: max_gears={max_gears!r} is outside ATC's limits {MIN_GEARS}..{limit}"
-            + (f" for {soc_version}" if soc_version else ""),
-            f"pass max_gears between {MIN_GEARS} and {limit}")
+    least = _check_max_gears(max_gears, soc_version)
     align = _positive_int("align", align)
-    flag = "dynamic_dims"
     if strategy == "explicit":
-        if gears is None:
-            raise ConfigError("gear planner: strategy 'explicit' needs gears=[...]", "pass gears=[128, 256, ...]")
-        values = [int(g) for g in gears]
-        bad = [g for g in values if g <= 0]
-        if bad:
-            raise AtcValidationError.from_code("E10038", bad[0], flag=flag, hint="gear values are positive integers")
-        plan = sorted(set(values))
-        if max_len is not None and plan and plan[-1] < _positive_int("max_len", max_len):
-            raise ConfigError(
-                f"gear planner: the largest gear {plan[-1]} does not cover max_len={max_len}",
-                f"add a gear >= {max_len}, or lower max_len")
+        plan = _explicit_plan(gears, max_len)
     else:
-        lo = _positive_int("min_len", min_len)
-        hi = _positive_int("max_len", max_len)
-        if hi < lo:
-            raise ConfigError(f"gear planner: max_len={hi} is below min_len={lo}", "swap them")
-        if hi == lo:
-            raise AtcValidationError.from_code(
-                "E10035", 1, MIN_GEARS, flag=flag,
-                hint=f"min_len == max_len ({lo}): no gears are needed, use a static --input_shape")
-        if strategy == "pow2":
-            p = 1
-            plan = []
-            while p < hi:
-                if p >= lo:
-                    plan.append(p)
-                p *= 2
-            plan.append(hi)
-            if len(plan) < MIN_GEARS:
-                plan.insert(0, lo)
-        else:
-            if step is None:
-                step = max(1, math.ceil((hi - lo) / (max_gears - 1)))
-                step = math.ceil(step / align) * align
-            step = _positive_int("step", step)
-            plan = list(range(lo, hi, step)) + [hi]
-        plan = sorted({_round_up(g, align, hi) for g in plan})
-        if strategy == "pow2":
-            plan = _thin(plan, max_gears)
-    if len(plan) < MIN_GEARS:
-        raise AtcValidationError.from_code("E10035", len(plan), MIN_GEARS, flag=flag,
+        plan = _range_plan(min_len, max_len, max_gears, strategy, step, align, least)
+    if len(plan) < least:
+        raise AtcValidationError.from_code("E10035", len(plan), least, flag="dynamic_dims",
                                            hint="give at least two gears, or use a static shape")
     if len(plan) > max_gears:
         raise AtcValidationError.from_code(
-            "E10036", len(plan), max_gears, flag=flag,
+            "E10036", len(plan), max_gears, flag="dynamic_dims",
             hint="use a larger step, strategy='pow2', or fewer explicit gears")
+    return plan
+
+
+def _check_max_gears(max_gears, soc_version: str | None) -> int:
+    """Refuse a `max_gears` outside the chip's limits; return the chip's minimum gear count."""
+    least, limit = min_gears_for(soc_version), max_gears_for(soc_version)
+    if isinstance(max_gears, bool) or not isinstance(max_gears, int) or not least <= max_gears <= limit:
+        raise ConfigError(
+            f"gear planner: max_gears={max_gears!r} is outside ATC's limits {least}..{limit}"
+            + (f" for {soc_version}" if soc_version else ""),
+            f"pass max_gears between {least} and {limit}")
+    return least
+
+
+def _explicit_plan(gears: Sequence[int] | None, max_len: int | None) -> list[int]:
+    """The explicit gears, sorted and de-duplicated; positive, the last covering `max_len`."""
+    if gears is None:
+        raise ConfigError("gear planner: strategy 'explicit' needs gears=[...]", "pass gears=[128, 256, ...]")
+    values = [int(g) for g in gears]
+    bad = [g for g in values if g <= 0]
+    if bad:
+        raise AtcValidationError.from_code("E10038", bad[0], flag="dynamic_dims",
+                                           hint="gear values are positive integers")
+    plan = sorted(set(values))
+    if max_len is not None and plan and plan[-1] < _positive_int("max_len", max_len):
+        raise ConfigError(
+            f"gear planner: the largest gear {plan[-1]} does not cover max_len={max_len}",
+            f"add a gear >= {max_len}, or lower max_len")
+    return plan
+
+
+def _range_plan(min_len, max_len, max_gears: int, strategy: str, step: int | None, align: int,
+                least: int) -> list[int]:
+    """The pow2 or linear gears from min_len to max_len, rounded up to `align` (pow2: thinned)."""
+    lo = _positive_int("min_len", min_len)
+    hi = _positive_int("max_len", max_len)
+    if hi < lo:
+        raise ConfigError(f"gear planner: max_len={hi} is below min_len={lo}", "swap them")
+    if hi == lo:
+        raise AtcValidationError.from_code(
+            "E10035", 1, least, flag="dynamic_dims",
+            hint=f"min_len == max_len ({lo}): no gears are needed, use a static --input_shape")
+    if strategy == "pow2":
+        plan = _pow2_gears(lo, hi, least)
+    else:
+        if step is None:
+            step = max(1, math.ceil((hi - lo) / (max_gears - 1)))
+            step = math.ceil(step / align) * align
+        step = _positive_int("step", step)
+        plan = list(range(lo, hi, step)) + [hi]
+    plan = sorted({_round_up(g, align, hi) for g in plan})
+    return _thin(plan, max_gears) if strategy == "pow2" else plan
+
+
+def _pow2_gears(lo: int, hi: int, least: int) -> list[int]:
+    """The powers of two in [lo, hi), then hi (lo first when that leaves fewer than `least`)."""
+    p = 1
+    plan = []
+    while p < hi:
+        if p >= lo:
+            plan.append(p)
+        p *= 2
+    plan.append(hi)
+    if len(plan) < least:
+        plan.insert(0, lo)
     return plan
 
 
@@ -230,15 +259,10 @@ def prefill_gear_shapes(
         AtcValidationError: the gears break ATC's limits (E10035 / E10036 / E10039).
     """
     gears = tuple(int(g) for g in gears)
-    limit = max_gears_for(soc_version)
-    if len(gears) < MIN_GEARS:
-        raise AtcValidationError.from_code("E10035", len(gears), MIN_GEARS, flag="dynamic_dims",
-                                           hint="plan at least two gears with plan_gears()")
-    if len(gears) > limit:
-        raise AtcValidationError.from_code("E10036", len(gears), limit, flag="dynamic_dims",
-                                           hint="plan fewer gears with plan_gears(max_gears=...)")
-    if len(set(gears)) != len(gears):
-        raise AtcValidationError.from_code("E10039", flag="dynamic_dims", hint="remove repeated gears")
+    # ATC's count and duplicate rules (the core's one definition), with the planner's advice
+    for v in gear_violations({seq: (-1,)}, "dynamic_dims", [(g,) for g in gears], soc_version=soc_version):
+        if v.code in _PREFILL_HINTS:
+            raise AtcValidationError.from_code(v.code, *v.args, flag=v.flag, hint=_PREFILL_HINTS[v.code])
     input_shape: dict[str, tuple[int, ...]] = {}
     exprs: list[tuple[str, int, int]] = []
     for name, dims in shapes.items():

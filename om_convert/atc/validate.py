@@ -15,7 +15,7 @@ Every rule raises `AtcValidationError` with ATC's own error code and the message
 | E10009 | more than one of dynamic_batch_size / dynamic_image_size / dynamic_dims / input_shape_range |
 | E10004 | gears without --input_shape |
 | E10040 | gears, but --input_shape has no -1 or has a `~` range |
-| E10035 / E10036 | fewer than 2 / more than 100 gears (256 on Ascend950) |
+| E10035 / E10036 | fewer than 2 / more than 100 gears (256 on Ascend950: the chip's limits, target data) |
 | E10037 | gears with different value counts |
 | E10038 | a gear value ≤ 0 |
 | E10039 | duplicate gears |
@@ -25,12 +25,19 @@ Every rule raises `AtcValidationError` with ATC's own error code and the message
 | E10047 | --dynamic_dims with --insert_op_conf (AIPP) |
 | E10055 | a dynamic-shape model (range or -1 without gears) on Ascend310 / Ascend310B* |
 | E10410 | a file named by a flag does not exist (with `check_files=True`) |
+
+The gear rules (E10004 ... E10047) and the per-chip limits (gear counts, shape ranges) are
+defined once, in the core: `ascend_adapt.targets.gear_rules`, which reads them from the target
+data; `gear_problems` here turns its violations into `AtcValidationError`s.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Iterator
+
+from ascend_adapt.targets.gear_rules import (GEAR_FLAGS, gear_violations, max_gears_for,  # noqa: F401 (re-exported)
+                                             supports_shape_range)
 
 from .errors import AtcValidationError
 from .options import (
@@ -60,23 +67,8 @@ from .options import (
     has_ranges,
 )
 
-MIN_GEARS = 2
-MAX_GEARS = 100
-MAX_GEARS_ASCEND950 = 256
-
-_GEAR_FLAGS = ("dynamic_batch_size", "dynamic_image_size", "dynamic_dims")
+_GEAR_FLAGS = GEAR_FLAGS
 _RANGE_REASON = "The current value is not within the valid range."
-
-
-def max_gears_for(soc_version: str | None) -> int:
-    """ATC's gear limit: 100 profiles, 256 on Atlas 350 / Ascend 950 (reference §1.1)."""
-    return MAX_GEARS_ASCEND950 if (soc_version or "").startswith("Ascend950") else MAX_GEARS
-
-
-def supports_shape_range(soc_version: str | None) -> bool:
-    """False on Ascend310 and Ascend310B* (Atlas 200/300/500, 200I/500 A2): no dynamic-shape models."""
-    soc = soc_version or ""
-    return not (soc == "Ascend310" or soc.startswith("Ascend310B"))
 
 
 def validate(options: AtcOptions, *, check_files: bool = False) -> None:
@@ -260,145 +252,25 @@ def _shape_values(o: AtcOptions) -> Iterator[AtcValidationError]:
                     hint="shape values are positive integers; -1 marks a gear-bound (or dynamic) dim")
 
 
-def _gear_error(code: str, flag: str, *args, hint: str) -> AtcValidationError:
-    return AtcValidationError.from_code(code, *args, flag=flag, hint=hint)
-
-
 def _gears(o: AtcOptions, flag: str) -> Iterator[AtcValidationError]:
     yield from gear_problems(o.input_shape, flag, getattr(o, flag), soc_version=o.soc_version,
                              input_format=o.input_format, insert_op_conf=o.insert_op_conf)
-
-
-def _is_range(d) -> bool:
-    """A `lo~hi` dim: a DimRange here, a (lo, hi) tuple in the simulator's settings."""
-    return isinstance(d, tuple)
 
 
 def gear_problems(input_shape, flag: str, gears, *, soc_version: str | None = None,
                   input_format: str | None = "ND", insert_op_conf: str | None = None,
                   min_gears: int | None = None, max_gears: int | None = None,
                   check_format: bool = True) -> Iterator[AtcValidationError]:
-    """ATC's rules for one gear option, as a pure function of the values (the one implementation).
+    """ATC's rules for one gear option (`ascend_adapt.targets.gear_rules.gear_violations`, the
+    one definition) as `AtcValidationError`s with ATC's code and wording, in ATC's order.
 
-    `validate()` (on AtcOptions), the simulator's acceptance check and `analyze` all call it.
-
-    Args:
-        input_shape: --input_shape {input: dims}; a dim is an int (-1 = gear-bound) or a
-            `lo~hi` range (DimRange, or a (lo, hi) tuple).
-        flag: "dynamic_dims", "dynamic_batch_size" or "dynamic_image_size".
-        gears: the profiles: one tuple per gear (dynamic_batch_size: ints or 1-tuples).
-        soc_version: the target chip, for the gear limit (256 on Ascend950, else 100).
-        input_format: --input_format (dynamic_dims needs ND; dynamic_image_size NCHW / NHWC).
-        insert_op_conf: the AIPP config, if any (not combinable with dynamic_dims).
-        min_gears / max_gears: override the limits (a target profile's `gears` figure).
-        check_format: apply the --input_format rules (off where the format is not recorded, as in
-            the simulator's settings; `validate()` checks it).
-
-    Yields:
-        AtcValidationError with ATC's code and wording, in ATC's order.
+    `validate()` (on AtcOptions), `analyze` and `convert` call it; the arguments are those of
+    `gear_violations`.
     """
-    shapes = input_shape
-    gears = tuple((g,) if not isinstance(g, (tuple, list)) else tuple(g) for g in gears)
-    plan_hint = "plan gears with ascend_adapt.om_convert.atc.plan_gears (2-100 sorted unique values)"
-    if not shapes:
-        yield AtcValidationError.from_code(
-            "E10004", "input_shape", flag="input_shape",
-            hint=f"--{flag} needs --input_shape with -1 on the gear-bound dims")
-        return
-    ranges = any(_is_range(d) for dims in shapes.values() for d in dims)
-    n_dyn = sum(1 for dims in shapes.values() for d in dims if not _is_range(d) and d == -1)
-    if ranges or n_dyn == 0:
-        yield _gear_error("E10040", "input_shape", hint=(
-            f"with --{flag}, write -1 (not a range) in --input_shape for each gear-bound dim; "
-            "without gears, drop the gear option"))
-        return
-    lo = MIN_GEARS if min_gears is None else min_gears
-    limit = max_gears_for(soc_version) if max_gears is None else max_gears
-    if len(gears) < lo:
-        yield _gear_error("E10035", flag, len(gears), lo, hint=(
-            "give at least 2 profiles; for a single size use a static --input_shape instead"))
-    elif len(gears) > limit:
-        yield _gear_error("E10036", flag, len(gears), limit, hint=(
-            f"{plan_hint}; each profile is compiled as a separate static graph"))
-    counts = sorted({len(g) for g in gears})
-    if len(counts) > 1:
-        yield _gear_error("E10037", flag, counts[0], counts[-1], hint=(
-            "every profile gives one value per -1 in --input_shape, in the same order"))
-    for g in gears:
-        bad = [v for v in g if v <= 0]
-        if bad:
-            yield _gear_error("E10038", flag, bad[0], hint="gear values are positive integers")
-            break
-    if len(set(gears)) != len(gears):
-        yield _gear_error("E10039", flag, hint=f"remove the repeated profiles; {plan_hint}")
-    if flag == "dynamic_batch_size":
-        yield from _batch_shapes(shapes)
-    elif flag == "dynamic_image_size":
-        if check_format:  # which dims are H and W depends on the format
-            yield from _image_shapes(shapes, input_format)
-    else:
-        yield from _dims_shapes(shapes, gears, counts, n_dyn, input_format if check_format else "ND",
-                                insert_op_conf)
-
-
-def _batch_shapes(shapes) -> Iterator[AtcValidationError]:
-    found = False
-    for name, dims in shapes.items():
-        if -1 not in dims:
-            continue
-        if not dims:
-            yield _gear_error("E10012", "dynamic_batch_size", hint="scalar inputs cannot take batch gears")
-            return
-        text = f"{name}:{','.join(str(d) for d in dims)}"
-        if dims[0] != -1 or dims.count(-1) > 1:
-            idx = next(i for i, d in enumerate(dims) if d == -1 and i > 0)
-            yield _gear_error("E10018", "input_shape", dims[idx], text, hint=(
-                "with --dynamic_batch_size only N (the first dim) may be -1; use --dynamic_dims for other dims"))
-            return
-        found = True
-    if not found:
-        yield _gear_error("E10031", "input_shape", hint="write -1 as the batch dim of the batched inputs")
-
-
-def _image_shapes(shapes, input_format: str | None) -> Iterator[AtcValidationError]:
-    if input_format not in ("NCHW", "NHWC"):
-        yield AtcValidationError.from_code(
-            "E10003", input_format, "input_format", "This format is not supported.",
-            flag="input_format", hint="--dynamic_image_size needs --input_format=NCHW or NHWC")
-        return
-    hw = (2, 3) if input_format == "NCHW" else (1, 2)
-    for dims in shapes.values():
-        if -1 not in dims:
-            continue
-        ok = len(dims) == 4 and all(dims[i] == -1 for i in hw) and dims.count(-1) == 2
-        if not ok:
-            yield _gear_error("E10019", "input_shape", hint=(
-                "write -1 for H and W only, e.g. data:1,3,-1,-1 with NCHW"))
-            return
-
-
-def _dims_shapes(shapes, gears, counts: list[int], n_dyn: int, input_format: str | None,
-                 insert_op_conf: str | None) -> Iterator[AtcValidationError]:
-    if input_format != "ND":
-        yield _invalid(input_format or "", "input_format", "input_format must be ND when set dynamic_dims",
-                       "add --input_format=ND")
-    per_gear = counts[0] if len(counts) == 1 else None
-    if per_gear is not None and per_gear != n_dyn:
-        hint = (f"--input_shape {format_input_shape(shapes)} has {n_dyn} -1 dims, so every "
-                f"--dynamic_dims profile needs {n_dyn} values (one per -1, in order); "
-                "prefill_gear_shapes() builds both strings together")
-        if n_dyn > per_gear:
-            yield _gear_error("E10045", "dynamic_dims", hint=hint)
-        else:
-            yield AtcValidationError.from_code(
-                "E10003", ";".join(",".join(str(v) for v in g) for g in gears), "dynamic_dims",
-                "Each setting needs to be consistent with the number of -1 in the input shape.",
-                flag="dynamic_dims", hint=hint)
-    if insert_op_conf is not None:
-        yield AtcValidationError.from_code(
-            "E10047", "dynamic_dims", "insert_op_conf", flag="insert_op_conf",
-            hint="AIPP cannot be combined with --dynamic_dims: drop AIPP (preprocess on the host) "
-                 "or use --dynamic_batch_size / --dynamic_image_size")
+    for v in gear_violations(input_shape, flag, gears, soc_version=soc_version, input_format=input_format,
+                             insert_op_conf=insert_op_conf, min_gears=min_gears, max_gears=max_gears,
+                             check_format=check_format):
+        yield AtcValidationError.from_code(v.code, *v.args, flag=v.flag, hint=v.hint)
 
 
 def _dynamic_shape_support(o: AtcOptions, dyn: list[str]) -> Iterator[AtcValidationError]:

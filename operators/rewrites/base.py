@@ -256,10 +256,10 @@ def apply_rules(model: onnx.ModelProto, target=None, rules: Sequence[str] | None
         (model, RewriteReport). A rule that gives up records `error` in the report; the others
         still run.
     """
-    if isinstance(target, str):
-        from ascend_adapt.targets import load_target
+    if target is not None:
+        from ascend_adapt.targets import resolve_target
 
-        target = load_target(target)
+        target = resolve_target(target)
     names = RULES.names() if rules is None else list(rules)
     selected = sorted((RULES.get(n) for n in names), key=lambda r: (r.order, r.name))
     ctx = RewriteContext(model, target, cann_version, input_shapes, explicit=rules is not None)
