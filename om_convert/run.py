@@ -48,36 +48,22 @@ class RunResult:
 
 
 def _resolve(path: Path, backend: str, graph: str | None):
-    """(thing to load, graph name) for a convert dir, .omsim, .om or .onnx."""
-    from ascend_adapt.om_convert.artifact import is_omsim
+    """(thing to load, graph name) for a convert dir (the backend's part of it), or a path one
+    of the graph backends recognizes (.omsim, .om, .onnx)."""
+    from ascend_adapt.backends import convert_output_path, detect
 
-    manifest = path / "convert.json"
-    if manifest.is_file():
-        info = json.loads(manifest.read_text())
-        if backend == "sim":
-            return path / info["omsim"], graph
-        if backend == "acl":
-            oms = info.get("om") or {}
-            if not oms and os.environ.get("ASCEND_ADAPT_ACL", "").strip().lower() == "fake":
-                from ascend_adapt.testing.fake_acl import stand_in_om  # the strict fake's stand-in OMs
-
-                g = graph or ("prefill" if stand_in_om(path, "prefill") else "step")
-                if stand_in_om(path, g) is not None:
-                    return stand_in_om(path, g), g
-            if not oms:
-                raise ConfigError(f"{path}: no .om was built here (ATC was absent)",
-                                  f"run the scripts in {path / 'atc'} on a CANN host, then run there")
-            g = graph or next(iter(oms))
-            return path / oms[g], g
-        if info.get("export"):
-            exp = path / info["export"]
-            g = graph or ("prefill" if (exp / "prefill.onnx").is_file() else "step")  # a gear build: step.onnx
-            return exp / f"{g}.onnx", g
-        return path / info["model"], graph
-    if is_omsim(path) or path.suffix in (".onnx", ".om"):
+    if (path / "convert.json").is_file():
+        return convert_output_path(path, backend, "graph", graph)
+    if detect(path) is not None and detect(path).backend in _graph_backends():
         return path, graph
     raise ConfigError(f"{path}: not a convert output, .omsim, .om or .onnx",
                       "pass the directory written by `ascend-adapt convert`")
+
+
+def _graph_backends() -> list[str]:
+    from ascend_adapt.backends import names
+
+    return names(level="graph")
 
 
 def parse_input_args(items: Sequence[str] | None) -> dict[str, str]:
@@ -232,17 +218,11 @@ def _feeds(meta: Mapping[str, tuple], given: Mapping[str, str], seed: int,
     return feeds
 
 
-def _onnx_of(path: Path, backend: str, target: Path, graph: str | None) -> Path | None:
-    """The ONNX graph behind what is run (for the id ranges), when there is one."""
-    if backend == "onnxruntime" or target.suffix == ".onnx":
-        return target if target.suffix == ".onnx" else None
-    if backend == "sim":
-        from ascend_adapt.om_convert.artifact import read_omsim
-
-        try:
-            return read_omsim(target, verify=False).graph_path(graph)
-        except Exception:  # noqa: BLE001 - no graph file: skip the id check, the runner reports the rest
-            return None
+def _onnx_of(path: Path, model_path: Path, graph: str | None) -> Path | None:
+    """The ONNX graph behind what is run (for the id ranges), when there is one: the graph file
+    itself, else (an .om) the export's graph of that name in the convert output."""
+    if model_path.suffix == ".onnx":
+        return model_path
     manifest = path / "convert.json"
     if manifest.is_file() and graph:
         info = json.loads(manifest.read_text())
@@ -264,7 +244,8 @@ def run_artifact(path, *, inputs: Mapping[str, str] | None = None, graph: str | 
             integer input that indexes a table, e.g. input_ids → the embedding) lie in
             [0, rows). Inputs left out get random values (the first gear's shape in a gear build).
         graph: which graph of a multi-graph artifact (default: prefill, or the only one).
-        backend: "sim", "onnxruntime" or "acl".
+        backend: a backend with a graph level (`ascend_adapt.backends.names(level="graph")`: sim,
+            onnxruntime / ort, acl, and any registered one).
         precision_mode: override the artifact's precision mode (simulator).
         save: directory to write every output into as NAME.npy.
         seed: seed of the random inputs.
@@ -275,24 +256,19 @@ def run_artifact(path, *, inputs: Mapping[str, str] | None = None, graph: str | 
     """
     import time
 
-    from ascend_adapt.runtime.runners import OrtRunner, SimRunner
+    from ascend_adapt.backends import BACKENDS
 
-    target, graph = _resolve(Path(path), backend, graph)
-    if backend == "sim":
-        from ascend_adapt.om_convert.artifact import read_omsim
-
-        names = read_omsim(target).graph_names
-        if graph is None and len(names) > 1:
-            graph = "prefill" if "prefill" in names else names[0]
-        runner = SimRunner(target, graph=graph, precision_mode=precision_mode)
-    elif backend == "acl":
-        from ascend_adapt.runtime.acl_backend import AclRunner
-
-        runner = AclRunner(target)
-    else:
-        runner = OrtRunner(target)
-    onnx_path = _onnx_of(Path(path), backend, Path(target), graph)
-    limits = index_input_limits(onnx_path) if onnx_path is not None and onnx_path.is_file() else {}
+    be = BACKENDS.get(backend)
+    target, graph = _resolve(Path(path), be.name, graph)
+    handle = be.open_graph(target, graph, precision_mode=precision_mode)
+    runner, graph = handle.runner, handle.graph
+    limits = {}
+    try:
+        onnx_path = _onnx_of(Path(path), handle.model_path, graph)
+    except Exception:  # noqa: BLE001 - no graph file: skip the id check, the runner reports the rest
+        onnx_path = None
+    if onnx_path is not None and onnx_path.is_file():
+        limits = index_input_limits(onnx_path)
     with runner:
         meta = runner.get_input_metadata()
         gear_shapes = None

@@ -36,7 +36,8 @@ def parse_prompt_ids(text: str, option: str = "--prompt-ids") -> list[int]:
               help="A prompt as token ids instead of text, e.g. 1,15043,3186 (ids in [0, vocab); no tokenizer "
                    "needed; ChatGLM-6B ids must end in [gMASK] <sop>); repeat for a batch. Not with --prompt.")
 @click.option("--backend", default="torch", show_default=True,
-              help="Backend name in the registry: torch, mindspore, onnxruntime, sim, acl, torch_npu, torch_mlu.")
+              help="Backend name in the registry (ascend_adapt.backends): torch, mindspore, onnxruntime, sim, acl, "
+                   "torch_npu, torch_mlu, or any registered one.")
 @click.option("--dtype", default=None, help="Compute dtype for backends that take one (torch: float32, float16).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
               help="New tokens per prompt; prompt + this must fit the model's context (a converted model's "
@@ -62,7 +63,8 @@ def parse_prompt_ids(text: str, option: str = "--prompt-ids") -> list[int]:
                    "predicts token i+1). One prompt only.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --dump-logits file.")
 @click.option("--device", default=None,
-              help="MindSpore only: device target (CPU, Ascend); default: MindSpore's default.")
+              help="Backends that take a device: mindspore (device target CPU, Ascend; default: MindSpore's "
+                   "default), torch_npu / torch_mlu (e.g. npu:1; default: device 0).")
 @click.option("--precision-mode", default=None,
               help="Simulator only: override the artifact's precision mode (force_fp16, must_keep_origin_dtype, …).")
 def generate_cmd(model_dir, prompts, prompt_ids, backend, dtype, max_new_tokens, max_len, chat, history_file, do_sample,
@@ -77,10 +79,8 @@ def generate_cmd(model_dir, prompts, prompt_ids, backend, dtype, max_new_tokens,
     from ascend_adapt.errors import CheckpointError
     from ascend_adapt.fsutil import atomic_output, check_output
     from ascend_adapt.model_zoo.tokenizers import load_tokenizer
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import BACKENDS, convert_output_path
     from ascend_adapt.runtime.generate import GenerationConfig, GenerationInterrupted, generate
-
-    from ascend_adapt.om_convert.convert import resolve_artifact
 
     from pathlib import Path
 
@@ -110,18 +110,16 @@ def generate_cmd(model_dir, prompts, prompt_ids, backend, dtype, max_new_tokens,
         if batch is None or not output_ids:
             raise
         tokenizer = None  # ids in, ids out: the model needs no tokenizer
+    be = BACKENDS.get(backend)
     options = {"dtype": dtype} if dtype else {}
-    if device:
-        if backend != "mindspore":
-            raise click.UsageError("--device applies to --backend mindspore")
-        options["device"] = device
-    if precision_mode:
-        if backend != "sim":
-            raise click.UsageError("--precision-mode applies to --backend sim")
-        options["precision_mode"] = precision_mode
-    if backend == "acl":
-        options["kv_cache"] = "device"  # the KV cache stays on the card (docs/deployment.md)
-    runner = get_backend(backend, resolve_artifact(model_dir, backend), **options)
+    for flag, key, value in (("--device", "device", device), ("--precision-mode", "precision_mode", precision_mode)):
+        if value:
+            if key not in be.options:
+                takers = [n for n, b in BACKENDS.items() if key in b.options]
+                raise click.UsageError(f"{flag} applies to --backend {' / '.join(takers)}")
+            options[key] = value
+    options = {**be.generate_options, **options}  # e.g. acl: the KV cache stays on the card (docs/deployment.md)
+    runner = be.open(convert_output_path(model_dir, be.name)[0], **options)
     if batch is None:
         history, system = [], None
         if history_file:
@@ -162,7 +160,7 @@ def generate_cmd(model_dir, prompts, prompt_ids, backend, dtype, max_new_tokens,
         with atomic_output(dump_logits, force=force) as tmp, open(tmp, "wb") as f:
             np.save(f, logits)  # a file object: numpy would append ".npy" to the temporary name
         click.echo(f"wrote {dump_logits}: float32 {list(logits.shape)} (prompt positions × vocab)", err=True)
-    if backend == "sim":
+    if be.simulated and callable(getattr(runner, "cost_summary", None)):
         cost = runner.cost_summary()
         click.echo(f"[simulated on {cost['target']} ({cost['precision_mode']}): "
                    f"{cost['decode_ms_per_token']:.3f} ms/token, prefill {cost['prefill_ms']:.3f} ms — "

@@ -6,19 +6,20 @@ Two levels:
   "logits"): an HF checkpoint directory (torch fp32 golden), an ONNX export directory
   (onnxruntime), a MindSpore port directory, an `.omsim` artifact (the "sim" backend with the
   precision settings of its manifest) or an `.om` (the "acl" backend, pyACL on a card). Each is
-  the runtime's registered backend (`get_backend(kind, path).full_logits(...)`).
+  the registered backend (`ascend_adapt.backends`: `get(kind).open(path).full_logits(...)`).
 - **Graph level** (tensor feeds in; every tensor by name out): an `.onnx` file (onnxruntime
   fp32), `sim:FILE.onnx` (the simulator on that graph with --target / --precision-mode), or an
   `.omsim` graph (`DIR.omsim#prefill`).
 
 A comparison runs at graph level when either side is a graph (an `.onnx` file or `sim:`);
 `.omsim` then means its graph (`#name`, default "prefill" or the only one). Otherwise at LM level.
-Prefixes force a kind: `torch:`, `mindspore:`, `onnxruntime:`, `ort:`, `sim:`, `acl:`.
+Which backend opens a path is the registry's business (`ascend_adapt.backends.detect`: each
+backend package's opener); a prefix forces one: any registered name or alias (`torch:`,
+`mindspore:`, `onnxruntime:`, `ort:`, `sim:`, `acl:`, `torch_npu:`, …).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,14 @@ from typing import Mapping
 
 import numpy as np
 
-from ascend_adapt.errors import ConfigError, MissingDependencyError
+from ascend_adapt.errors import ConfigError
 
-PREFIXES = ("torch", "mindspore", "onnxruntime", "ort", "sim", "acl")
-LM_KINDS = ("torch", "mindspore", "onnxruntime", "sim", "acl")
-PORT_MANIFEST = "ascend_adapt_port.json"
+
+def prefixes() -> list[str]:
+    """The `NAME:` prefixes that force a side's backend: every registered backend and alias."""
+    from ascend_adapt.backends import names
+
+    return names(aliases=True)
 
 
 @dataclass
@@ -40,9 +44,12 @@ class Spec:
     Attributes:
         text: what was given.
         path: the artifact path.
-        kind: torch | mindspore | onnxruntime | sim | acl | onnx.
+        kind: the backend name that runs it (torch | mindspore | onnxruntime | sim | acl | …), or
+            "onnx" for an .onnx file on the backend that opens .onnx files natively (the fp32
+            reference of a graph).
         graph: the graph of an .omsim (graph level), if named.
         is_graph_file: an .onnx file (graph level by nature).
+        backend: the registered backend name (`kind` is "onnx" where this is "onnxruntime").
     """
 
     text: str
@@ -50,26 +57,35 @@ class Spec:
     kind: str
     graph: str | None = None
     is_graph_file: bool = False
+    backend: str = ""
 
+    def __post_init__(self):
+        self.backend = self.backend or self.kind
 
-def _is_omsim(p: Path) -> bool:
-    return p.is_dir() and (p / "manifest.json").is_file() and (p.suffix == ".omsim" or _manifest_format(p))
+    @property
+    def runs_graphs(self) -> bool:
+        """Whether its backend runs single graphs (graph-level compare)."""
+        from ascend_adapt.backends import BACKENDS
 
+        return "graph" in BACKENDS.get(self.backend).levels
 
-def _manifest_format(p: Path) -> bool:
-    try:
-        return json.loads((p / "manifest.json").read_text()).get("format") == "ascend-adapt.omsim"
-    except (OSError, json.JSONDecodeError):
-        return False
+    @property
+    def simulated(self) -> bool:
+        from ascend_adapt.backends import BACKENDS
+
+        return BACKENDS.get(self.backend).simulated
 
 
 def parse_spec(text: str) -> Spec:
-    """Resolve one side: prefix, `#graph` suffix and what the path is."""
+    """Resolve one side: prefix, `#graph` suffix and which backend opens the path (the registry's
+    openers, `ascend_adapt.backends.detect`)."""
+    from ascend_adapt.backends import BACKENDS, detect
+
     prefix = None
     body = text
     head, sep, rest = text.partition(":")
-    if sep and head in PREFIXES and not (len(head) == 1 and os.name == "nt"):
-        prefix, body = ("onnxruntime" if head == "ort" else head), rest
+    if sep and head in BACKENDS and not (len(head) == 1 and os.name == "nt"):
+        prefix, body = BACKENDS.canonical(head), rest
     graph = None
     if "#" in body:
         body, graph = body.split("#", 1)
@@ -79,29 +95,17 @@ def parse_spec(text: str) -> Spec:
                           "give an HF checkpoint dir, an export dir, a MindSpore port dir, an .onnx, "
                           "an .omsim or an .om")
     is_onnx = p.is_file() and p.suffix == ".onnx"
-    if prefix is not None:
-        kind = prefix
-        if prefix == "onnxruntime" and is_onnx:
-            kind = "onnx"
-    elif p.is_file() and p.suffix == ".om":
-        kind = "acl"
-    elif is_onnx:
-        kind = "onnx"
-    elif _is_omsim(p):
-        kind = "sim"
-    elif p.is_dir() and (p / "export.json").is_file():
-        kind = "onnxruntime"
-    elif p.is_dir() and (p / PORT_MANIFEST).is_file():
-        kind = "mindspore"
-    elif p.is_dir() and ((p / "config.json").is_file() or (p / "params.json").is_file()):
-        kind = "torch"
-    elif p.is_file() and p.name == "config.json":
-        raise ConfigError(f"compare: '{p}' is a config file; compare needs the checkpoint directory",
-                          f"pass {p.parent}")
-    else:
+    found = detect(p)
+    if prefix is None and found is None:
+        if p.is_file() and p.name == "config.json":
+            raise ConfigError(f"compare: '{p}' is a config file; compare needs the checkpoint directory",
+                              f"pass {p.parent}")
         raise ConfigError(f"compare: cannot tell what '{body}' is",
-                          "prefix it with torch:, mindspore:, onnxruntime:, sim: or acl:")
-    return Spec(text, p, kind, graph, is_onnx)
+                          f"prefix it with one of {', '.join(f'{n}:' for n in prefixes())}")
+    backend = prefix or found.backend
+    native = found is not None and found.backend == backend and found.level == "graph"
+    kind = "onnx" if is_onnx and native else backend
+    return Spec(text, p, kind, graph, is_onnx, backend)
 
 
 def compare_level(a: Spec, b: Spec) -> str:
@@ -124,56 +128,31 @@ class GraphSide:
 
     def __init__(self, spec: Spec, *, target: str | None = None, precision_mode: str | None = None,
                  keep_dtype=None, layerwise: bool = False):
-        from ascend_adapt.runtime.runners import OrtRunner, SimRunner
+        from ascend_adapt.backends import BACKENDS
 
         self.spec = spec
-        self.layerwise = layerwise
-        self.simulated = spec.kind == "sim"
-        if spec.kind == "onnx":
-            self.model_path = spec.path
-            self.runner = OrtRunner(str(spec.path), dump=layerwise, optimize=False)
-            self.precision = "fp32 (onnxruntime)"
-        elif spec.kind == "sim":
-            graph = None
-            if _is_omsim(spec.path):
-                from ascend_adapt.om_convert.artifact import read_omsim
-
-                art = read_omsim(spec.path)
-                graph = spec.graph or ("prefill" if "prefill" in art.graph_names else None)
-                self.model_path = art.graph_path(graph)
-                self.target = target or art.target
-            else:
-                if not target:
-                    raise ConfigError(f"compare: the simulator side '{spec.text}' needs a target",
-                                      "pass --target Ascend310P3 (an .omsim names its own)")
-                self.model_path = spec.path
-                self.target = target
-            self.runner = SimRunner(str(spec.path) if _is_omsim(spec.path) else str(spec.path), target=target,
-                                    precision_mode=precision_mode, keep_dtype=keep_dtype, dump=layerwise,
-                                    graph=graph, cost=False)
-            self.graph = graph
-            self.precision = None  # known after activation
-        elif spec.kind == "acl":
-            try:
-                from ascend_adapt.runtime.acl_backend import AclRunner
-            except (ImportError, AttributeError) as exc:
-                raise MissingDependencyError("acl (pyACL / CANN runtime)", None,
-                                             f"running '{spec.path}' on an Ascend card") from exc
-            self.model_path = spec.path
-            self.runner = AclRunner(str(spec.path))
-            self.layerwise = False  # a card returns outputs only (per-layer dumps need msprobe)
-            self.precision = "as compiled (card)"
-        else:
+        be = BACKENDS.get(spec.backend)
+        if not spec.runs_graphs:
             raise ConfigError(f"compare: '{spec.text}' ({spec.kind}) is not a graph",
                               "at graph level give .onnx files, sim:FILE.onnx or DIR.omsim#graph")
+        try:
+            handle = be.open_graph(spec.path, spec.graph, target=target, precision_mode=precision_mode,
+                                   keep_dtype=keep_dtype, dump=layerwise, cost=False, optimize=False)
+        except ConfigError as exc:
+            raise ConfigError(f"compare: side '{spec.text}': {exc.message}", exc.hint) from None
+        self.runner, self.model_path, self.graph = handle.runner, handle.model_path, handle.graph
+        self.layerwise = layerwise and handle.layerwise  # a card returns outputs only (dumps need msprobe)
+        self.simulated = handle.simulated
+        self.precision = handle.precision  # refined after activation where the runner knows it
+        self.target = getattr(self.runner, "settings", None) and self.runner.settings.target
         self.label = self.runner.name
         self._order: list[str] | None = None
 
     def activate(self) -> None:
         self.runner.activate()
-        if self.spec.kind == "sim":
-            s = self.runner.settings
-            self.precision = s.precision_mode + (f" + keep_dtype({len(s.keep_dtype)})" if s.keep_dtype else "")
+        label = getattr(self.runner, "precision_label", None)
+        if callable(label):
+            self.precision = label()
 
     @property
     def settings(self):
@@ -269,32 +248,25 @@ class LMSide:
 
     def __init__(self, spec: Spec, *, layerwise: bool = False, dtype: str = "float32",
                  keep_dtype=None, precision_mode=None):
+        from ascend_adapt.backends import BACKENDS
+
         self.spec = spec
         self.layerwise = layerwise
-        self.simulated = spec.kind == "sim"
+        self._be = BACKENDS.get(spec.backend)
+        self.simulated = self._be.simulated
         self.dtype = dtype
         self.keep_dtype, self.precision_mode = keep_dtype, precision_mode
         self.backend = None
-        self.label = f"{spec.kind}:{spec.path.name}"
-        self.precision = {"torch": f"{dtype} (torch golden)" if dtype == "float32" else f"{dtype} (torch)",
-                          "onnxruntime": "export dtype (onnxruntime)", "mindspore": f"{dtype} (MindSpore)",
-                          "sim": "manifest precision (simulator)", "acl": "as compiled (card)"}[spec.kind]
+        self.label = f"{spec.backend}:{spec.path.name}"
+        self.precision = self._be.precision_label.format(dtype=dtype, golden=" golden" if dtype == "float32" else "")
 
     def activate(self) -> None:
-        from ascend_adapt.runtime.backends import BACKENDS, get_backend
-
-        kind = self.spec.kind
-        if kind == "sim":
-            opts = {k: v for k, v in (("keep_dtype", self.keep_dtype), ("precision_mode", self.precision_mode))
-                    if v is not None}
-            self.backend = get_backend("sim", self.spec.path, cost=False, **opts)
-            s = self.backend.settings["prefill"]
-            self.precision = s.precision_mode + (f" + keep_dtype({len(s.keep_dtype)})" if s.keep_dtype else "")
-            return
-        if kind == "acl" and "acl" not in BACKENDS:
-            raise MissingDependencyError("acl (pyACL / CANN runtime)", None, f"running '{self.spec.path}' on a card")
-        opts = {"dtype": self.dtype} if kind in ("torch", "mindspore") else {}
-        self.backend = get_backend(kind, self.spec.path, **opts)
+        opts = self._be.filter_options({"dtype": self.dtype, "keep_dtype": self.keep_dtype,
+                                        "precision_mode": self.precision_mode, "cost": False})
+        self.backend = self._be.open(self.spec.path, **opts)
+        label = getattr(self.backend, "precision_label", None)
+        if callable(label):
+            self.precision = label()
 
     @property
     def prefill_len(self) -> int | None:

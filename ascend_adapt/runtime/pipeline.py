@@ -121,7 +121,7 @@ class SimPipelineBackend:
         from ascend_adapt.om_convert.split import is_pipeline, read_pipeline
         from ascend_adapt.sim.acceptance import SimulatorRejection
 
-        from .sim_backend import SimLMBackend
+        from ascend_adapt.backends.sim.session import SimLMBackend
 
         p = Path(path)
         if not is_pipeline(p) and is_pipeline(p / "model.omsim"):
@@ -167,7 +167,7 @@ class SimPipelineBackend:
     def full_logits(self, input_ids, attention_mask=None, layer_outputs: bool = False):
         """As `SimLMBackend.full_logits`, through every stage (layer outputs from every chip)."""
         from .graph_session import GraphLMSession, prefill_with_layers
-        from .runners import SimRunner
+        from ascend_adapt.backends.sim.runner import SimRunner
 
         dump = {}
         if layer_outputs:
@@ -193,6 +193,10 @@ class SimPipelineBackend:
     @property
     def settings(self) -> dict:
         return {f"stage{i}_{k}": v for i, s in enumerate(self.stages) for k, v in s.settings.items()}
+
+    def precision_label(self) -> str:
+        """The precision the chips compute in (every stage has the same settings)."""
+        return self.stages[0].precision_label()
 
     def handover_bytes(self, kind: str = "decode") -> int:
         """Bytes of hidden state handed over per step (each crosses PCIe twice, via the host)."""
@@ -311,7 +315,7 @@ def _acl_stage(path: Path, export: Mapping, stage: Mapping, **options):
     """An `AclLMBackend` running one stage: the stage's view of the manifest, its OMs, its device."""
     from ascend_adapt.om_convert.split import stage_view
 
-    from .acl_backend import AclLMBackend
+    from ascend_adapt.backends.acl.session import AclLMBackend
 
     class AclStageBackend(AclLMBackend):
         def om_file(self, kind: str) -> Path:
@@ -319,7 +323,7 @@ def _acl_stage(path: Path, export: Mapping, stage: Mapping, **options):
             try:
                 return super().om_file(g)  # OUT/stage{i}_{kind}.om (or om/…, …_*.om)
             except ConfigError:
-                from .acl_runtime import acl_module
+                from ascend_adapt.backends.acl.runtime import acl_module
 
                 acl = acl_module(self._acl)
                 if getattr(acl, "loads_stand_ins", False):  # the strict fake: the chip's simulator graph

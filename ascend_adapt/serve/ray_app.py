@@ -161,7 +161,9 @@ class DeviceReplica:
             raise ConfigError(f"replica rank {rank} has no device in --devices {','.join(map(str, devices))}")
         self.device = devices[rank]
         options = dict(backend_options)
-        if backend == "acl":
+        from ascend_adapt.backends import BACKENDS
+
+        if "device_id" in BACKENDS.get(backend).options:  # a card backend (acl): this replica's device
             options["device_id"] = self.device
         self.served = build(model_dir, backend, batch=batch, max_queue=max_queue, model_name=model_name,
                             request_log=request_log, backend_options=options, labels={"device": str(self.device)})

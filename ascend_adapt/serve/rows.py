@@ -34,9 +34,9 @@ class _RowState:
 
     valid: np.ndarray        # [M] bool
     next_slot: int
-    next_pos: int            # Llama: 1-D position; ChatGLM: block id
-    ctx_end: int             # first causal slot (ChatGLM: the <sop> slot; Llama: 0)
-    gmask_pos: int           # ChatGLM's frozen position
+    next_pos: int            # the position scheme's counter (1-D: the position; ChatGLM-6B: block id)
+    ctx_end: int             # first causal slot (0 by default; ChatGLM-6B: the <sop> slot)
+    carry: np.ndarray        # [k] the scheme's other per-row decode state (ChatGLM-6B: the frozen position)
 
 
 class GraphRows:
@@ -121,9 +121,8 @@ class GraphRows:
         for r, (_, state) in per.items():
             self.cache_k[:, r, :, :S] = out["present_keys"][:, r]
             self.cache_v[:, r, :, :S] = out["present_values"][:, r]
-            glm = state.gmask_pos.size > 0
             self.rows[r] = _RowState(state.valid[0].copy(), S, int(state.next_pos[0]), int(state.ctx_end[0]),
-                                     int(state.gmask_pos[0]) if glm else 0)
+                                     state.carry[0].copy())
             result[r] = logits[r, -1]
         return result
 
@@ -135,9 +134,9 @@ class GraphRows:
         if not tokens:
             return {}
         B, M = self.batch, self.max_len
-        glm = self.spec.rotary == "glm2d"
+        scheme = self.spec.position_scheme
         ids = np.full((B, 1), self.pad_id, np.int64)
-        pos = np.zeros((B, 2, 1) if glm else (B, 1), np.int64)
+        pos = np.zeros(scheme.shape(B, 1), np.int64)
         past = np.zeros((B, 1, M), bool)
         j = np.arange(M)
         slots = {}
@@ -153,10 +152,7 @@ class GraphRows:
             visible = (st.valid & ((j <= s) | (j < st.ctx_end))) | (j == s)
             past[r, 0] = visible & (j < s)
             ids[r, 0] = tok
-            if glm:
-                pos[r, :, 0] = (st.gmask_pos, st.next_pos)
-            else:
-                pos[r, 0] = st.next_pos
+            pos[r] = scheme.decode(np.array([st.next_pos], np.int64), st.carry[None])[0]
             st.next_pos += 1
             st.next_slot = s + 1
             slots[r] = s

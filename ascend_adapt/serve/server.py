@@ -50,7 +50,7 @@ def build(model_dir: str, backend: str = "sim", batch: int | None = None, max_qu
 
     from ascend_adapt.model_zoo.tokenizers import load_tokenizer
     from ascend_adapt.om_convert.convert import resolve_artifact
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     from .app import create_app
     from .engine import Engine

@@ -35,7 +35,7 @@ never raises — and appends the reason to `fake.log`):
   largest gear, and for a gear build the extra input `ascend_mbatch_shape_data` that
   `set_input_dynamic_dims` selects the gear with. A gear is given and reported
   (`get_input_dynamic_dims`) as the full shapes of all inputs of --input_shape concatenated, the
-  -1s filled with the gear's --dynamic_dims values (how `acl_backend.gear_dims` reads CANN's
+  -1s filled with the gear's --dynamic_dims values (how `ascend_adapt.backends.acl.runner.gear_dims` reads CANN's
   aclmdlIODims; the reference sheet is silent on the layout). `mdl.execute` checks the datasets (count and
   sizes: 100017 / 100018), that a gear was selected on a gear model, reads every input from its
   device buffer, runs the graph through onnxruntime and writes every output into its device
@@ -71,7 +71,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ascend_adapt.runtime.acl_runtime import (ACL_ERROR_BAD_ALLOC, ACL_ERROR_INVALID_FILE, ACL_ERROR_INVALID_MODEL_ID,
+from ascend_adapt.backends.acl.runtime import (ACL_ERROR_BAD_ALLOC, ACL_ERROR_INVALID_FILE, ACL_ERROR_INVALID_MODEL_ID,
                                               ACL_ERROR_INVALID_PARAM, ACL_ERROR_MODEL_INPUT_NOT_MATCH,
                                               ACL_ERROR_MODEL_NOT_DYNAMIC, ACL_ERROR_RT_MODEL_CONTEXT,
                                               ACL_ERROR_MODEL_OUTPUT_NOT_MATCH, ACL_ERROR_PARSE_MODEL,
@@ -100,7 +100,7 @@ def stand_in_om(directory, graph: str) -> Path | None:
 
 
 def _omsim_graphs(art: Path) -> dict:
-    from ascend_adapt.om_convert.artifact import is_omsim, read_omsim
+    from ascend_adapt.backends.sim.artifact import is_omsim, read_omsim
 
     if not is_omsim(art):
         return {}
@@ -744,7 +744,7 @@ _VALUE_CALLS = {"_rt_create_context", "_rt_get_context", "_rt_malloc", "_rt_mall
 
 
 def _np_dtype(code: int) -> np.dtype:
-    from ascend_adapt.runtime.acl_backend import acl_dtype_to_numpy
+    from ascend_adapt.backends.acl.runner import acl_dtype_to_numpy
 
     return acl_dtype_to_numpy(code)
 

@@ -67,7 +67,7 @@ ACL_ERRORS: dict[int, tuple[str, str]] = {
                               "a memcpy kind that does not match the pointers); this is a bug in the caller"),
     ACL_ERROR_UNINITIALIZE: ("ACL_ERROR_UNINITIALIZE",
                              "ACL is not initialised (or was finalized); load models through "
-                             "ascend_adapt.runtime.acl_runtime.AclRuntime, which calls acl.init once per process"),
+                             "ascend_adapt.backends.acl.runtime.AclRuntime, which calls acl.init once per process"),
     ACL_ERROR_REPEAT_INITIALIZE: ("ACL_ERROR_REPEAT_INITIALIZE",
                                   "acl.init may be called once per process; share the process's AclRuntime "
                                   "instead of calling acl.init per model"),

@@ -5,8 +5,7 @@ dtype)` builds the reference (Llama: transformers' `LlamaForCausalLM`; ChatGLM-6
 reimplementation). Weights always come through the adapter's canonical stream, so every
 checkpoint layout the adapters read works here.
 
-No torch import at module level: importing this module (which registers "torch" in `BACKENDS`)
-stays cheap; torch is imported when a backend is created.
+No torch import at module level: importing this module stays cheap; torch is imported when a backend is created.
 
 Layer outputs (`full_logits(..., layer_outputs=True)`): a dict name → float32 array with
     "embed"        [B, S, H]  token embeddings
@@ -25,7 +24,6 @@ import numpy as np
 from ascend_adapt._optional import require
 from ascend_adapt.errors import ConfigError, UnsupportedError
 
-from .backends import BACKENDS
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -114,8 +112,6 @@ class TorchBackend:
 
 
 def torch_backend(path, dtype: str = "float32", **_ignored) -> TorchBackend:
-    """Factory registered as "torch" in `BACKENDS`."""
+    """Factory of the "torch" backend."""
     return TorchBackend(path, dtype=dtype)
 
-
-BACKENDS.register("torch", torch_backend)

@@ -12,8 +12,7 @@ CPU decode is memory-bound: every token streams all the weights. `huge_pages=Tru
 onnxruntime's (prepacked) weight buffers with transparent huge pages, which cuts TLB misses on that
 stream (about 11 % faster decode of a 134M-parameter Llama on 2 cores, tools/bench/decode.py).
 
-No onnxruntime import at module level: importing this module (which registers the backend) stays
-cheap.
+No onnxruntime import at module level: importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ from ascend_adapt._optional import require
 from ascend_adapt.spec import ModelSpec
 from ascend_adapt.contract import cache_dtype
 
-from .backends import BACKENDS
-from .graph_session import GraphLMSession, open_session
+from ascend_adapt.runtime.graph_session import GraphLMSession, open_session
 
 
 class OrtLMBackend:
@@ -245,10 +243,8 @@ def promote_to_huge_pages(before: list[tuple[int, int, int]]) -> int:
 
 
 def ort_backend(path, **options) -> OrtLMBackend:
-    """Factory registered as "onnxruntime" in `BACKENDS` (path = an export directory)."""
+    """Factory of the "onnxruntime" backend (path = an export directory)."""
     known = {k: options[k] for k in ("providers", "threads", "huge_pages") if k in options}
     return OrtLMBackend(path, **known)
 
-
-BACKENDS.register("onnxruntime", ort_backend)
 

@@ -11,7 +11,7 @@ per input shape: decode steps share one graph; prefill lengths are padded up to 
 of two from 16, within the cache) so prompts of different lengths share graphs. The padded
 tokens go to cache slots that the next decode steps overwrite before anything can see them.
 
-No mindspore import at module level: importing this module registers "mindspore" in `BACKENDS`
+No mindspore import at module level: importing this module
 and stays cheap.
 """
 
@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from ascend_adapt.errors import CheckpointError, ConfigError, ShapeMismatchError, UnsupportedError
-from ascend_adapt.runtime.backends import BACKENDS
 from ascend_adapt.runtime.lm_inputs import StepInputs, prefill_inputs
 from ascend_adapt.runtime.session import StaticCacheSession
 
@@ -51,6 +50,7 @@ def load_canonical(model, stream, spec) -> None:
     With a tied spec, the embedding and the head both take `spec.tied_source` (the other tensor
     only when the source is absent), as the torch references do.
     """
+    import mindspore as ms
     from mindspore import Tensor
 
     params = dict(model.parameters_and_names())
@@ -66,7 +66,9 @@ def load_canonical(model, stream, spec) -> None:
                                   "the checkpoint does not belong to this architecture")
         if tuple(arr.shape) != tuple(p.shape):
             raise ShapeMismatchError(name, p.shape, arr.shape)
-        p.set_data(Tensor(np.ascontiguousarray(arr.astype(np_dtype, copy=False))))
+        # float weights take the compute dtype; int8 weights and float32 quant scales keep the parameter's
+        want = np_dtype if p.dtype == model.compute_dtype else {ms.int8: np.int8, ms.float32: np.float32}[p.dtype]
+        p.set_data(Tensor(np.ascontiguousarray(arr.astype(want, copy=False))))
         seen.add(name)
 
     for name, arr in stream:
@@ -229,7 +231,7 @@ class MindSporeBackend:
         require("mindspore", purpose="the MindSpore backend")
         from ascend_adapt.port.artifact import open_weights
 
-        from .ms_layers import configure_cpu
+        from ascend_adapt.model_zoo.ms_layers import configure_cpu
 
         if dtype not in DTYPES:
             raise ConfigError(f"mindspore backend: unknown dtype '{dtype}'", f"use one of: {', '.join(DTYPES)}")
@@ -242,6 +244,11 @@ class MindSporeBackend:
         self.spec = weights.spec
         self.num_positions = num_positions or self.spec.max_position + 1
         self.model = build_model(self.spec, dtype, self.num_positions)
+        quantization = (weights.manifest or {}).get("quantization")
+        if quantization:  # `port --quantize`: int8 Linears (model_zoo/ms_layers.py QuantLinear)
+            from ascend_adapt.model_zoo.ms_layers import quantize_model
+
+            quantize_model(self.model, quantization, weights.reader.get)
         load_canonical(self.model, weights.iter_canonical(), self.spec)
         self._free_cells: dict[tuple, list] = {}
 
@@ -249,7 +256,7 @@ class MindSporeBackend:
     def from_canonical(cls, spec, canonical, dtype: str = "float32", mode: str = "graph",
                        num_positions: int | None = None) -> "MindSporeBackend":
         """A backend from a spec and in-memory canonical weights (dict or (name, array) pairs)."""
-        from .ms_layers import configure_cpu
+        from ascend_adapt.model_zoo.ms_layers import configure_cpu
 
         configure_cpu(mode)
         self = cls.__new__(cls)
@@ -314,7 +321,7 @@ _DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "hal
 
 
 def mindspore_backend(path, dtype: str = "float32", mode: str = "graph", **options) -> MindSporeBackend:
-    """Factory registered as "mindspore" in `BACKENDS`.
+    """Factory of the "mindspore" backend (ascend_adapt/backends/mindspore/__init__.py).
 
     Args:
         path: HF / Meta checkpoint or port output directory.
@@ -326,5 +333,3 @@ def mindspore_backend(path, dtype: str = "float32", mode: str = "graph", **optio
     return MindSporeBackend(path, dtype=dtype, mode=mode, num_positions=options.get("num_positions"),
                             device=options.get("device"))
 
-
-BACKENDS.register("mindspore", mindspore_backend)

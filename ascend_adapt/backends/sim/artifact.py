@@ -244,7 +244,7 @@ def read_omsim(path: str | os.PathLike, *, verify: bool = True) -> OmSim:
                           "run it with the 'acl' backend on an Ascend host; the simulator reads NAME.omsim")
     if not is_omsim(p):
         raise ConfigError(f"'{p}' is not a simulator artifact (no {MANIFEST})",
-                          "write one with om_convert.artifact.write_omsim (ascend-adapt convert)")
+                          "write one with ascend_adapt.backends.sim.artifact.write_omsim (ascend-adapt convert)")
     try:
         manifest = json.loads((p / MANIFEST).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -353,10 +353,10 @@ def write_omsim(out: str | os.PathLike, graphs: Mapping[str, str | os.PathLike],
         The OmSim read back from the written directory.
     """
     from ascend_adapt.sim.acceptance import check_graphs
-    from ascend_adapt.sim.graph import external_data_files, graph_inputs, graph_outputs, load_model
-    from ascend_adapt.targets import load_target
+    from ascend_adapt.sim.graph import load_model
+    from ascend_adapt.targets import resolve_target
 
-    target = load_target(target) if isinstance(target, str) else target
+    target = resolve_target(target)
     out = Path(out)
     if out.suffix == ".om":
         raise ConfigError(f"'{out}': the simulator never writes .om files", "name the artifact NAME.omsim")
@@ -378,94 +378,17 @@ def write_omsim(out: str | os.PathLike, graphs: Mapping[str, str | os.PathLike],
     if check:
         report.raise_if_rejected(", ".join(srcs))
 
-    # files to place: graph files at top level, their external data at its relative location
-    placed: dict[str, Path] = {}
-    for name, p in srcs.items():
-        placed[f"{name}.onnx"] = p
-        for loc in external_data_files(models[name]):
-            src = (p.parent / loc).resolve()
-            if loc in placed and placed[loc].resolve() != src:
-                raise ConfigError(f"graphs use different files named '{loc}' ({placed[loc]} and {src})",
-                                  "export the graphs into one directory so they share their weights file")
-            if not src.is_file():
-                raise ConfigError(f"graph '{name}' references external data '{loc}', not found at {src}",
-                                  "keep the .onnx files beside their weights files")
-            placed[loc] = src
-    graph_files = {name: f"{name}.onnx" for name in srcs}
-
-    costs = {}
-    if cost:
-        from ascend_adapt.sim.cost import estimate_cost
-
-        for name in srcs:
-            try:
-                costs[name] = estimate_cost(models[name], target, per_settings[name], graph_name=name).summary()
-            except Exception as exc:  # noqa: BLE001 - a cost failure must not block the artifact
-                costs[name] = {"simulated": True, "error": f"{type(exc).__name__}: {exc}"}
+    placed = _placement(srcs, models)
+    costs = _graph_costs(models, target, per_settings) if cost else {}
 
     with atomic_output(out, force=force, is_dir=True, inputs=[*placed.values(), copy_from]) as tmp:
-        files: dict[str, dict] = {}
-        sources: dict[str, dict] = {}
-        for rel, src in placed.items():
-            dst = tmp / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if link and not rel.endswith(".onnx"):
-                try:
-                    os.link(src, dst)
-                except OSError:
-                    shutil.copy2(src, dst)
-            else:
-                shutil.copy2(src, dst)
-            if rel.endswith(".onnx"):
-                files[rel] = {"sha256": sha256_file(dst), "size": dst.stat().st_size}
-                sources[rel] = {"path": str(src.resolve()), "sha256": files[rel]["sha256"]}
-            else:
-                facts = _weights_facts(dst)
-                files[rel] = {k: facts[k] for k in ("size", "sha256_sampled", "sample")}
-                sources[rel] = {"path": str(src.resolve()), **_weights_facts(src)}
-        copied = []
-        if copy_from is not None:
-            for f in sorted(Path(copy_from).iterdir()):
-                if (f.is_file() and f.suffix in _COPY_SUFFIXES and f.name not in _COPY_SKIP
-                        and f.name not in placed and f.stat().st_size < 64 << 20):
-                    shutil.copy2(f, tmp / f.name)
-                    copied.append(f.name)
-        graphs_m: dict[str, dict] = {}
-        script = ["#!/bin/sh", f"# {NOTICE}", "# Run on a host with the CANN toolkit (atc on PATH).",
-                  "set -e", 'cd "$(dirname "$0")"', "mkdir -p om"]
+        files, sources = _place_files(tmp, placed, link)
+        copied = _copy_small_files(tmp, copy_from, placed)
+        graphs_m, script = {}, list(_SCRIPT_HEAD)
         for name in srcs:
-            s = per_settings[name]
-            cfg: dict[str, str] = {}
-            if s.keep_dtype and not s.keeps_origin:
-                fn = f"{name}.keep_dtype.cfg"
-                (tmp / fn).write_text("\n".join(s.keep_dtype) + "\n", encoding="utf-8")
-                cfg["keep_dtype"] = fn
-            if s.modify_mixlist:
-                fn = f"{name}.modify_mixlist.json"
-                (tmp / fn).write_text(json.dumps(s.modify_mixlist, indent=1), encoding="utf-8")
-                cfg["modify_mixlist"] = fn
-            relocated = (_relocated_command(per_options[name], name, graph_files[name], cfg)
-                         or _default_command(s, name, graph_files[name], cfg))
+            graphs_m[name], relocated = _graph_entry(tmp, name, models[name], per_settings[name], per_options[name],
+                                                     costs.get(name))
             script.append(relocated)
-            m = models[name]
-            graphs_m[name] = {
-                "file": graph_files[name],
-                "inputs": {k: {"dtype": v.elem_type, "shape": list(v.shape) if v.shape is not None else None}
-                           for k, v in graph_inputs(m).items()},
-                "outputs": {k: {"dtype": v.elem_type, "shape": list(v.shape) if v.shape is not None else None}
-                            for k, v in graph_outputs(m).items()},
-                "external_data": external_data_files(m),
-                "nodes": len(m.graph.node),
-                "opset": next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None),
-                "settings": s.to_dict(),
-                "input_shape": s.to_dict()["input_shape"],
-                "gears": s.to_dict()["gears"],
-                "precision_mode": s.precision_mode,
-                "keep_dtype": list(s.keep_dtype),
-                "atc_command": s.atc_command or relocated,
-                "atc_command_relocated": relocated,
-                "cost": costs.get(name),
-            }
         (tmp / "atc.sh").write_text("\n".join(script) + "\n", encoding="utf-8")
         os.chmod(tmp / "atc.sh", 0o755)
         manifest = {
@@ -494,10 +417,128 @@ def write_omsim(out: str | os.PathLike, graphs: Mapping[str, str | os.PathLike],
                                                          model_num=len(graphs_m)) + payload)
         (tmp / "README.txt").write_text(
             f"{NOTICE}\n\nTarget: {target.name} (soc_version {target.soc_version}), simulated.\n"
-            f"Graphs: {', '.join(graph_files.values())}. Settings and checksums: {MANIFEST}.\n"
+            f"Graphs: {', '.join(g['file'] for g in graphs_m.values())}. Settings and checksums: {MANIFEST}.\n"
             "Run it with the simulator: ascend_adapt.runtime.runners.SimRunner(this_dir, graph=...) or the\n"
             "'sim' backend. Build real OMs on a CANN host: sh atc.sh\n", encoding="utf-8")
     return read_omsim(out, verify=False)
+
+
+_SCRIPT_HEAD = ("#!/bin/sh", f"# {NOTICE}", "# Run on a host with the CANN toolkit (atc on PATH).",
+                "set -e", 'cd "$(dirname "$0")"', "mkdir -p om")
+
+
+def _placement(srcs: Mapping[str, Path], models: Mapping[str, Any]) -> dict[str, Path]:
+    """{relative path in the artifact: source file}: each graph as NAME.onnx at the top level, its
+    external data at the same relative location (a file shared by graphs: once).
+
+    Raises:
+        ConfigError: two graphs use different files of one name; an external data file is missing.
+    """
+    from ascend_adapt.sim.graph import external_data_files
+
+    placed: dict[str, Path] = {}
+    for name, p in srcs.items():
+        placed[f"{name}.onnx"] = p
+        for loc in external_data_files(models[name]):
+            src = (p.parent / loc).resolve()
+            if loc in placed and placed[loc].resolve() != src:
+                raise ConfigError(f"graphs use different files named '{loc}' ({placed[loc]} and {src})",
+                                  "export the graphs into one directory so they share their weights file")
+            if not src.is_file():
+                raise ConfigError(f"graph '{name}' references external data '{loc}', not found at {src}",
+                                  "keep the .onnx files beside their weights files")
+            placed[loc] = src
+    return placed
+
+
+def _graph_costs(models: Mapping[str, Any], target: Any, per_settings: Mapping[str, Any]) -> dict[str, dict]:
+    """The simulated cost summary per graph (a failure is recorded, it never blocks the artifact)."""
+    from ascend_adapt.sim.cost import estimate_cost
+
+    costs = {}
+    for name, m in models.items():
+        try:
+            costs[name] = estimate_cost(m, target, per_settings[name], graph_name=name).summary()
+        except Exception as exc:  # noqa: BLE001 - a cost failure must not block the artifact
+            costs[name] = {"simulated": True, "error": f"{type(exc).__name__}: {exc}"}
+    return costs
+
+
+def _place_files(tmp: Path, placed: Mapping[str, Path], link: bool) -> tuple[dict, dict]:
+    """Copy (weights: hard-link with `link`) the placed files into `tmp`; return the manifest's
+    `files` (checksums here: full for graphs, sampled for weights) and `sources` entries."""
+    files: dict[str, dict] = {}
+    sources: dict[str, dict] = {}
+    for rel, src in placed.items():
+        dst = tmp / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if link and not rel.endswith(".onnx"):
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+        else:
+            shutil.copy2(src, dst)
+        if rel.endswith(".onnx"):
+            files[rel] = {"sha256": sha256_file(dst), "size": dst.stat().st_size}
+            sources[rel] = {"path": str(src.resolve()), "sha256": files[rel]["sha256"]}
+        else:
+            facts = _weights_facts(dst)
+            files[rel] = {k: facts[k] for k in ("size", "sha256_sampled", "sample")}
+            sources[rel] = {"path": str(src.resolve()), **_weights_facts(src)}
+    return files, sources
+
+
+def _copy_small_files(tmp: Path, copy_from, placed: Mapping[str, Path]) -> list[str]:
+    """Copy config.json, the tokenizer and other small top-level files of `copy_from`."""
+    copied = []
+    if copy_from is not None:
+        for f in sorted(Path(copy_from).iterdir()):
+            if (f.is_file() and f.suffix in _COPY_SUFFIXES and f.name not in _COPY_SKIP
+                    and f.name not in placed and f.stat().st_size < 64 << 20):
+                shutil.copy2(f, tmp / f.name)
+                copied.append(f.name)
+    return copied
+
+
+def _graph_entry(tmp: Path, name: str, m: Any, s: Any, options: Any, cost: dict | None) -> tuple[dict, str]:
+    """The manifest entry of graph `name` and its ATC command relocated into the artifact (the
+    keep_dtype / mixlist files it names are written into `tmp`)."""
+    from ascend_adapt.sim.graph import external_data_files, graph_inputs, graph_outputs
+
+    graph_file = f"{name}.onnx"
+    cfg: dict[str, str] = {}
+    if s.keep_dtype and not s.keeps_origin:
+        fn = f"{name}.keep_dtype.cfg"
+        (tmp / fn).write_text("\n".join(s.keep_dtype) + "\n", encoding="utf-8")
+        cfg["keep_dtype"] = fn
+    if s.modify_mixlist:
+        fn = f"{name}.modify_mixlist.json"
+        (tmp / fn).write_text(json.dumps(s.modify_mixlist, indent=1), encoding="utf-8")
+        cfg["modify_mixlist"] = fn
+    relocated = _relocated_command(options, name, graph_file, cfg) or _default_command(s, name, graph_file, cfg)
+
+    def tensors(infos) -> dict:
+        return {k: {"dtype": v.elem_type, "shape": list(v.shape) if v.shape is not None else None}
+                for k, v in infos.items()}
+
+    entry = {
+        "file": graph_file,
+        "inputs": tensors(graph_inputs(m)),
+        "outputs": tensors(graph_outputs(m)),
+        "external_data": external_data_files(m),
+        "nodes": len(m.graph.node),
+        "opset": next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None),
+        "settings": s.to_dict(),
+        "input_shape": s.to_dict()["input_shape"],
+        "gears": s.to_dict()["gears"],
+        "precision_mode": s.precision_mode,
+        "keep_dtype": list(s.keep_dtype),
+        "atc_command": s.atc_command or relocated,
+        "atc_command_relocated": relocated,
+        "cost": cost,
+    }
+    return entry, relocated
 
 
 def _version() -> str:
@@ -534,9 +575,9 @@ def omsim_from_export(export_dir: str | os.PathLike, out: str | os.PathLike, tar
     from ascend_adapt.contract import graph_input_shapes
     from ascend_adapt.om_convert.builder.llm import load_manifest
     from ascend_adapt.sim.settings import GearSpec, SimSettings
-    from ascend_adapt.targets import load_target
+    from ascend_adapt.targets import resolve_target
 
-    target = load_target(target) if isinstance(target, str) else target
+    target = resolve_target(target)
     d = Path(export_dir)
     export = load_manifest(d)
     graphs = {k: d / g["file"] for k, g in export["graphs"].items()}

@@ -24,7 +24,6 @@ import importlib
 
 from ascend_adapt.errors import ConfigError, MissingDependencyError, UnsupportedError
 
-from .backends import BACKENDS
 
 # package -> (device type, pip name, SDK, what it is, environment hint)
 PACKAGES = {
@@ -90,7 +89,7 @@ class TorchDeviceBackend:
     def __init__(self, path, package: str = "torch_npu", dtype: str | None = None, device: str | None = None):
         import torch
 
-        from .torch_backend import TorchBackend
+        from ascend_adapt.backends.torch.session import TorchBackend
 
         if package not in PACKAGES:
             raise ConfigError(f"unknown device package '{package}'", f"use one of: {', '.join(PACKAGES)}")
@@ -139,14 +138,11 @@ class TorchDeviceBackend:
 
 
 def torch_npu_backend(path, dtype: str | None = None, device: str | None = None, **_ignored) -> TorchDeviceBackend:
-    """Factory registered as "torch_npu" in `BACKENDS`."""
+    """Factory of the "torch_npu" backend."""
     return TorchDeviceBackend(path, "torch_npu", dtype=dtype, device=device)
 
 
 def torch_mlu_backend(path, dtype: str | None = None, device: str | None = None, **_ignored) -> TorchDeviceBackend:
-    """Factory registered as "torch_mlu" in `BACKENDS`."""
+    """Factory of the "torch_mlu" backend."""
     return TorchDeviceBackend(path, "torch_mlu", dtype=dtype, device=device)
 
-
-BACKENDS.register("torch_npu", torch_npu_backend)
-BACKENDS.register("torch_mlu", torch_mlu_backend)

@@ -19,7 +19,6 @@ from typing import Any, Mapping, Sequence
 
 from ascend_adapt.errors import ConfigError
 
-from .backends import BACKENDS
 
 KINDS = ("prefill", "decode")
 
@@ -59,9 +58,9 @@ class SimLMBackend:
                  modify_mixlist: Mapping | None = None, check: bool = True, cost: bool = True,
                  threads: int | None = None):
         from ascend_adapt.spec import ModelSpec
-        from ascend_adapt.om_convert.artifact import is_omsim, read_omsim
+        from ascend_adapt.backends.sim.artifact import is_omsim, read_omsim
 
-        from .runners import SimRunner
+        from .runner import SimRunner
 
         self.path = Path(path)
         self.artifact = read_omsim(self.path) if is_omsim(self.path) else None
@@ -73,7 +72,7 @@ class SimLMBackend:
                 export = json.loads((self.path / "export.json").read_text())
             if export is None:
                 raise ConfigError(f"{self.path}: the artifact has no export manifest (spec, B, S, M)",
-                                  "write it with om_convert.artifact.omsim_from_export (or pass copy_from= "
+                                  "write it with ascend_adapt.backends.sim.artifact.omsim_from_export (or pass copy_from= "
                                   "the export directory to write_omsim)")
             kinds = _kinds(self.artifact.graph_names)
             missing = [k for k in kinds if k not in self.artifact.graph_names]
@@ -149,6 +148,13 @@ class SimLMBackend:
     def target(self) -> str:
         return self.runner("decode").settings.target
 
+    def precision_label(self) -> str:
+        """The precision the prompt's graph computes in (for reports)."""
+        from .runner import settings_label
+
+        s = self.settings
+        return settings_label(s.get("prefill") or next(iter(s.values())))
+
     def runner(self, role: str):
         """The SimRunner serving `role` ("prefill" / "decode")."""
         return self.runners[self.roles[role]]
@@ -199,7 +205,7 @@ class SimLMBackend:
 
     def new_session(self, batch: int, max_len: int):
         """A GraphLMSession of `batch` rows (= the graphs' B); `max_len` ≤ the graphs' M."""
-        from .graph_session import open_session
+        from ascend_adapt.runtime.graph_session import open_session
 
         return open_session(self, batch, max_len, self.executor("prefill"), self.executor("decode"),
                             self.gears or self.seq_len)
@@ -210,8 +216,8 @@ class SimLMBackend:
         With `layer_outputs`, also {name: float32 [B, s, …]} for "embed", "layers.{i}",
         "final_norm", "logits" as the card stores them (fp16-rounded under fp16 modes).
         """
-        from .graph_session import GraphLMSession, prefill_with_layers
-        from .runners import SimRunner
+        from ascend_adapt.runtime.graph_session import GraphLMSession, prefill_with_layers
+        from .runner import SimRunner
 
         pre = self.runner("prefill")
         runner = pre
@@ -249,10 +255,8 @@ def sim_backend(path, **options) -> SimLMBackend:
     from ascend_adapt.om_convert.split import is_pipeline
 
     if is_pipeline(path):  # a multi-chip split (convert --chips N): one simulated chip per stage
-        from .pipeline import SimPipelineBackend
+        from ascend_adapt.runtime.pipeline import SimPipelineBackend
 
         return SimPipelineBackend(path, **options)
     return SimLMBackend(path, **options)
 
-
-BACKENDS.register("sim", sim_backend)
