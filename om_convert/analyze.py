@@ -36,7 +36,7 @@ import onnx
 
 from ascend_adapt.errors import ConfigError
 from ascend_adapt.operators.rewrites._graph import Graph, attrs_of, is_external, skeleton
-from ascend_adapt.targets import Target, load_target
+from ascend_adapt.targets import Target, resolve_target
 
 STATUSES = ("unsupported", "fixable", "supported")
 _INT64, _DOUBLE, _BF16 = onnx.TensorProto.INT64, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16
@@ -429,7 +429,7 @@ def analyze_model(path_or_model: str | os.PathLike | onnx.ModelProto, target: st
         except Exception as exc:  # protobuf DecodeError and friends
             raise ConfigError(f"cannot read ONNX model '{p}': {exc}", "is it an .onnx file?") from exc
         name = p.name
-    tgt = load_target(target) if not isinstance(target, Target) else target
+    tgt = resolve_target(target)
     gear_shape = None
     if gears is not None:
         gears = tuple(tuple(int(v) for v in g) for g in gears)

@@ -12,9 +12,13 @@ Steps, each reported:
 3. **rewrite** — for ONNX files we did not build, the registered rewrite rules
    (`operators.rewrites`) until the graph is accepted; a graph still refused stops here, naming
    the ops.
-4. **compile** — the exact `atc` command per graph (always written as a script under `atc/`);
-   with `atc` on PATH (or `ASCEND_TOOLKIT_HOME`) it runs and writes `<graph>.om`; without it, the
-   simulator artifact `model.omsim` (never named `.om`), checked for acceptance like ATC.
+4. **compile** — the target's toolchain (`om_convert.toolchains`, by `target.toolchain`) compiles
+   every graph, HF-built or a plain ONNX file alike. ATC: the exact `atc` command per graph
+   (always written as a script under `atc/`); with `atc` on PATH (or `ASCEND_TOOLKIT_HOME`) it
+   runs and writes `<graph>.om`. MagicMind: `magicmind/build_<graph>.py` and a torch_mlu run
+   script. Always the simulator artifact `model.omsim` (never named `.om`), checked for
+   acceptance like the toolchain. A toolchain that cannot compile the input (`inputs`,
+   `multi_chip`, `keep_dtype`) refuses before anything is written.
 5. **verify** — the artifact on the simulator (or the card) against the fp32 golden on sample
    inputs: max |Δ|, cosine per output and per layer, greedy-token parity for LLMs, and the
    simulated per-token latency on the target. For LLMs the golden's memory is checked against
@@ -27,8 +31,9 @@ Output directory layout (written under a temporary name, renamed when complete):
     OUT/convert.json          what was converted, how; read by `generate` / `run` / `compare`
     OUT/export/               step.onnx (or prefill.onnx + decode.onnx), weights.bin, export.json (HF input)
     OUT/model.onnx            the rewritten graph (ONNX input)
-    OUT/atc/                  <graph>.sh (exact atc commands), keep_dtype files, ATC logs
+    OUT/atc/                  <graph>.sh (exact atc commands), keep_dtype files, ATC logs (ATC targets)
     OUT/<graph>.om            ATC's output, when ATC ran
+    OUT/magicmind/            build_<graph>.py, run_torch_mlu.py (MagicMind targets)
     OUT/model.omsim/          the simulator artifact (always: it is what `--backend sim` runs); its
                               weights.bin is a hard link of export/weights.bin (one copy on disk)
     OUT/config.json, tokenizer files (HF input), convert_report.{json,txt}
@@ -104,14 +109,14 @@ class ConvertReport:
         for s in self.steps:
             lines.append(f"  [{s['step']:<8}] {s['summary']}  ({s['seconds']:.1f} s)")
             lines += [f"      {d}" for d in s.get("detail") or ()]  # e.g. the W8A8 keep-fp16 rule
+        # the compile step's toolchain wrote its name, label and script place into the report
+        label = self.atc.get("label") or self.atc.get("toolchain", "the toolchain")
         if self.atc.get("commands"):
-            tool = self.atc.get("toolchain", "atc")
-            lines.append(f"  {tool} commands, run in the output directory (also in "
-                         f"{'magicmind/build_*.py' if tool == 'magicmind' else 'atc/*.sh'}):")
+            where = f" (also in {self.atc['script_glob']})" if self.atc.get("script_glob") else ""
+            lines.append(f"  {self.atc.get('toolchain', label)} commands, run in the output directory{where}:")
             lines += [f"    {c}" for c in self.atc["commands"].values()]
         if a.get("simulated"):
-            lines.append(f"  artifact: {a.get('omsim')} (simulated: no "
-                         f"{'MagicMind' if self.atc.get('toolchain') == 'magicmind' else 'ATC'} on this machine)")
+            lines.append(f"  artifact: {a.get('omsim')} (simulated: no {label} on this machine)")
         for c in a.get("chips") or ():  # a multi-chip split: each chip's stage and memory
             f, gib = c["fit"], (lambda b: f"{b / 2**30:.2f} GiB")
             lines.append(f"  chip {c['chip']} (device {c['device_id']}): layers {c['layers'][0]}-{c['layers'][1] - 1}"
@@ -119,7 +124,7 @@ class ConvertReport:
                          f"{gib(f['needed_bytes'])} of {gib(f['usable_bytes'])} (weights {gib(f['weights_bytes'])}, "
                          f"KV {gib(f['kv_cache_bytes'])}, workspace {gib(f['workspace_bytes'])}); {c['omsim']}")
         for g, om in (a.get("om") or {}).items():
-            lines.append(f"  artifact: {om} (built by ATC)")
+            lines.append(f"  artifact: {om} (built by {label})")
         if not v:
             skipped = next((s for s in self.steps if s.get("step") == "verify" and s.get("skipped")), None)
             lines.append("  verdict: UNVERIFIED — " + ("the verify step was skipped (see above); run "
@@ -203,47 +208,11 @@ def _parse_input_shape(text: str | None) -> dict[str, tuple[int, ...]]:
     return {k: tuple(int(d) if isinstance(d, int) else -1 for d in v) for k, v in opts.input_shape.items()}
 
 
-def _atc_options(model: Path, output: Path, target, precision_mode: str, keep_file: Path | None,
-                 input_shape: Mapping[str, Sequence[int]], dynamic_dims: Sequence[Sequence[int]] | None = None,
-                 log: str = "error"):
-    from ascend_adapt.om_convert.atc import AtcOptions
-
-    kw: dict[str, Any] = dict(framework=5, model=str(model), output=str(output), soc_version=target.soc_version,
-                              input_format="ND", input_shape={k: tuple(v) for k, v in input_shape.items()},
-                              precision_mode=precision_mode, log=log)
-    if keep_file is not None and precision_mode != "must_keep_origin_dtype":
-        kw["keep_dtype"] = str(keep_file)
-    if dynamic_dims:
-        kw["dynamic_dims"] = tuple(tuple(int(x) for x in g) for g in dynamic_dims)
-    return AtcOptions(**kw)
-
-
-def _compile(report: ConvertReport, out: Path, graphs: Mapping[str, Path], options: Mapping[str, Any],
-             use_atc: str, on_line: Callable[[str], None] | None) -> dict[str, Path]:
-    """Write every atc script; run ATC when asked / available. Returns {graph: .om path}."""
-    from ascend_adapt.om_convert.atc import find_atc, run_atc, validate, write_atc_script
-    from ascend_adapt.om_convert.atc.driver import script_options
-
-    atc_dir = out / "atc"
-    atc_dir.mkdir(exist_ok=True)
-    commands, oms = {}, {}
-    atc = find_atc() if use_atc != "never" else None
-    if use_atc == "always" and atc is None:
-        raise UnsupportedError("--atc always: no 'atc' found on PATH or under $ASCEND_TOOLKIT_HOME",
-                               "source CANN's set_env.sh first, or drop --atc always to build the simulator artifact")
-    for name, opts in options.items():
-        validate(opts)
-        write_atc_script(opts, atc_dir / f"{name}.sh")
-        commands[name] = script_options(opts, out).to_command()  # paths relative to OUT
-    report.atc = {"found": atc, "commands": commands, "scripts": {n: f"atc/{n}.sh" for n in options}}
-    if atc is not None:
-        for name, opts in options.items():
-            res = run_atc(opts, log_path=atc_dir / f"{name}.log", on_line=on_line, atc=atc, script=False)
-            oms[name] = Path(res.om_path)
-        report.atc["ran"] = True
-    else:
-        report.atc["ran"] = False
-    return oms
+def _built_names(built: Mapping[str, Path], out: Path) -> dict[str, str]:
+    """{graph: the compiled file, relative to the output directory} ("step.om", "magicmind/step.mm")."""
+    root = Path(out).resolve()
+    return {k: (Path(p).resolve().relative_to(root).as_posix() if Path(p).resolve().is_relative_to(root)
+                else Path(p).name) for k, p in built.items()}
 
 
 # ----------------------------------------------------------------------------------------- HF
@@ -251,16 +220,32 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
                 max_len: int, batch: int, keep_dtype: list[str], weight_dtype: str, use_atc: str,
                 verify: bool, verify_tokens: int, progress: bool, on_step, on_line,
                 gears: Sequence[int] | None = None, cann_version: str | None = None,
-                src_dtype: str = "float32", num_params: int = 0, split=None, quant: dict | None = None) -> None:
-    from ascend_adapt.om_convert.analyze import analyze_model
-    from ascend_adapt.om_convert.artifact import omsim_from_export
-    from ascend_adapt.om_convert.builder import build_llm_onnx
-    from ascend_adapt.om_convert.split import input_shapes_of
+                src_dtype: str = "float32", num_params: int = 0, split=None, quant: dict | None = None,
+                toolchain=None) -> None:
+    """The HF steps after the fit check: export → analyze → compile → verify (module docstring)."""
+    from ascend_adapt.om_convert.toolchains import get_toolchain
 
-    t0 = time.perf_counter()
-    exp = out / "export"
+    res = _export_hf(report, src, out / "export", target, seq_len=seq_len, max_len=max_len, batch=batch,
+                     weight_dtype=weight_dtype, progress=progress, on_step=on_step, gears=gears,
+                     cann_version=cann_version, split=split, quant=quant)
+    _analyze_built(report, res, target, cann_version, on_step)
+    _compile_hf(report, res, out, target, toolchain or get_toolchain(target), precision_mode=precision_mode,
+                keep_dtype=keep_dtype, use_atc=use_atc, split=split, on_step=on_step, on_line=on_line)
+    for f in src.iterdir():  # config + tokenizer beside the artifacts, for generate/run
+        if f.is_file() and f.suffix in (".json", ".model", ".txt") and not f.name.endswith(".index.json"):
+            shutil.copy2(f, out / f.name)
+    if verify:
+        _verify_hf(report, src, out, res, batch=batch, max_len=max_len, seq_len=seq_len, verify_tokens=verify_tokens,
+                   src_dtype=src_dtype, num_params=num_params, on_step=on_step)
+
+
+def _export_hf(report: ConvertReport, src: Path, exp: Path, target, *, seq_len: int, max_len: int, batch: int,
+               weight_dtype: str, progress: bool, on_step, gears, cann_version, split, quant):
+    """The export step (and --quantize's calibration): the graphs built into `exp`; a BuildResult."""
+    from ascend_adapt.om_convert.builder import build_llm_onnx
     from ascend_adapt.om_convert.builder.llm import MIN_OPSET
 
+    t0 = time.perf_counter()
     # the highest opset this CANN parses, up to 17 (LayerNormalization is fused from 17)
     opset = min(17, target.max_opset(cann_version))
     if opset < MIN_OPSET:
@@ -286,21 +271,28 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
         q = res.manifest["quantization"]
         _step(report, "quantize", t0, f"W8A16: {len(q['quantized'])} Linears int8 ({q['granularity']}) "
               f"through AscendAntiQuant; scales {q['scale_bytes'] / 2**20:.2f} MiB", on_step)
-    graphs = dict(res.paths)
     shape_doc = (f"step.onnx with gears {res.manifest['gears']} (decode = 1; one OM, weights loaded once)"
                  if res.manifest.get("gears") else f"prefill.onnx + decode.onnx (S={seq_len})")
     _step(report, "export", t0,
           f"{shape_doc}, B={batch}, M={max_len}; {res.num_tensors} weights "
           f"{res.weights_bytes / 2**20:.1f} MiB in weights.bin, ops: {', '.join(res.op_types)}", on_step)
+    return res
+
+
+def _analyze_built(report: ConvertReport, res, target, cann_version, on_step) -> None:
+    """The analyze step of built graphs, each as it will be compiled; a refusal stops here."""
+    from ascend_adapt.om_convert.analyze import analyze_model
+    from ascend_adapt.om_convert.split import input_shapes_of
 
     t0 = time.perf_counter()
+    graphs = dict(res.paths)
     analyses = {}
     for k, p in graphs.items():
-        # analysed as ATC will build it: a step graph with its gear profiles (-1 dims + --dynamic_dims)
+        # analysed as it will be built: a step graph with its gear profiles (-1 dims + --dynamic_dims)
         shapes_k, dims_k = input_shapes_of(res.manifest, k, target.soc_version)
         analyses[k] = analyze_model(p, target, cann_version, rules=False,
                                     input_shapes={n: [int(x) for x in d] for n, d in shapes_k.items()},
-                                    # a toolchain without gears (MagicMind) builds the -1 dims as a shape range
+                                    # a target without gears (MLU370) builds the -1 dims as a shape range
                                     gears=dims_k if target.gear_min is not None else None)
     report.analysis = {k: {"accepted": a.accepted_as_is, "blocking": a.blocking, "nodes": a.node_count}
                        for k, a in analyses.items()}
@@ -316,63 +308,70 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
           f"({sum(a.node_count for a in analyses.values())} nodes)", on_step)
     report.rewrite = {"rules": "not needed: the graphs are built for the target"}
 
-    t0 = time.perf_counter()
-    manifest = res.manifest
-    # the target's toolchain compiles (om_convert/toolchains: atc -> keep_dtype files, atc/*.sh and
-    # the .om where ATC is found; magicmind -> magicmind/build_*.py + run_torch_mlu.py)
-    from ascend_adapt.om_convert.toolchains import get_toolchain
 
-    toolchain = get_toolchain(target)
-    build = toolchain.compile_llm(report, out, graphs, manifest, target, precision_mode, keep_dtype, use_atc, on_line)
+def _compile_hf(report: ConvertReport, res, out: Path, target, toolchain, *, precision_mode: str,
+                keep_dtype: list[str], use_atc: str, split, on_step, on_line) -> None:
+    """The compile step of built graphs: the target's toolchain, then the simulator artifact
+    (one per chip of a split)."""
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
+    from ascend_adapt.om_convert.split import input_shapes_of
+    from ascend_adapt.om_convert.toolchains import CompileJob
+
+    t0 = time.perf_counter()
+    exp, manifest, graphs = res.out_dir, res.manifest, dict(res.paths)
+    # one job per graph, with the shapes and gears it is built with and its fp32 islands (+ --keep-dtype)
+    jobs = {}
+    for kind, path in graphs.items():
+        shapes, dims = input_shapes_of(manifest, kind, target.soc_version)
+        jobs[kind] = CompileJob(path, shapes, dims, list(manifest.get("keep_dtype", {}).get(kind, [])) + list(keep_dtype),
+                                manifest.get("gears"))
+    build = toolchain.compile(report, out, jobs, target, precision_mode, use_atc, on_line)
     oms, options = build.built, build.atc_options
     report.atc = build.info
     # link=True: the artifact's weights.bin is a hard link of export/weights.bin (one copy on disk;
     # a copy only where the filesystem refuses links); both stay valid when OUT is moved
     if split is None:
-        # without ATC options (other toolchains) the simulator takes the mode and no keep_dtype list
+        # without ATC options the simulator takes the mode, and the fp32 islands where the
+        # toolchain keeps them (`keep_dtype` capability)
         omsim_from_export(exp, out / OMSIM, target, atc_options=options, link=True,
-                          **({} if options is not None else {"precision_mode": precision_mode, "keep_dtype": None}))
+                          **({} if options is not None else {
+                              "precision_mode": precision_mode,
+                              "keep_dtype": {k: j.keep_dtype for k, j in jobs.items()} if toolchain.keep_dtype else None}))
     else:  # one simulator artifact per chip, each accepted (and its memory checked) on its own
         from ascend_adapt.om_convert.split import write_split_omsim
 
         pipeline = write_split_omsim(exp, out / OMSIM, target, options)
-    report.artifact = {"omsim": OMSIM, "simulated": not oms, "om": {k: p.name for k, p in oms.items()},
+    report.artifact = {"omsim": OMSIM, "simulated": not oms, "om": _built_names(oms, out),
                        "graphs": list(graphs)}
     if split is not None:
         report.artifact["chips"] = [{"chip": st["index"], "device_id": st["device_id"], "layers": st["layers"],
                                      "omsim": f"{OMSIM}/{st['omsim']}", "graphs": st["graphs"],
                                      "fit": c.to_dict(), "simulated_memory": st["memory"]}
                                     for st, c in zip(pipeline["stages"], split.chips)]
-    if toolchain.name == "atc":
-        compiled = (f"ATC built {', '.join(p.name for p in oms.values())}" if oms else
-                    f"no ATC here: wrote {OMSIM} (simulated) and atc/*.sh to run on a CANN host")
+    _step(report, "compile", t0, toolchain.summary(build, OMSIM), on_step)
+
+
+def _verify_hf(report: ConvertReport, src: Path, out: Path, res, *, batch: int, max_len: int, seq_len: int,
+               verify_tokens: int, src_dtype: str, num_params: int, on_step) -> None:
+    """The verify step: the golden this machine can afford (`golden_plan`), else a SKIPPED step."""
+    t0 = time.perf_counter()
+    spec = res.manifest["spec"]
+    host_kv = 2 * spec["num_layers"] * batch * max_len * spec["num_kv_heads"] * spec["head_dim"] * 4
+    plan = golden_plan(num_params, src_dtype, available_memory_bytes(),
+                       other_bytes=res.weights_bytes + host_kv, max_tokens=seq_len + verify_tokens,
+                       spec=spec)
+    if plan["dtype"] is None:  # never silently: the reason is a report step
+        report.steps.append({"step": "verify", "summary": f"SKIPPED: {plan['reason']}",
+                             "seconds": round(time.perf_counter() - t0, 3), "skipped": True, "plan": plan})
+        if on_step:
+            on_step(f"[verify] SKIPPED: {plan['reason']}")
     else:
-        compiled = (f"{toolchain.label} built {', '.join(p.name for p in oms.values())}" if oms else
-                    f"no {toolchain.label} here: wrote {OMSIM} (simulated), "
-                    f"{', '.join(build.info.get('scripts', {}).values())} and {build.info.get('run_script')}")
-    _step(report, "compile", t0, compiled, on_step)
-    for f in src.iterdir():  # config + tokenizer beside the artifacts, for generate/run
-        if f.is_file() and f.suffix in (".json", ".model", ".txt") and not f.name.endswith(".index.json"):
-            shutil.copy2(f, out / f.name)
-    if verify:
-        t0 = time.perf_counter()
-        spec = res.manifest["spec"]
-        host_kv = 2 * spec["num_layers"] * batch * max_len * spec["num_kv_heads"] * spec["head_dim"] * 4
-        plan = golden_plan(num_params, src_dtype, available_memory_bytes(),
-                           other_bytes=res.weights_bytes + host_kv, max_tokens=seq_len + verify_tokens,
-                           spec=spec)
-        if plan["dtype"] is None:  # never silently: the reason is a report step
-            report.steps.append({"step": "verify", "summary": f"SKIPPED: {plan['reason']}",
-                                 "seconds": round(time.perf_counter() - t0, 3), "skipped": True, "plan": plan})
-            if on_step:
-                on_step(f"[verify] SKIPPED: {plan['reason']}")
-        else:
-            report.verify = verify_llm(src, out / OMSIM, n_tokens=verify_tokens, golden_dtype=plan["dtype"])
-            if plan["dtype"] != "float32":
-                report.verify["golden"] = f"torch {plan['dtype']}"
-                report.verify["golden_plan"] = plan
-                report.verify["summary"] += f" [{plan['reason']}]"
-            _step(report, "verify", t0, report.verify["summary"], on_step)
+        report.verify = verify_llm(src, out / OMSIM, n_tokens=verify_tokens, golden_dtype=plan["dtype"])
+        if plan["dtype"] != "float32":
+            report.verify["golden"] = f"torch {plan['dtype']}"
+            report.verify["golden_plan"] = plan
+            report.verify["summary"] += f" [{plan['reason']}]"
+        _step(report, "verify", t0, report.verify["summary"], on_step)
 
 
 def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = None, min_cosine: float = 0.999,
@@ -392,7 +391,7 @@ def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = No
     - layers: every layer output is finite and its cosine ≥ `min_cosine`.
     """
     from ascend_adapt.model_zoo.tokenizers import load_tokenizer
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
     golden = get_backend("torch", golden_dir, dtype=golden_dtype)  # golden_plan picks it when fp32 does not fit
@@ -400,7 +399,9 @@ def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = No
     sim = get_backend("sim", omsim, **({"precision_mode": precision_mode, "keep_dtype": keep_dtype}
                                        if precision_mode else {}))
     tok = load_tokenizer(golden_dir)
-    text = prompt or ("你好" if golden.spec.arch == "chatglm" else "Hello world")
+    from ascend_adapt.model_zoo import ADAPTERS
+
+    text = prompt or ADAPTERS.get(golden.spec.arch).verify_prompt  # the family's hook ("Hello world", "你好")
     ids = np.asarray([tok.encode(text)], dtype=np.int64)
     mask = np.ones_like(ids)
     g_logits, g_layers = golden.full_logits(ids, mask, layer_outputs=True)
@@ -511,12 +512,12 @@ def _random_feeds(meta: Mapping[str, tuple], seed: int = 0) -> dict[str, np.ndar
 def _convert_onnx(report: ConvertReport, src: Path, out: Path, target, *, precision_mode: str,
                   input_shape: Mapping[str, Sequence[int]], gears: Sequence[Sequence[int]] | None,
                   keep_dtype: list[str], cann_version: str | None, use_atc: str, verify: bool,
-                  on_step, on_line) -> None:
+                  on_step, on_line, toolchain=None) -> None:
     import onnx
 
     from ascend_adapt.om_convert.analyze import analyze_model
-    from ascend_adapt.om_convert.artifact import write_omsim
-    from ascend_adapt.operators.rewrites import apply_rules, write_keep_dtype
+    from ascend_adapt.backends.sim.artifact import write_omsim
+    from ascend_adapt.operators.rewrites import apply_rules
 
     t0 = time.perf_counter()
     try:
@@ -560,22 +561,30 @@ def _convert_onnx(report: ConvertReport, src: Path, out: Path, target, *, precis
                                   else "no rule needed") + f"; accepted by {target.name}", on_step)
 
     t0 = time.perf_counter()
-    keep_file = None
-    if keep_dtype:
-        keep_file = out / "atc" / "keep_dtype.cfg"
-        keep_file.parent.mkdir(exist_ok=True)
-        write_keep_dtype(keep_file, keep_dtype)
     shapes = dict(input_shape)
     if not shapes:
         shapes = {i.name: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim)
                   for i in model.graph.input}
-    opts = _atc_options(onnx_path, out / "model", target, precision_mode, keep_file, shapes, gears)
-    oms = _compile(report, out, {"model": onnx_path}, {"model": opts}, use_atc, on_line)
-    write_omsim(out / OMSIM, {"model": onnx_path}, target, opts)
-    report.artifact = {"omsim": OMSIM, "simulated": not oms, "om": {k: p.name for k, p in oms.items()},
+    from ascend_adapt.om_convert.toolchains import CompileJob, get_toolchain
+
+    toolchain = toolchain or get_toolchain(target)
+    job = CompileJob(onnx_path, shapes, [tuple(g) for g in gears] if gears else None, list(keep_dtype) or None,
+                     [tuple(g) for g in gears] if gears else None)
+    build = toolchain.compile(report, out, {"model": job}, target, precision_mode, use_atc, on_line)
+    oms = build.built
+    report.atc = build.info
+    if build.atc_options is not None:
+        write_omsim(out / OMSIM, {"model": onnx_path}, target, build.atc_options["model"])
+    else:  # the simulator takes the mode, the shapes and gears (and the keep list where the toolchain has one)
+        from ascend_adapt.sim.settings import GearSpec, SimSettings
+
+        write_omsim(out / OMSIM, {"model": onnx_path}, target, settings=SimSettings(
+            target=target.name, soc_version=target.soc_version, precision_mode=precision_mode,
+            keep_dtype=tuple(keep_dtype) if toolchain.keep_dtype else (), input_shape=shapes,
+            gears=GearSpec("dynamic_dims", tuple(tuple(int(x) for x in g) for g in gears)) if gears else None))
+    report.artifact = {"omsim": OMSIM, "simulated": not oms, "om": _built_names(oms, out),
                        "graphs": ["model"]}
-    _step(report, "compile", t0, (f"ATC built {', '.join(p.name for p in oms.values())}" if oms else
-                                  f"no ATC here: wrote {OMSIM} (simulated) and atc/model.sh"), on_step)
+    _step(report, "compile", t0, toolchain.summary(build, OMSIM), on_step)
     if verify:
         t0 = time.perf_counter()
         report.verify = verify_graph(onnx_path, out / OMSIM, gears=gears, input_shape=shapes)
@@ -807,7 +816,7 @@ def check_split_memory_fit(src: Path, target, chips: int, device_ids=None, *, pr
 
 
 # ------------------------------------------------------------------------------------- entry
-def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_len: int | None = None,
+def convert(source, out, *, soc: str, precision_mode: str | None = None, seq_len: int | None = None,
             max_len: int | None = None, batch: int = 1, input_shape: str | Mapping | None = None,
             gears: Sequence[Sequence[int]] | None = None, keep_dtype: Sequence[str] | str | None = None,
             cann_version: str | None = None, weight_dtype: str | None = None, layout: str | None = None,
@@ -823,7 +832,9 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
         source: HF model directory or .onnx file.
         out: output directory (must not exist unless `force`).
         soc: target name or soc_version (Ascend310P3, Ascend310, Ascend310B1, Ascend910B, …).
-        precision_mode: ATC --precision_mode (force_fp16 is ATC's inference default).
+        precision_mode: the target toolchain's precision mode (ATC --precision_mode, MagicMind
+            precision_config); None: the toolchain's default (force_fp16 for ATC, its inference
+            default; force_float16 for MagicMind).
         seq_len, max_len, batch: LLM prefill length S (the largest prefill gear of a step-graph
             build; default min(512, M // 2)), KV-cache slots M (default min(2048, the model's
             maximum positions)), batch B. See `default_context`.
@@ -839,7 +850,8 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
         layout: HF input: "step" (default: one step graph, prefill gears up to S plus the decode
             gear 1, one OM holding the weights once) or "two-graph" (prefill.onnx + decode.onnx,
             two OMs that each hold the weights).
-        use_atc: "auto" (use ATC when found), "never", "always".
+        use_atc: "auto" (run the target's compiler, ATC or another toolchain's, when found),
+            "never", "always" (fail without it).
         verify: run the verification against the golden.
         force: replace `out`.
         chips: HF input: split the layers over this many chips (`om_convert.split`): one stage
@@ -851,7 +863,7 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
             counts int8 Linear bytes + scales.
         group_size: w8a16 scales per group of input channels (None: per output channel).
         calib: w8a8 calibration set, "builtin" (default) or a prompts file.
-        smooth_alpha: w8a8 SmoothQuant α (default 0.5).
+        smooth_alpha: w8a8 SmoothQuant α (default "auto": searched per input group).
         keep_fp16: w8a8 keep-fp16 rule (`KeepRule.parse`; default: lm_head and the edge layers' down_proj).
 
     Raises:
@@ -870,7 +882,7 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
     toolchain = get_toolchain(target)
     mode = toolchain.precision_mode(precision_mode, target)  # ATC: --precision_mode; MagicMind: precision_config
     if mode not in target.precision_modes:
-        raise ConfigError(f"precision mode '{precision_mode}' is not supported on {target.name}",
+        raise ConfigError(f"precision mode '{precision_mode or mode}' is not supported on {target.name}",
                           f"use one of: {', '.join(target.precision_modes)}")
     if isinstance(input_shape, str):
         input_shape = _parse_input_shape(input_shape)
@@ -878,10 +890,6 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
     out = Path(out)
     check_output(out, force, inputs=[src])
     kind = "onnx" if src.is_file() else "hf"
-    if toolchain.name != "atc" and (kind == "onnx" or chips != 1):
-        raise UnsupportedError(f"{target.name} builds with {toolchain.label}: convert takes an HF checkpoint on one "
-                               f"chip for it ({'an ONNX file' if kind == 'onnx' else f'--chips {chips}'} given)",
-                               "convert the HF checkpoint directory without --chips")
     fit = split = None
     from ascend_adapt.om_convert.builder.quantize import check_quantize_options
 
@@ -900,6 +908,9 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
     if kind == "onnx" and (chips != 1 or device_ids):
         raise ConfigError("--chips / --device-ids split an HF checkpoint's layers; an ONNX file is converted whole",
                           "convert the HF checkpoint directory with --chips N")
+    # what the target's toolchain cannot compile (an input kind, a split, --keep-dtype) is refused
+    # here, naming the target, the toolchain and what to do, before anything is written
+    toolchain.check_request(target, kind=kind, chips=int(chips), keep_dtype=keep)
     if kind == "hf":
         from ascend_adapt.estimate.core import spec_for
 
@@ -949,11 +960,12 @@ def convert(source, out, *, soc: str, precision_mode: str = "force_fp16", seq_le
                         gears=flat, cann_version=cann_version, src_dtype=src_dtype,
                         num_params=spec.param_count(), split=split,
                         quant={"quantize": quantize, "group_size": group_size, "calib": calib,
-                               "smooth_alpha": smooth_alpha, "keep_fp16": keep_fp16} if quantize else None)
+                               "smooth_alpha": smooth_alpha, "keep_fp16": keep_fp16} if quantize else None,
+                        toolchain=toolchain)
         else:
             _convert_onnx(report, src, tmp, target, precision_mode=mode, input_shape=input_shape or {},
                           gears=gears, keep_dtype=keep, cann_version=cann_version, use_atc=use_atc,
-                          verify=verify, on_step=on_step, on_line=on_line)
+                          verify=verify, on_step=on_step, on_line=on_line, toolchain=toolchain)
         report.out = report_out
         (tmp / MANIFEST).write_text(json.dumps({
             "format": "ascend-adapt convert 1", "kind": kind, "source": str(src.resolve()),
@@ -981,17 +993,9 @@ def resolve_artifact(path, backend: str) -> Path:
     """The path a backend should load for `path`: a convert output directory maps to its parts.
 
     sim → OUT/model.omsim; onnxruntime → OUT/export; acl → OUT (the .om files); torch → the
-    source checkpoint recorded in convert.json. Any other path is returned unchanged.
+    source checkpoint recorded in convert.json. Any other path is returned unchanged. Each
+    backend package says where its part is (`ascend_adapt.backends`, `Backend.locate`).
     """
-    p = Path(path)
-    m = p / MANIFEST
-    if not m.is_file():
-        return p
-    info = json.loads(m.read_text())
-    if backend == "sim":
-        return p / info["omsim"]
-    if backend == "onnxruntime" and info.get("export"):
-        return p / info["export"]
-    if backend == "torch":
-        return Path(info["source"])
-    return p
+    from ascend_adapt.backends import convert_output_path
+
+    return convert_output_path(path, backend)[0]

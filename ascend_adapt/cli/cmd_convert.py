@@ -31,9 +31,11 @@ def _gears(text: str | None, source: str, input_shape: str | None) -> list[tuple
 @click.argument("source", type=click.Path(exists=True, path_type=str))
 @click.option("--soc", required=True, help="Target: Ascend310P3, Ascend310, Ascend310B1, Ascend910B, Atlas300IDuo, …")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=str), help="Output directory.")
-@click.option("--precision-mode", default="force_fp16", show_default=True,
-              help="ATC --precision_mode (force_fp16, allow_fp32_to_fp16, must_keep_origin_dtype, "
-                   "allow_mix_precision, …) or a --precision_mode_v2 name (fp16, origin, mixed_float16).")
+@click.option("--precision-mode", default=None,
+              help="The target toolchain's precision mode. ATC: --precision_mode (force_fp16, allow_fp32_to_fp16, "
+                   "must_keep_origin_dtype, allow_mix_precision, …) or a --precision_mode_v2 name (fp16, origin, "
+                   "mixed_float16); MagicMind (MLU370): precision_config (force_float16, force_float32). "
+                   "[default: the toolchain's: force_fp16 for ATC, force_float16 for MagicMind]")
 @click.option("--seq-len", type=int, default=None,
               help="LLM longest prompt S: the largest prefill gear (step layout: gears are the powers of two "
                    "from 16 up to S) or the static prefill length (two-graph layout). "
@@ -61,7 +63,8 @@ def _gears(text: str | None, source: str, input_shape: str | None) -> list[tuple
                    "mode: fp16 for force_fp16 / allow_fp32_to_fp16 / mixed modes, the checkpoint's dtype for "
                    "must_keep_origin_dtype (bf16 → fp32)]")
 @click.option("--atc", "use_atc", type=click.Choice(["auto", "never", "always"]), default="auto", show_default=True,
-              help="Run ATC when found (auto), never, or fail without it (always).")
+              help="Run the target's compiler (ATC; MagicMind for MLU370) when found (auto), never, or fail "
+                   "without it (always).")
 @click.option("--no-verify", is_flag=True,
               help="Skip the verification against the golden. (Without it, an LLM golden that does not fit this "
                    "machine's MemAvailable in fp32 runs in the checkpoint's fp16/bf16, or the verify is skipped "
@@ -85,18 +88,21 @@ def _gears(text: str | None, source: str, input_shape: str | None) -> list[tuple
               help="w8a8 calibration prompts: a text file (one prompt per line) or JSON lines, or builtin. "
                    "[default: builtin]")
 @click.option("--smooth-alpha", type=float, default=None,
-              help="w8a8 SmoothQuant migration strength α in [0, 1]. [default: 0.5]")
+              help="w8a8 SmoothQuant migration strength α in [0, 1] for every Linear. [default: auto: per input group, "
+                   "the α of 0, 0.1, …, 1 with the least held-out int8 output error on the calibration set]")
 @click.option("--keep-fp16", default=None,
               help='w8a8: which Linears stay fp16, "key=value;…" (lm_head, edge_layers, edge_linears, '
-                   'outlier_linears, outlier_ratio, keep) or a JSON file; printed in the report. '
-                   '[default: lm_head=true;edge_layers=1;edge_linears=mlp.down;outlier_ratio=64]')
+                   'outlier_linears, outlier_ratio, max_error, keep) or a JSON file; printed in the report. '
+                   '[default: lm_head=true;edge_layers=1;edge_linears=mlp.down;outlier_linears=mlp.down;'
+                   'outlier_ratio=32;max_error=0.04]')
 def convert_cmd(source, soc, out, precision_mode, seq_len, max_len, layout, batch, input_shape, gears, keep_dtype,
                 cann_version, weight_dtype, use_atc, no_verify, verify_tokens, as_json, force, chips, device_ids,
                 quantize, group_size, calib, smooth_alpha, keep_fp16):
     """HF checkpoint or ONNX → OM (ATC) or simulator artifact, verified against the golden.
 
-    fit → export → analyze → rewrite → atc (or the simulator artifact `model.omsim` when ATC is
-    absent; the exact atc commands are always written to OUT/atc/*.sh) → verify → report. The fit
+    fit → export → analyze → rewrite → compile with the target's toolchain (ATC: the exact atc
+    commands always in OUT/atc/*.sh and the .om where ATC is found; MagicMind for MLU370: build
+    scripts in OUT/magicmind/) plus the simulator artifact `model.omsim` → verify → report. The fit
     check (HF input) runs first from config.json: a model that cannot fit the chip is refused
     before anything is written, with what would fit.
     """

@@ -298,6 +298,69 @@ def _failure(stage: str, command: str, rc: int | None, run: _Run, diagnostics: S
                     diagnostics=list(diagnostics), stage=stage)
 
 
+def _find_or_refuse(options: AtcOptions, atc: str | None, script_path: str | None) -> str:
+    """The ATC executable (`atc` or `find_atc()`), or AtcNotFoundError pointing at the script."""
+    exe = atc or find_atc()
+    if exe is None:
+        where = f"; the command is in {script_path}" if script_path else ""
+        raise AtcNotFoundError(
+            "ATC (the CANN toolkit's atc) was not found on PATH, in $ASCEND_TOOLKIT_HOME, $ASCEND_HOME_PATH "
+            f"or /usr/local/Ascend/ascend-toolkit/latest{where}",
+            f"run {script_path or SCRIPT_NAME} on a host with CANN, or source CANN's set_env.sh here",
+            command=options.to_command(), stage="build")
+    return exe
+
+
+def _precheck_options(options: AtcOptions) -> AtcOptions:
+    """The pre-check (`--mode=3`) of a build: no output, the check report beside the output."""
+    report = options.check_report or f"{options.output}_check_result.json"
+    return options.replace(mode=3, output=None, check_report=report)
+
+
+@dataclass
+class _Session:
+    """The ATC invocations of one `run_atc` call: one executable, environment and log, and the
+    diagnostics (and pre-check report) gathered across its stages."""
+
+    exe: str
+    env: dict
+    log_fh: object
+    on_line: Callable[[str], None] | None
+    timeout_s: float | None
+    log_path: str | None
+    script_path: str | None
+    diagnostics: list = field(default_factory=list)
+    check_report: dict | None = None
+
+    def stage(self, name: str, opts: AtcOptions, read_report: str | None = None) -> tuple[str, int, _Run]:
+        """Run one ATC invocation, streaming and decoding its log; raise AtcError on failure."""
+        argv = opts.to_argv(self.exe)
+        command = shlex.join(argv)
+        if self.log_fh is not None:
+            self.log_fh.write(f"# ascend-adapt: {name}: {command}\n")
+        decoder = AtcLogDecoder()
+        run = _Run(argv, decoder, self.log_fh, self.on_line, self.env, self.timeout_s)
+        rc = run()
+        self.diagnostics += decoder.close()
+        if read_report is not None:
+            self.check_report = _read_check_report(read_report)
+            self.diagnostics += report_diagnostics(self.check_report)
+        if rc != 0 or run.timed_out or decoder.status == "failed":
+            why = f"timed out after {self.timeout_s} s" if run.timed_out else None
+            raise _failure(name, command, rc, run, self.diagnostics, self.log_path, self.script_path, why)
+        return command, rc, run
+
+    def built_om(self, options: AtcOptions, command: str, rc: int, run: _Run) -> str | None:
+        """The OM a build wrote (None for modes that write none); AtcError when ATC exited 0 without it."""
+        if options.mode not in (None, 0) or not options.output:
+            return None
+        om = find_om(options.output)
+        if om is None:
+            raise _failure("build", command, rc, run, self.diagnostics, self.log_path, self.script_path,
+                           f"ATC exited 0 but {om_path_for(options.output)} was not written")
+        return om
+
+
 def run_atc(
     options: AtcOptions,
     log_path: str | os.PathLike | None = None,
@@ -336,52 +399,17 @@ def run_atc(
     if options.output:
         Path(options.output).resolve().parent.mkdir(parents=True, exist_ok=True)
     script_path = write_atc_script(options) if script else None
-    exe = atc or find_atc()
-    if exe is None:
-        where = f"; the command is in {script_path}" if script_path else ""
-        raise AtcNotFoundError(
-            "ATC (the CANN toolkit's atc) was not found on PATH, in $ASCEND_TOOLKIT_HOME, $ASCEND_HOME_PATH "
-            f"or /usr/local/Ascend/ascend-toolkit/latest{where}",
-            f"run {script_path or SCRIPT_NAME} on a host with CANN, or source CANN's set_env.sh here",
-            command=options.to_command(), stage="build")
-    run_env = dict(os.environ)
-    run_env.update(env or {})
-    diagnostics: list[AtcDiagnostic] = []
-    check_report = None
-    precheck_command = None
+    exe = _find_or_refuse(options, atc, script_path)
     log_fh = open(log_path, "w", encoding="utf-8") if log_path is not None else None
     try:
-        def stage(name: str, opts: AtcOptions, read_report: str | None = None):
-            """Run one ATC invocation, streaming and decoding its log; raise AtcError on failure."""
-            nonlocal diagnostics, check_report
-            argv = opts.to_argv(exe)
-            command = shlex.join(argv)
-            if log_fh is not None:
-                log_fh.write(f"# ascend-adapt: {name}: {command}\n")
-            decoder = AtcLogDecoder()
-            run = _Run(argv, decoder, log_fh, on_line, run_env, timeout_s)
-            rc = run()
-            diagnostics += decoder.close()
-            if read_report is not None:
-                check_report = _read_check_report(read_report)
-                diagnostics += report_diagnostics(check_report)
-            if rc != 0 or run.timed_out or decoder.status == "failed":
-                why = f"timed out after {timeout_s} s" if run.timed_out else None
-                raise _failure(name, command, rc, run, diagnostics, _s(log_path), script_path, why)
-            return command, rc, run
-
+        session = _Session(exe, {**os.environ, **(env or {})}, log_fh, on_line, timeout_s, _s(log_path), script_path)
+        precheck_command = None
         if precheck and options.mode in (None, 0):
-            report = options.check_report or f"{options.output}_check_result.json"
-            precheck_command, _, _ = stage("pre-check", options.replace(mode=3, output=None, check_report=report),
-                                           read_report=report)
-        command, rc, run = stage("build", options)
-        om = None
-        if options.mode in (None, 0) and options.output:
-            om = find_om(options.output)
-            if om is None:
-                raise _failure("build", command, rc, run, diagnostics, _s(log_path), script_path,
-                               f"ATC exited 0 but {om_path_for(options.output)} was not written")
-        return AtcResult(rc, command, list(run.tail), diagnostics, om, check_report, _s(log_path),
+            pre = _precheck_options(options)
+            precheck_command, _, _ = session.stage("pre-check", pre, read_report=pre.check_report)
+        command, rc, run = session.stage("build", options)
+        om = session.built_om(options, command, rc, run)
+        return AtcResult(rc, command, list(run.tail), session.diagnostics, om, session.check_report, _s(log_path),
                          script_path, precheck_command)
     finally:
         if log_fh is not None:

@@ -376,6 +376,168 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="tensor", desc="weights → weights.bin", file=sys.stderr, leave=False)
 
 
+def _check_shapes(batch: int, seq_len: int, max_len: int, weight_dtype: str, opset: int, gears, target):
+    """Validate the build's sizes, dtype, opset and gears, before anything is read or written.
+
+    Returns (activation dtype, canonical weight dtype name, gears (normalized) or None, seq_len
+    (the largest gear of a step build), the graph kinds, the Target or None)."""
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ConfigError(f"weight dtype '{weight_dtype}' is not supported", "use float32 or float16")
+    act = np.dtype(WEIGHT_DTYPES[weight_dtype])
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"opset {opset} is not supported by the graph builder",
+                          f"use {MIN_OPSET}-{MAX_OPSET} (ATC parses ONNX opsets up to 18)")
+    if gears:
+        gears = normalize_gears(gears, max_len, (getattr(target, "gear_max", None) or 100)  # None: no gear limit (MLU370)
+                                if not isinstance(target, str) else 100)
+        seq_len = gears[-1]
+    kinds = ("step",) if gears else ("prefill", "decode")
+    if batch < 1 or seq_len < 1 or max_len < 1:
+        raise ConfigError(f"batch, seq_len and max_len must be ≥ 1 (got {batch}, {seq_len}, {max_len})")
+    if seq_len > max_len:
+        raise ConfigError(f"seq_len {seq_len} exceeds max_len {max_len}",
+                          "the prefill writes seq_len cache slots: raise --max-len or lower --seq-len")
+    if target is not None:
+        from ascend_adapt.targets import resolve_target
+
+        target = resolve_target(target)
+        _check_target(target, opset)
+    return act, act.name, gears or None, seq_len, kinds, target
+
+
+def _open_model(model_dir: Path, kinds, stages):
+    """(reader, adapter, spec, units) of a checkpoint: `units` = (graph name, kind, stage) of
+    every graph to build (one per kind, or per kind and stage of a split)."""
+    from ascend_adapt.checkpoint import open_checkpoint
+    from ascend_adapt.model_zoo.base import adapter_for_config
+
+    reader = open_checkpoint(model_dir)
+    adapter = adapter_for_config(reader.config, str(model_dir / "config.json"))
+    spec = adapter.spec_from_config(reader.config)
+    if spec.rotary not in ("half_split", "interleaved", "glm2d"):
+        raise UnsupportedError(f"rotary style '{spec.rotary}' has no graph emission")
+    units = [(k, k, None) for k in kinds]
+    if stages:
+        from ascend_adapt.om_convert.split import graph_units
+
+        units = graph_units(spec, stages, kinds)
+    return reader, adapter, spec, units
+
+
+def _make_quantizer(quantize, group_size, spec, act, w8a8_plan):
+    """The LinearQuantizer of a --quantize build (options validated here), or None."""
+    if quantize is None:
+        return None
+    from .quantize import LinearQuantizer, check_quantize_options
+
+    if check_quantize_options(quantize, group_size) is not None:
+        return LinearQuantizer(quantize, spec, act, group_size=group_size, plan=w8a8_plan)
+    return None
+
+
+def _stream_weights(adapter, reader, spec, act, wf, quantizer, progress: bool) -> dict:
+    """Stream the canonical tensors one at a time into weights.bin (int8 where quantized); a
+    tied matrix is stored once. Returns {canonical name: (location, stored tensor)}."""
+    entries = adapter.entries(spec, "meta" if getattr(reader, "layout", "") == "meta" else "hf")
+    n_expected = sum(len(e.canonical) for e in entries)
+    skip = set()
+    if spec.tie_word_embeddings:
+        skip.add("embed.weight" if spec.tied_source == "lm_head.weight" else "lm_head.weight")
+    stored: dict = {}
+    bar = _progress(n_expected, progress)
+    try:
+        for name, arr in adapter.iter_canonical(reader, spec):
+            if name not in skip and not (quantizer is not None and quantizer.store(
+                    name, arr, wf, stored, lambda n, a: _stored_array(n, a, spec, act))):
+                st = wf.add(name, _stored_array(name, arr, spec, act))
+                stored[name] = (wf.location, st)
+            del arr
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if spec.tie_word_embeddings and spec.tied_source not in stored:
+        raise ConfigError(f"tied weights: '{spec.tied_source}' is not in the checkpoint")
+    return stored
+
+
+def _write_graph(d: Path, unit, spec, batch: int, seq_len: int, max_len: int, act, opset: int, target, stored: dict,
+                 sink, quantizer, gears):
+    """Emit, check and write one graph `d/<name>.onnx`. Returns (model proto, its fp32-island
+    node names, the file's size)."""
+    import onnx
+
+    gname, kind, stage = unit
+    g = _LLMGraph(spec, kind, batch, seq_len, max_len, act, opset, target, stored, sink, stage)
+    g.quantizer = quantizer
+    b = g.build()
+    shape_doc = f"S={seq_len}" if kind != "step" else f"step gears {gears}"
+    model = b.make_model(doc=f"ascend-adapt {kind} graph of {spec.arch} (static KV cache, "
+                             f"B={batch}, {shape_doc}, M={max_len})",
+                         metadata={"ascend_adapt.graph": gname, "ascend_adapt.mask_fill": MASK_FILL})
+    if quantizer is not None:  # types / shapes after the Ascend quant ops, for the simulator
+        from ascend_adapt.operators.quant import annotate_quant_value_info
+
+        annotate_quant_value_info(model)
+    if target is not None:
+        problems = check_graph_ops(model, target, opset)
+        if problems:
+            raise UnsupportedError(
+                f"{gname} graph: {len(problems)} node(s) {target.name} does not accept, e.g. {problems[0]}",
+                "this is a builder bug: report it with the spec; try another --opset meanwhile")
+    path = d / f"{gname}.onnx"
+    path.write_bytes(model.SerializeToString())
+    if quantizer is not None:  # Ascend quant ops (default domain, unknown to onnx): check
+        from ascend_adapt.operators.quant import lower_quant_ops  # their lowered form
+
+        tmp = d / f".lowered_{gname}.onnx"  # beside weights.bin (external data)
+        tmp.write_bytes(lower_quant_ops(model).SerializeToString())
+        try:
+            onnx.checker.check_model(str(tmp))
+        finally:
+            tmp.unlink()
+    else:
+        onnx.checker.check_model(str(path))
+    return model, list(b.keep_dtype), path.stat().st_size
+
+
+def _manifest(spec, model_dir: Path, kinds, units, batch: int, seq_len: int, max_len: int, opset: int,
+              weight_dtype: str, target, gears, weights_bytes: int, n_tensors: int, keep: dict, op_types: list,
+              copied: list, quantizer, stages) -> dict:
+    """The content of export.json (docs/graph_contract.md)."""
+    manifest = {
+        "format": "ascend-adapt/llm-onnx", "format_version": 1,
+        "arch": spec.arch, "spec": spec.to_dict(), "source": str(model_dir),
+        "batch": batch, "seq_len": seq_len, "max_len": max_len, "opset": opset,
+        "weight_dtype": weight_dtype, "activation_dtype": weight_dtype,
+        "target": getattr(target, "name", None),
+        "mask_fill": MASK_FILL,
+        "graphs": {kind: {"file": f"{kind}.onnx",
+                          **{k: [{"name": n, "shape": s, "dtype": t} for n, s, t in v]
+                             for k, v in io_spec(spec, kind, batch, seq_len, max_len,
+                                                 kv_dtype=np.dtype(weight_dtype).name).items()}}
+                   for kind in kinds},
+        "gears": gears or None,
+        "weights": {"file": "weights.bin", "bytes": weights_bytes, "tensors": n_tensors,
+                    "linear_layout": "[in, out] (transposed from the checkpoint's [out, in])",
+                    "tied_head": "Gemm(transB=1) over the [vocab, H] embedding" if spec.tie_word_embeddings
+                    else None},
+        "layer_outputs": layer_output_names(spec.num_layers),
+        "keep_dtype": keep,
+        "keep_dtype_files": {kind: f"keep_dtype_{kind}.cfg" for kind in keep},
+        "op_types": op_types,
+        "copied_files": copied,
+    }
+    if quantizer is not None:
+        manifest["quantization"] = quantizer.manifest()
+    if stages:  # the stage graphs replace the whole-model ones (split.stage_manifest)
+        from ascend_adapt.om_convert.split import stage_manifest
+
+        stage_manifest(manifest, spec, units, batch, seq_len, max_len)
+    return manifest
+
+
 def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max_len: int = 256, target=None,
                    opset: int = 17, weight_dtype: str = "float32", force: bool = False,
                    progress: bool = True, gears=None, stages=None, quantize: str | None = None,
@@ -415,149 +577,30 @@ def build_llm_onnx(model_dir, out_dir, *, batch: int = 1, seq_len: int = 64, max
     Returns:
         BuildResult.
     """
-    import onnx
-
-    from ascend_adapt.checkpoint import open_checkpoint
-    from ascend_adapt.model_zoo.base import adapter_for_config
-
     t0 = time.perf_counter()
     model_dir = Path(model_dir)
     check_output(out_dir, force, inputs=[model_dir])
-    if weight_dtype not in WEIGHT_DTYPES:
-        raise ConfigError(f"weight dtype '{weight_dtype}' is not supported", "use float32 or float16")
-    act = np.dtype(WEIGHT_DTYPES[weight_dtype])
-    weight_dtype = act.name
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ConfigError(f"opset {opset} is not supported by the graph builder",
-                          f"use {MIN_OPSET}-{MAX_OPSET} (ATC parses ONNX opsets up to 18)")
-    if gears:
-        gears = normalize_gears(gears, max_len, (getattr(target, "gear_max", None) or 100)  # None: no gear limit (MLU370)
-                                if not isinstance(target, str) else 100)
-        seq_len = gears[-1]
-    kinds = ("step",) if gears else ("prefill", "decode")
-    # (graph name, kind, stage): one graph per kind, or per kind and stage of a split
-    units = [(k, k, None) for k in kinds]
-    if batch < 1 or seq_len < 1 or max_len < 1:
-        raise ConfigError(f"batch, seq_len and max_len must be ≥ 1 (got {batch}, {seq_len}, {max_len})")
-    if seq_len > max_len:
-        raise ConfigError(f"seq_len {seq_len} exceeds max_len {max_len}",
-                          "the prefill writes seq_len cache slots: raise --max-len or lower --seq-len")
-    if isinstance(target, str):
-        from ascend_adapt.targets import load_target
-
-        target = load_target(target)
-    if target is not None:
-        _check_target(target, opset)
-
-    reader = open_checkpoint(model_dir)
-    adapter = adapter_for_config(reader.config, str(model_dir / "config.json"))
-    spec = adapter.spec_from_config(reader.config)
-    if spec.rotary not in ("half_split", "interleaved", "glm2d"):
-        raise UnsupportedError(f"rotary style '{spec.rotary}' has no graph emission")
-    if stages:
-        from ascend_adapt.om_convert.split import graph_units
-
-        units = graph_units(spec, stages, kinds)
-
-    entries = adapter.entries(spec, "meta" if getattr(reader, "layout", "") == "meta" else "hf")
-    n_expected = sum(len(e.canonical) for e in entries)
-    skip = set()
-    if spec.tie_word_embeddings:
-        skip.add("embed.weight" if spec.tied_source == "lm_head.weight" else "lm_head.weight")
-    quantizer = None
-    if quantize is not None:  # validated before anything is written
-        from .quantize import LinearQuantizer, check_quantize_options
-
-        if check_quantize_options(quantize, group_size) is not None:
-            quantizer = LinearQuantizer(quantize, spec, act, group_size=group_size, plan=w8a8_plan)
+    act, weight_dtype, gears, seq_len, kinds, target = _check_shapes(batch, seq_len, max_len, weight_dtype, opset,
+                                                                     gears, target)
+    reader, adapter, spec, units = _open_model(model_dir, kinds, stages)
+    quantizer = _make_quantizer(quantize, group_size, spec, act, w8a8_plan)  # validated before anything is written
 
     with atomic_output(out_dir, force=force, is_dir=True, inputs=[model_dir]) as d:
-        stored: dict = {}
         with ExternalWeights(d / "weights.bin") as wf:
-            bar = _progress(n_expected, progress)
-            try:
-                for name, arr in adapter.iter_canonical(reader, spec):
-                    if name not in skip and not (quantizer is not None and quantizer.store(
-                            name, arr, wf, stored, lambda n, a: _stored_array(n, a, spec, act))):
-                        st = wf.add(name, _stored_array(name, arr, spec, act))
-                        stored[name] = (wf.location, st)
-                    del arr
-                    if bar is not None:
-                        bar.update(1)
-            finally:
-                if bar is not None:
-                    bar.close()
-            if spec.tie_word_embeddings and spec.tied_source not in stored:
-                raise ConfigError(f"tied weights: '{spec.tied_source}' is not in the checkpoint")
+            stored = _stream_weights(adapter, reader, spec, act, wf, quantizer, progress)
             graphs, keep, protos = {}, {}, {}
-            for gname, kind, stage in units:
-                g = _LLMGraph(spec, kind, batch, seq_len, max_len, act, opset, target, stored, wf.sink, stage)
-                g.quantizer = quantizer
-                b = g.build()
-                shape_doc = f"S={seq_len}" if kind != "step" else f"step gears {gears}"
-                model = b.make_model(doc=f"ascend-adapt {kind} graph of {spec.arch} (static KV cache, "
-                                         f"B={batch}, {shape_doc}, M={max_len})",
-                                     metadata={"ascend_adapt.graph": gname, "ascend_adapt.mask_fill": MASK_FILL})
-                if quantizer is not None:  # types / shapes after the Ascend quant ops, for the simulator
-                    from ascend_adapt.operators.quant import annotate_quant_value_info
-
-                    annotate_quant_value_info(model)
-                if target is not None:
-                    problems = check_graph_ops(model, target, opset)
-                    if problems:
-                        raise UnsupportedError(
-                            f"{gname} graph: {len(problems)} node(s) {target.name} does not accept, e.g. {problems[0]}",
-                            "this is a builder bug: report it with the spec; try another --opset meanwhile")
-                path = d / f"{gname}.onnx"
-                path.write_bytes(model.SerializeToString())
-                if quantizer is not None:  # Ascend quant ops (default domain, unknown to onnx): check
-                    from ascend_adapt.operators.quant import lower_quant_ops  # their lowered form
-
-                    tmp = d / f".lowered_{gname}.onnx"  # beside weights.bin (external data)
-                    tmp.write_bytes(lower_quant_ops(model).SerializeToString())
-                    try:
-                        onnx.checker.check_model(str(tmp))
-                    finally:
-                        tmp.unlink()
-                else:
-                    onnx.checker.check_model(str(path))
-                graphs[gname], keep[gname] = model, list(b.keep_dtype)
-                protos[gname] = path.stat().st_size
+            for unit in units:
+                gname = unit[0]
+                graphs[gname], keep[gname], protos[gname] = _write_graph(
+                    d, unit, spec, batch, seq_len, max_len, act, opset, target, stored, wf.sink, quantizer, gears)
         weights_bytes, n_tensors, max_tensor = wf.nbytes, len(wf.tensors), wf.max_tensor_bytes
 
         op_types = sorted({n.op_type for m in graphs.values() for n in m.graph.node})
         for kind, names in keep.items():
             (d / f"keep_dtype_{kind}.cfg").write_text("".join(n + "\n" for n in names))
         copied = _copy_side_files(model_dir, d)
-        manifest = {
-            "format": "ascend-adapt/llm-onnx", "format_version": 1,
-            "arch": spec.arch, "spec": spec.to_dict(), "source": str(model_dir),
-            "batch": batch, "seq_len": seq_len, "max_len": max_len, "opset": opset,
-            "weight_dtype": weight_dtype, "activation_dtype": weight_dtype,
-            "target": getattr(target, "name", None),
-            "mask_fill": MASK_FILL,
-            "graphs": {kind: {"file": f"{kind}.onnx",
-                              **{k: [{"name": n, "shape": s, "dtype": t} for n, s, t in v]
-                                 for k, v in io_spec(spec, kind, batch, seq_len, max_len,
-                                                     kv_dtype=np.dtype(weight_dtype).name).items()}}
-                       for kind in kinds},
-            "gears": gears or None,
-            "weights": {"file": "weights.bin", "bytes": weights_bytes, "tensors": n_tensors,
-                        "linear_layout": "[in, out] (transposed from the checkpoint's [out, in])",
-                        "tied_head": "Gemm(transB=1) over the [vocab, H] embedding" if spec.tie_word_embeddings
-                        else None},
-            "layer_outputs": layer_output_names(spec.num_layers),
-            "keep_dtype": keep,
-            "keep_dtype_files": {kind: f"keep_dtype_{kind}.cfg" for kind in keep},
-            "op_types": op_types,
-            "copied_files": copied,
-        }
-        if quantizer is not None:
-            manifest["quantization"] = quantizer.manifest()
-        if stages:  # the stage graphs replace the whole-model ones (split.stage_manifest)
-            from ascend_adapt.om_convert.split import stage_manifest
-
-            stage_manifest(manifest, spec, units, batch, seq_len, max_len)
+        manifest = _manifest(spec, model_dir, kinds, units, batch, seq_len, max_len, opset, weight_dtype, target,
+                             gears, weights_bytes, n_tensors, keep, op_types, copied, quantizer, stages)
         (d / "export.json").write_text(json.dumps(manifest, indent=2))
     out = Path(out_dir)
     paths = {g: out / f"{g}.onnx" for g, _, _ in units}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ascend_adapt.errors import ConfigError, UnsupportedError
 
-from . import TOOLCHAINS, BuildResult
+from . import TOOLCHAINS, BuildResult, Toolchain
 
 _BUILD = '''#!/usr/bin/env python3
 """Build {graph}.mm for {soc} ({arch}) from ../export/{onnx_name} with MagicMind,
@@ -96,29 +96,29 @@ def _dim_config(shapes: dict, dynamic_dims) -> tuple[list, dict | None]:
     return input_dims, rng
 
 
-class MagicMindToolchain:
+class MagicMindToolchain(Toolchain):
     name = "magicmind"
     label = "MagicMind"
     default_precision_mode = "force_float16"
+    inputs = ("hf",)  # the run script is the HF model through torch_mlu: an HF checkpoint only
+    multi_chip = False
+    keep_dtype = False
+    script_glob = "magicmind/build_*.py"
+    host = "a Cambricon host"
 
     def precision_mode(self, given: str | None, target) -> str:
         from ascend_adapt.sim.settings import MAGICMIND_MODES, normalize_precision_mode
 
         mode = given or self.default_precision_mode
-        if mode == "force_fp16":  # ATC's spelling of the same policy (the CLI default)
+        if mode == "force_fp16":  # ATC's spelling of the same policy
             mode = "force_float16"
         if mode not in MAGICMIND_MODES or mode not in target.precision_modes:
             raise ConfigError(f"precision mode '{given}' is not a MagicMind precision_config mode of {target.name}",
                               f"use one of: {', '.join(target.precision_modes)}")
         return normalize_precision_mode(mode)
 
-    def compile_llm(self, report, out: Path, graphs: dict, manifest: dict, target, precision_mode: str,
-                    keep_dtype: list, use_tool: str, on_line=None) -> BuildResult:
-        from ascend_adapt.om_convert.split import input_shapes_of
-
-        if keep_dtype:
-            raise UnsupportedError("--keep-dtype names ATC's keep_dtype list; MagicMind has no such option here",
-                                   "drop --keep-dtype for a MagicMind target (force_float32 keeps everything fp32)")
+    def compile(self, report, out: Path, jobs: dict, target, precision_mode: str, use_tool: str,
+                on_line=None) -> BuildResult:
         found = importlib.util.find_spec("magicmind") is not None
         if use_tool == "always" and not found:
             raise UnsupportedError(f"--atc always: MagicMind (the 'magicmind' Python package) is not importable for "
@@ -127,15 +127,14 @@ class MagicMindToolchain:
         mm_dir = out / "magicmind"
         mm_dir.mkdir(exist_ok=True)
         scripts = {}
-        for graph, path in graphs.items():
-            shapes, dims = input_shapes_of(manifest, graph, target.soc_version)
-            input_dims, rng = _dim_config(shapes, dims)
+        for graph, job in jobs.items():
+            input_dims, rng = _dim_config(job.input_shape, job.dynamic_dims)
             config = [{"precision_config": {"precision_mode": precision_mode}},
                       {"graph_shape_mutable": rng is not None}]
             if rng:
                 config.append({"dim_range": rng})
-            text = _BUILD.format(graph=graph, soc=target.name, arch=target.soc_version, onnx_name=Path(path).name,
-                                 mode=precision_mode, archs=[target.soc_version], gears=manifest.get("gears"),
+            text = _BUILD.format(graph=graph, soc=target.name, arch=target.soc_version, onnx_name=Path(job.onnx).name,
+                                 mode=precision_mode, archs=[target.soc_version], gears=job.gears,
                                  input_dims=json.dumps(input_dims), config=json.dumps(config, indent=1))
             (mm_dir / f"build_{graph}.py").write_text(text)
             scripts[graph] = f"magicmind/build_{graph}.py"
@@ -144,7 +143,7 @@ class MagicMindToolchain:
         built = {}
         ran = False
         if found and use_tool != "never":
-            for graph in graphs:
+            for graph in jobs:
                 res = subprocess.run([sys.executable, str(mm_dir / f"build_{graph}.py")], capture_output=True,
                                      text=True)
                 for line in (res.stdout + res.stderr).splitlines():
@@ -155,9 +154,9 @@ class MagicMindToolchain:
                                            f"see {scripts[graph]}; check the graph with `ascend-adapt analyze`")
                 built[graph] = mm_dir / f"{graph}.mm"
             ran = True
-        info = {"toolchain": self.name, "found": found, "ran": ran, "scripts": scripts,
-                "commands": {g: f"python {s}" for g, s in scripts.items()},
-                "run_script": "magicmind/run_torch_mlu.py", "precision_config": {"precision_mode": precision_mode}}
+        info = self.info(found=found, ran=ran, scripts=scripts, commands={g: f"python {s}" for g, s in scripts.items()},
+                         run_script="magicmind/run_torch_mlu.py",
+                         precision_config={"precision_mode": precision_mode})
         return BuildResult(built, None, info)
 
     @staticmethod
