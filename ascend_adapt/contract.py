@@ -82,7 +82,7 @@ def io_spec(spec, kind: str, batch: int, seq_len: int, max_len: int, kv_dtype: s
     if kind not in ("prefill", "decode", "step"):
         raise ValueError(f"graph kind must be 'prefill', 'decode' or 'step', got {kind!r}")
     S = {"prefill": seq_len, "decode": 1, "step": SEQ}[kind]
-    pos = [B, 2, S] if spec.rotary == "glm2d" else [B, S]
+    pos = list(spec.position_scheme.shape(B, S))  # [B, S]; ChatGLM-6B [B, 2, S]
     T = {"prefill": S, "decode": M + 1, "step": f"{SEQ}+{M}"}[kind]
     inputs = [("input_ids", [B, S], "int32"), ("position_ids", pos, "int32"),
               ("attention_mask", [B, 1, S, T], "float32")]

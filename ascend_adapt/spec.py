@@ -18,7 +18,8 @@ class ModelSpec:
     """Architecture facts of one checkpoint.
 
     Attributes:
-        arch: adapter name ("llama", "chatglm", "chatglm2", "chatglm3").
+        arch: adapter name ("llama", "chatglm", "chatglm2", "chatglm3", "qwen2", "qwen3"); the
+            key the core resolves the architecture's behaviour hooks by (`position_scheme`).
         hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size, vocab_size:
             sizes. `num_kv_heads < num_heads` is GQA (query head h uses KV head h // group).
         ffn: "swiglu" (down(silu(gate(x)) * up(x))) or "gelu_tanh" (down(gelu_tanh(up(x)))).
@@ -114,6 +115,17 @@ class ModelSpec:
     @property
     def kv_group(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    @property
+    def position_scheme(self):
+        """The architecture's `PositionScheme` (position_ids of a prefill / decode step and their
+        shape, the bidirectional prompt prefix, the tokens a prompt ends with), the hook its
+        adapter provides. Not a field: it is resolved from `arch` through the adapter registry on
+        each use, so a spec read back from export.json or a manifest has it too; an `arch` no
+        adapter registered in this process gets the core's default (1-D positions)."""
+        from ascend_adapt.runtime.lm_inputs import scheme_for
+
+        return scheme_for(self)
 
     @property
     def eos_ids(self) -> tuple[int, ...]:

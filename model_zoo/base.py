@@ -33,7 +33,7 @@ import numpy as np
 from ascend_adapt.checkpoint.config import ConfigFields, check_identity_keys, config_source, shown
 from ascend_adapt.errors import CheckpointError, ConfigError, ShapeMismatchError, UnsupportedError
 from ascend_adapt.registry import Registry
-
+from ascend_adapt.runtime.lm_inputs import DEFAULT_POSITIONS, PositionScheme
 from ascend_adapt.spec import ModelSpec
 
 
@@ -96,10 +96,62 @@ class Adapter:
     # config carrying one of them only when `claims(config)` says so (ChatGLM2/3 ship as
     # `ChatGLMModel` / "chatglm", like ChatGLM-6B), before the plain indexes are consulted
     shared_names: ClassVar[tuple[str, ...]] = ()
+    # ---- behaviour hooks: what the core asks the architecture for (through `spec.arch`) ------
+    # how the model numbers its tokens and masks its prompt (position_ids of a prefill / decode
+    # step and their shape, the bidirectional prefix, the tokens a prompt ends with); the core's
+    # default is 1-D positions, a causal mask and no suffix (ChatGLM-6B overrides it)
+    position_scheme: ClassVar[PositionScheme] = DEFAULT_POSITIONS
+    # the serving engines that load this family's msModelSlim W8A8 export (`export --format
+    # msmodelslim`); a family they do not serve sets () and says why, and what to do instead
+    serving_engines: ClassVar[tuple[str, ...]] = ("vLLM-Ascend", "MindIE")
+    not_served: ClassVar[tuple[str, str]] = ("", "")
+    # the text `convert`'s verification encodes when no --verify-prompt is given (in the language
+    # the family's tokenizer was built for)
+    verify_prompt: ClassVar[str] = "Hello world"
+    # the llama.cpp GGUF `general.architecture` values this adapter reads (the core's GGUF reader,
+    # `ascend_adapt/checkpoint/gguf_io.py`, asks the registry for them); () = no GGUF reading
+    gguf_architectures: ClassVar[tuple[str, ...]] = ()
 
     def claims(self, config: Mapping) -> bool:
         """Whether a config carrying one of `shared_names` is this adapter's (by its fields)."""
         return False
+
+    # ---- GGUF hooks (used only where `gguf_architectures` is set) -----------------------------
+    def gguf_config(self, meta) -> dict:
+        """The HF config.json of a GGUF file of this family.
+
+        Args:
+            meta: the file's `GGUFMetadata` (`ascend_adapt/checkpoint/gguf_io.py`): `meta.llm_config()`
+                is the HF reading of GGUF's standard LLM keys (`{arch}.block_count`, …, tokens'
+                ids); `meta.field(key)` reads any key, `meta.has_tensor(name)` asks for a GGUF tensor.
+
+        The default: this adapter's first `architectures` / `model_types` entry and the standard
+        keys; a family adds what GGUF does not record (activation, bias switches).
+        """
+        return {"architectures": list(self.architectures[:1]), "model_type": self.model_types[0],
+                **meta.llm_config()}
+
+    def gguf_hf_names(self, config: Mapping) -> list[str]:
+        """HF tensor names without their `.weight` / `.bias` suffix, the GGUF reader's names to look
+        up in the `gguf` library's tensor-name table (it gives each one's GGUF name).
+
+        The default: the sources of the "hf" weight table, global rows first, then every layer's
+        rows (expanded over `num_hidden_layers`); names a file lacks are skipped by the reader.
+        """
+        rows = self.weight_tables["hf"]
+        bases = []
+        for layer in [None] + list(range(int(config["num_hidden_layers"]))):
+            for r in rows:
+                if r.per_layer == (layer is not None):
+                    base = r.expand(layer).source.rsplit(".", 1)[0]
+                    if base not in bases:
+                        bases.append(base)
+        return bases
+
+    def gguf_tensor(self, hf_name: str, array: np.ndarray, config: Mapping) -> np.ndarray:
+        """A dequantized GGUF tensor (in HF's shape) → HF's values: undo what llama.cpp's converter
+        did to this family's tensors (Llama: its Q/K row permutation). The default: as stored."""
+        return array
 
     # ---- config ------------------------------------------------------------------------------
     def spec_from_config(self, config: Mapping) -> ModelSpec:  # pragma: no cover - abstract

@@ -45,17 +45,18 @@ each operator's `sim_kernel` runs its own node through the same lowering.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
 
 from ascend_adapt.errors import ConfigError, UnsupportedError
+# the ONNX op types of ATC's quant ops and the int8 MatMul's tag are core facts (the simulator's cost
+# model reads them too); imported from there, and importable from here as before
+from ascend_adapt.quant import ASCEND_QUANT_OPS, INT8_MATMUL_TAG
 
 from .registry import OperatorSpec, register_operator
 
-# ONNX op types of the Ascend quant ops (default domain)
-ASCEND_QUANT_OPS = ("AscendAntiQuant", "AscendQuant", "AscendDequant")
-INT8_MATMUL_TAG = "int8_matmul"
 GE_DT_FLOAT, GE_DT_FLOAT16 = 0, 1  # ge::DataType codes of the `dtype` attributes
 ROUND_MODES = ("Round", "Floor", "Ceil", "Trunc")
 FP16_MAX = 65504.0
@@ -72,6 +73,14 @@ def _ge_dtype(dtype) -> int:
 
 def _np_of_ge(code: int):
     return {GE_DT_FLOAT: np.float32, GE_DT_FLOAT16: np.float16}[int(code)]
+
+
+def _mindspore():
+    """mindspore, for the ops' `mindspore()` implementations. `importlib.import_module`, not an
+    import statement nor `require`'s try/except: a cell whose `construct` calls these ops then
+    compiles under `ms.jit` (MindSpore's graph parser rejects Import / Try statements). The cells
+    that call them (`model_zoo/ms_layers.py`) import mindspore themselves."""
+    return importlib.import_module("mindspore")
 
 
 def _f16(a) -> np.ndarray:
@@ -504,9 +513,7 @@ class AntiQuant(_QuantOp):
         return _run_single(self, [q, s], {}, act_dtype=s.dtype, **attrs)
 
     def mindspore(self, q, scale, group_size: int | None = None):
-        from ascend_adapt._optional import require
-
-        ms = require("mindspore", purpose="the MindSpore implementation of anti_quant")
+        ms = _mindspore()
         w = ms.ops.cast(q, scale.dtype)
         if group_size:
             i, o = q.shape
@@ -543,9 +550,7 @@ class Quant(_QuantOp):
 
     def mindspore(self, x, scale: float = 1.0, offset: float = 0.0, sqrt_mode: bool = False,
                   round_mode: str = "Round"):
-        from ascend_adapt._optional import require
-
-        ms = require("mindspore", purpose="the MindSpore implementation of quant")
+        ms = _mindspore()
         ops = ms.ops
         t = ops.cast(ops.cast(x, ms.float16), ms.float32)
         s = float(np.float16(scale))
@@ -589,9 +594,7 @@ class Int8MatMul(_QuantOp):
         return float(2 * (na // k) * k * n), _io_bytes(node_shapes)
 
     def mindspore(self, a, b):
-        from ascend_adapt._optional import require
-
-        ms = require("mindspore", purpose="the MindSpore implementation of int8_matmul")
+        ms = _mindspore()
         return ms.ops.matmul(ms.ops.cast(a, ms.int32), ms.ops.cast(b, ms.int32))
 
 
@@ -629,11 +632,12 @@ class Dequant(_QuantOp):
 
     def mindspore(self, acc, deq_scale, sqrt_mode: bool = False, relu_flag: bool = False,
                   dtype: int = GE_DT_FLOAT16):
-        from ascend_adapt._optional import require
-
-        ms = require("mindspore", purpose="the MindSpore implementation of dequant")
+        ms = _mindspore()
         ops = ms.ops
-        s = ms.Tensor(decode_deq_scale(deq_scale.asnumpy() if hasattr(deq_scale, "asnumpy") else deq_scale))
+        if isinstance(deq_scale, ms.Tensor) and deq_scale.dtype in (ms.float32, ms.float16):
+            s = ops.cast(deq_scale, ms.float32)  # float scales as they are (also inside ms.jit graphs)
+        else:  # uint64-encoded (numpy, or a Tensor in PyNative)
+            s = ms.Tensor(decode_deq_scale(deq_scale.asnumpy() if hasattr(deq_scale, "asnumpy") else deq_scale))
         y = ops.cast(acc, ms.float32) * s
         if sqrt_mode:
             y = y * s

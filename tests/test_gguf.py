@@ -15,9 +15,9 @@ gguf = pytest.importorskip("gguf")
 
 from ascend_adapt.checkpoint import open_checkpoint  # noqa: E402
 from ascend_adapt.checkpoint.gguf_io import GGUFCheckpoint, resolve_source, unpack_gguf  # noqa: E402
-from ascend_adapt.errors import CheckpointError, UnsupportedError  # noqa: E402
+from ascend_adapt.errors import CheckpointError, ConfigError, UnsupportedError  # noqa: E402
 from ascend_adapt.model_zoo import ADAPTERS  # noqa: E402
-from ascend_adapt.model_zoo.llama.adapter import hf_to_meta_rows  # noqa: E402
+from ascend_adapt.model_zoo.llama.adapter import LlamaAdapter, hf_to_meta_rows  # noqa: E402
 from ascend_adapt.model_zoo.tiny import CHATML_TEMPLATE, random_canonical_weights, tiny_bpe_tokenizer_json  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -36,9 +36,11 @@ def _tokenizer_meta():
     return tokens, [3 if t in special else 1 for t in tokens], merges
 
 
-def write_tiny_gguf(path, seed: int = 0, arch: str = "llama", rope_freqs: bool = False, **overrides):
-    """A tiny tied model as llama.cpp writes it (Llama: SmolLM2's shape family, Q/K permuted;
-    qwen2 / qwen3: biases, q/k norms, no permute); returns (spec, canonical weights)."""
+def write_tiny_gguf(path, seed: int = 0, arch: str = "llama", rope_freqs: bool = False, gguf_arch: str | None = None,
+                    **overrides):
+    """A tiny tied model of adapter `arch` as llama.cpp writes it (Llama: SmolLM2's shape family, Q/K
+    permuted; qwen2 / qwen3: biases, q/k norms, no permute) under GGUF architecture `gguf_arch`
+    (default: `arch`); returns (spec, canonical weights)."""
     tokens, types, merges = _tokenizer_meta()
     ids = {t: i for i, t in enumerate(tokens)}
     adapter = ADAPTERS.get(arch)
@@ -48,7 +50,8 @@ def write_tiny_gguf(path, seed: int = 0, arch: str = "llama", rope_freqs: bool =
     cfg.update(overrides)
     spec = adapter.spec_from_config(cfg)
     canon = random_canonical_weights(spec, seed)
-    w = gguf.GGUFWriter(str(path), arch)
+    key = gguf_arch or arch
+    w = gguf.GGUFWriter(str(path), key)
     w.add_block_count(spec.num_layers)
     w.add_context_length(spec.max_position)
     w.add_embedding_length(spec.hidden_size)
@@ -70,14 +73,13 @@ def write_tiny_gguf(path, seed: int = 0, arch: str = "llama", rope_freqs: bool =
     w.add_pad_token_id(ids["<|endoftext|>"])
     w.add_add_bos_token(False)
     w.add_chat_template(CHATML_TEMPLATE)
-    tmap = gguf.get_tensor_name_map({"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
-                                     "qwen3": gguf.MODEL_ARCH.QWEN3}[arch], spec.num_layers)
+    tmap = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == key), spec.num_layers)
     hf = dict(adapter.iter_source(canon.__getitem__, spec, "hf", available=canon.__contains__))
     hf.pop("lm_head.weight", None)  # tied: llama.cpp stores no output.weight
     for name, arr in hf.items():
         base, suffix = name.rsplit(".", 1)
         gname = tmap.get_name(base) + "." + suffix
-        if arch != "llama":
+        if not isinstance(adapter, LlamaAdapter):
             pass  # llama.cpp permutes Q/K for its Llama rotary kernel only
         elif name.endswith("q_proj.weight"):
             arr = hf_to_meta_rows(arr, spec.num_heads)  # llama.cpp's permute for its rotary kernel
@@ -210,8 +212,64 @@ def test_unsupported_gguf_architecture(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(UnsupportedError, match="GGUF architecture 'gpt2' is not supported"):
+    with pytest.raises(UnsupportedError, match="GGUF architecture 'gpt2' is not supported") as exc:
         open_checkpoint(p)
+    assert str(p) in str(exc.value)
+    assert "supported GGUF architectures: llama, qwen2, qwen3" in exc.value.hint
+
+
+def test_gguf_architectures_come_from_the_adapters():
+    """The reader knows no architecture by name: each GGUF architecture is an adapter's hook."""
+    from ascend_adapt.checkpoint.gguf_io import gguf_adapters
+
+    assert {k: [a.name for a in v] for k, v in gguf_adapters().items()} == {
+        "llama": ["llama"], "qwen2": ["qwen2"], "qwen3": ["qwen3"]}
+
+
+def test_out_of_tree_adapter_reads_its_gguf_architecture(tiny_gguf, tmp_path):
+    """An adapter registered from outside (no edit of the core) that lists a GGUF architecture in
+    `gguf_architectures` gets that architecture's files: config from its `gguf_config`, names from
+    its HF weight table, values through its `gguf_tensor` (Llama's Q/K un-permute, inherited).
+    The file is the tiny Llama written under the key "granite" (a Llama-shaped tensor table in the
+    gguf library); the toy adapter reads none of Granite's own multipliers, so it says nothing about
+    real Granite files: its tensors must equal the "llama" file's of the same seed bit for bit."""
+    from ascend_adapt.model_zoo import base
+
+    @base.register_adapter
+    class GGUFToyAdapter(LlamaAdapter):
+        name = "gguf_toy"
+        architectures = ("GGUFToyForCausalLM",)
+        model_types = ("gguf_toy",)
+        gguf_architectures = ("granite",)
+
+    @base.register_adapter
+    class Rival(GGUFToyAdapter):
+        name = "gguf_toy_rival"
+        architectures = ("GGUFToyRivalForCausalLM",)
+        model_types = ("gguf_toy_rival",)
+
+    try:
+        path = tmp_path / "toy.gguf"
+        write_tiny_gguf(path, gguf_arch="granite")
+        # two adapters listing one GGUF architecture: refused, naming both (not the first one silently)
+        with pytest.raises(ConfigError, match="'granite' is listed .* by adapters gguf_toy, gguf_toy_rival"):
+            GGUFCheckpoint(path)
+        base.ADAPTERS.unregister("gguf_toy_rival")
+        ck, ref = GGUFCheckpoint(path), GGUFCheckpoint(tiny_gguf[0])
+        assert ck.adapter.name == "gguf_toy" and ck.config["architectures"] == ["GGUFToyForCausalLM"]
+        assert {k: v for k, v in ck.config.items() if k not in ("architectures", "model_type")} == \
+            {k: v for k, v in ref.config.items() if k not in ("architectures", "model_type")}
+        assert list(ck.names()) == list(ref.names())
+        for name in ref.names():
+            np.testing.assert_array_equal(ck.get(name), ref.get(name), err_msg=name)
+    finally:
+        for name in ("gguf_toy", "gguf_toy_rival"):
+            if name in base.ADAPTERS:
+                base.ADAPTERS.unregister(name)
+        for key in ("GGUFToyForCausalLM", "GGUFToyRivalForCausalLM"):
+            base._BY_ARCH.pop(key, None)
+        for key in ("gguf_toy", "gguf_toy_rival"):
+            base._BY_TYPE.pop(key, None)
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -273,7 +331,7 @@ def test_qwen_gguf_equals_transformers(arch, tmp_path, monkeypatch):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     torch = pytest.importorskip("torch")
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
     path = tmp_path / f"tiny-{arch}.gguf"

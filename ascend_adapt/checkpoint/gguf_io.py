@@ -3,14 +3,18 @@
 `GGUFCheckpoint(path)` offers what `CheckpointReader` offers (`path`, `layout`, `config`,
 `infos()`, `get(name)`, `shard_summary()`) with HF names and HF layouts:
 
-- the config is built from the GGUF metadata (`{arch}.block_count`, `.embedding_length`, …) as
-  the HF `config.json` of the architecture (data: `_ARCHS`);
+- the file's `general.architecture` picks the model adapter whose `gguf_architectures` lists it
+  (the adapter registry, asked inside a function: this module knows no architecture by name);
+- the config is GGUF's standard LLM keys (`{arch}.block_count`, `.embedding_length`, …) read as
+  HF keys (`GGUFMetadata.llm_config`), made the architecture's `config.json` by the adapter's
+  `gguf_config` hook;
 - tensor names come from the `gguf` library's own tensor-name tables (`get_tensor_name_map`),
-  inverted: HF name → GGUF name, so a name llama.cpp renames is followed, not copied here;
+  inverted: HF name (the adapter's `gguf_hf_names`: its HF weight table) → GGUF name, so a name
+  llama.cpp renames is followed, not copied here;
 - each tensor is dequantized on `get` (Q4_0/Q4_1/Q8_0/K-quants/F16/BF16… by `gguf.quants`)
-  to float32 and reshaped to HF's [out, in] (GGUF lists dimensions innermost first);
-- llama.cpp's converter permutes the Q/K rows of Llama into interleaved pairs for its rotary
-  kernel; `get` undoes it (the inverse is the Meta → HF permutation, `meta_to_hf_rows`);
+  to float32 and reshaped to HF's [out, in] (GGUF lists dimensions innermost first), then handed
+  to the adapter's `gguf_tensor` hook, which undoes what llama.cpp's converter did (Llama: the
+  Q/K rows permuted into interleaved pairs for its rotary kernel);
 - the vocabulary (`tokenizer.ggml.*`, model "gpt2" = byte-level BPE) becomes a `tokenizers`
   `tokenizer.json` plus a `tokenizer_config.json` carrying the chat template.
 
@@ -31,26 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from .._optional import require
-from ..errors import CheckpointError, UnsupportedError
+from ..errors import CheckpointError, ConfigError, UnsupportedError
 from .config import ConfigDict
 from .reader import TensorIndex
 from .safetensors_io import TensorInfo
 
 GGUF_SUFFIX = ".gguf"
-
-# GGUF general.architecture → (HF architectures, model_type, Q/K permuted by llama.cpp's converter)
-_ARCHS = {
-    "llama": (["LlamaForCausalLM"], "llama", True),
-    "qwen2": (["Qwen2ForCausalLM"], "qwen2", False),
-    "qwen3": (["Qwen3ForCausalLM"], "qwen3", False),
-}
-
-# HF tensor names per layer (suffixes after "model.layers.{i}.") of the architectures above; the
-# GGUF name of each comes from the gguf library's table
-_HF_LAYER = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-             "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-             "self_attn.q_norm", "self_attn.k_norm")
-_HF_GLOBAL = ("model.embed_tokens", "model.norm", "lm_head")
 
 # rows dequantized at a time (a 576-wide row block of 1024 rows is 2.3 MiB of fp32)
 _DEQUANT_ROWS = 1024
@@ -79,15 +69,114 @@ def _field(reader, key: str, default=None):
         return default
 
 
+def gguf_adapters() -> dict[str, list]:
+    """GGUF `general.architecture` → the registered model adapters that list it in their
+    `gguf_architectures` (built-in and out-of-tree adapters alike; one each, normally)."""
+    from ascend_adapt.model_zoo.base import ADAPTERS
+
+    out: dict[str, list] = {}
+    for name in ADAPTERS.names():
+        adapter = ADAPTERS.get(name)
+        for arch in adapter.gguf_architectures:
+            out.setdefault(arch, []).append(adapter)
+    return out
+
+
+def gguf_adapter(arch: str, path):
+    """The adapter that reads GGUF architecture `arch` (of the file `path`, for the message).
+
+    Raises:
+        UnsupportedError: no registered adapter reads it (naming the file, the architecture and
+            the supported ones).
+        ConfigError: more than one adapter lists it.
+    """
+    adapters = gguf_adapters()
+    if arch not in adapters:
+        raise UnsupportedError(f"{path}: GGUF architecture '{arch}' is not supported",
+                               f"supported GGUF architectures: {', '.join(sorted(adapters)) or 'none'}; an adapter "
+                               "reads more by listing them in `gguf_architectures` "
+                               "(docs/adding_an_architecture.md)")
+    if len(adapters[arch]) > 1:
+        raise ConfigError(f"{path}: GGUF architecture '{arch}' is listed in `gguf_architectures` by adapters "
+                          f"{', '.join(a.name for a in adapters[arch])}",
+                          "keep it on one adapter (unregister or edit the other)")
+    return adapters[arch][0]
+
+
+class GGUFMetadata:
+    """A GGUF file's metadata as an adapter's `gguf_config` hook reads it.
+
+    Attributes:
+        path: the file (for messages). arch: its `general.architecture`.
+    """
+
+    def __init__(self, path: Path, reader, arch: str, tensors: dict):
+        self.path, self.reader, self.arch, self._tensors = path, reader, arch, tensors
+
+    def field(self, key: str, default=None):
+        """Any metadata key (full name, e.g. "tokenizer.ggml.eos_token_id"); `default` when absent."""
+        return _field(self.reader, key, default)
+
+    def has_tensor(self, gguf_name: str) -> bool:
+        """Whether the file stores the GGUF tensor `gguf_name` (e.g. "blk.0.attn_q.bias")."""
+        return gguf_name in self._tensors
+
+    def arch_key(self, key: str, default=None, required: bool = True):
+        """`{arch}.{key}`; a missing required key is a CheckpointError naming it."""
+        v = _field(self.reader, f"{self.arch}.{key}", default)
+        if v is None and required:
+            raise CheckpointError(f"{self.path}: GGUF metadata key '{self.arch}.{key}' is missing",
+                                  "the file was not written by llama.cpp's converter; re-convert it")
+        return v
+
+    def llm_config(self) -> dict:
+        """GGUF's standard LLM keys (llama.cpp's `{arch}.*` and `tokenizer.ggml.*_token_id`) as HF
+        config keys; tied embeddings where the file stores no `output.weight`.
+
+        Raises:
+            CheckpointError: a required key is missing.
+            UnsupportedError: rope scaling (a `rope.scaling.type` or Llama-3.1's `rope_freqs` factors).
+        """
+        m = self.arch_key
+        heads = int(m("attention.head_count"))
+        hidden = int(m("embedding_length"))
+        tokens = self.field("tokenizer.ggml.tokens", [])
+        head_dim = m("attention.key_length", None, required=False) or hidden // heads
+        cfg = {
+            "hidden_size": hidden, "intermediate_size": int(m("feed_forward_length")),
+            "num_hidden_layers": int(m("block_count")), "num_attention_heads": heads,
+            "num_key_value_heads": int(m("attention.head_count_kv", heads, required=False)),
+            "head_dim": int(head_dim),
+            "max_position_embeddings": int(m("context_length")),
+            "rms_norm_eps": float(m("attention.layer_norm_rms_epsilon")),
+            "rope_theta": float(m("rope.freq_base", 10000.0, required=False)),
+            "vocab_size": int(m("vocab_size", None, required=False) or len(tokens)),
+            "tie_word_embeddings": not self.has_tensor("output.weight"),
+            "torch_dtype": "float32",
+        }
+        scaling = self.field(f"{self.arch}.rope.scaling.type")
+        if (scaling not in (None, "none")) or self.has_tensor("rope_freqs.weight"):
+            # Llama-3.1's llama3 rope (a rope_freqs tensor) or linear / YaRN scaling: other numerics
+            raise UnsupportedError(f"{self.path}: rope scaling ({scaling or 'rope_freqs.weight'}) is not supported",
+                                   "only models with plain rotary embeddings are read (Llama-2, SmolLM2, Qwen2/2.5/3 "
+                                   "without YaRN)")
+        for key, name in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding")):
+            v = self.field(f"tokenizer.ggml.{name}_token_id")
+            cfg[key] = int(v) if v is not None else None
+        return cfg
+
+
 class GGUFCheckpoint(TensorIndex):
     """A `.gguf` file opened for streaming as an HF checkpoint (see the module docstring).
 
     Attributes:
         path: the file. layout: "gguf". shards: [path]. config: the HF config (a `ConfigDict`
         whose source names the file). quant_types: GGUF tensor type → tensor count.
+        arch: `general.architecture`. adapter: the model adapter that reads it.
 
     Raises:
-        CheckpointError: not a readable GGUF file, or an architecture without a mapping.
+        CheckpointError: not a readable GGUF file, or tensors the adapter's names do not cover.
+        UnsupportedError: an architecture no adapter reads, or rope scaling.
     """
 
     layout = "gguf"
@@ -104,11 +193,10 @@ class GGUFCheckpoint(TensorIndex):
                                   "re-download the file; only GGUF v2/v3 files are read") from None
         self.shards = [self.path]
         self.arch = str(_field(self.reader, "general.architecture", ""))
-        if self.arch not in _ARCHS:
-            raise UnsupportedError(f"{self.path}: GGUF architecture '{self.arch}' is not supported",
-                                   f"supported GGUF architectures: {', '.join(_ARCHS)}")
+        self.adapter = gguf_adapter(self.arch, self.path)
         self._tensors = {t.name: t for t in self.reader.tensors}
-        self.config = ConfigDict(self._hf_config(), f"{self.path} (GGUF metadata)")
+        meta = GGUFMetadata(self.path, self.reader, self.arch, self._tensors)
+        self.config = ConfigDict(self.adapter.gguf_config(meta), f"{self.path} (GGUF metadata)")
         self._names = self._name_map()
         self._infos = {}
         for hf, g in self._names.items():
@@ -118,50 +206,6 @@ class GGUFCheckpoint(TensorIndex):
         self.quant_types: dict[str, int] = {}
         for t in self.reader.tensors:
             self.quant_types[t.tensor_type.name] = self.quant_types.get(t.tensor_type.name, 0) + 1
-
-    # ---- metadata → config.json --------------------------------------------------------------
-    def _meta(self, key: str, default=None, required: bool = True):
-        v = _field(self.reader, f"{self.arch}.{key}", default)
-        if v is None and required:
-            raise CheckpointError(f"{self.path}: GGUF metadata key '{self.arch}.{key}' is missing",
-                                  "the file was not written by llama.cpp's converter; re-convert it")
-        return v
-
-    def _hf_config(self) -> dict:
-        archs, model_type, _ = _ARCHS[self.arch]
-        heads = int(self._meta("attention.head_count"))
-        hidden = int(self._meta("embedding_length"))
-        tokens = _field(self.reader, "tokenizer.ggml.tokens", [])
-        head_dim = self._meta("attention.key_length", None, required=False) or hidden // heads
-        cfg = {
-            "architectures": archs, "model_type": model_type,
-            "hidden_size": hidden, "intermediate_size": int(self._meta("feed_forward_length")),
-            "num_hidden_layers": int(self._meta("block_count")), "num_attention_heads": heads,
-            "num_key_value_heads": int(self._meta("attention.head_count_kv", heads, required=False)),
-            "head_dim": int(head_dim), "hidden_act": "silu",
-            "max_position_embeddings": int(self._meta("context_length")),
-            "rms_norm_eps": float(self._meta("attention.layer_norm_rms_epsilon")),
-            "rope_theta": float(self._meta("rope.freq_base", 10000.0, required=False)),
-            "vocab_size": int(self._meta("vocab_size", None, required=False) or len(tokens)),
-            "tie_word_embeddings": "output.weight" not in self._tensors,
-            "torch_dtype": "float32",
-        }
-        scaling = _field(self.reader, f"{self.arch}.rope.scaling.type")
-        if (scaling not in (None, "none")) or "rope_freqs.weight" in self._tensors:
-            # Llama-3.1's llama3 rope (a rope_freqs tensor) or linear / YaRN scaling: other numerics
-            raise UnsupportedError(f"{self.path}: rope scaling ({scaling or 'rope_freqs.weight'}) is not supported",
-                                   "only models with plain rotary embeddings are read (Llama-2, SmolLM2, Qwen2/2.5/3 "
-                                   "without YaRN)")
-        if model_type == "llama":
-            cfg.update(attention_bias=False, mlp_bias=False, rope_scaling=None)
-        if model_type == "qwen3":
-            cfg.update(attention_bias="blk.0.attn_q.bias" in self._tensors)
-        if model_type == "qwen2":
-            cfg.update(use_sliding_window=False)
-        for key, name in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding")):
-            v = _field(self.reader, f"tokenizer.ggml.{name}_token_id")
-            cfg[key] = int(v) if v is not None else None
-        return cfg
 
     def load_config(self, required: bool = True) -> ConfigDict:
         return self.config
@@ -173,9 +217,8 @@ class GGUFCheckpoint(TensorIndex):
         arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == self.arch)
         n_layers = self.config["num_hidden_layers"]
         tmap = gguf.get_tensor_name_map(arch, n_layers)
-        hf_bases = list(_HF_GLOBAL) + [f"model.layers.{i}.{s}" for i in range(n_layers) for s in _HF_LAYER]
         out: dict[str, str] = {}
-        for base in hf_bases:
+        for base in self.adapter.gguf_hf_names(self.config):
             g = tmap.get_name(base)
             if g is None:
                 continue
@@ -196,7 +239,8 @@ class GGUFCheckpoint(TensorIndex):
             raise CheckpointError(f"{self.path}: tensor '{name}' is not in the checkpoint") from None
 
     def get(self, name: str) -> np.ndarray:
-        """One tensor, dequantized to float32, in HF's layout (Q/K rows un-permuted for llama)."""
+        """One tensor, dequantized to float32, in HF's layout and values (the adapter's `gguf_tensor`
+        undoes the converter's changes, e.g. Llama's Q/K permutation)."""
         gguf = _gguf()
         info = self.info(name)
         t = self._tensors[self._names[name]]
@@ -215,11 +259,7 @@ class GGUFCheckpoint(TensorIndex):
             raise UnsupportedError(f"{self.path}: tensor '{t.name}' has GGUF type {t.tensor_type.name}, "
                                    "which the gguf library cannot dequantize",
                                    "re-quantize the model to Q8_0, Q4_K or F16 with llama.cpp") from None
-        if _ARCHS[self.arch][2] and name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
-            from ascend_adapt.model_zoo.llama.adapter import meta_to_hf_rows
-
-            heads = self.config["num_attention_heads" if ".q_proj." in name else "num_key_value_heads"]
-            arr = meta_to_hf_rows(arr, heads)
+        arr = self.adapter.gguf_tensor(name, arr, self.config)
         return np.ascontiguousarray(arr)
 
     def iter_tensors(self, names=None):

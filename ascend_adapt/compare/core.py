@@ -153,9 +153,9 @@ def _lm_inputs(sides, inputs, seed: int):
     rng = np.random.default_rng(seed)
     lo = 3 if (vocab or 0) > 8 else 0  # skip unk/bos/eos of Llama-style vocabularies
     ids = rng.integers(lo, vocab or 32, size=(batch, n)).astype(np.int64)
-    if spec is not None and spec.rotary == "glm2d":
-        # a ChatGLM-6B prompt ends with [gMASK] <sop>, as its tokenizer appends them
-        ids[:, -2:] = [spec.gmask_token_id, spec.bos_token_id]
+    suffix = spec.position_scheme.prompt_suffix(spec) if spec is not None else ()
+    if suffix:  # the tokens the model's prompts end with (ChatGLM-6B: [gMASK] <sop>)
+        ids[:, -len(suffix):] = suffix
     return ids, None
 
 
@@ -220,82 +220,110 @@ def compare(a: str | os.PathLike, b: str | os.PathLike, *, inputs: Any = None, a
     level = compare_level(sa, sb)
     loaded = load_inputs(inputs)
     notes: list[str] = []
-    fixp = None
+    both = dict(atol=atol, rtol=rtol, layerwise=layerwise, fix=fix, fix_dir=fix_dir, notes=notes)
     if level == "graph":
-        sides = []
-        for s in (sa, sb):
-            if s.kind not in ("onnx", "sim", "acl"):
-                raise ConfigError(f"compare: '{s.text}' ({s.kind}) cannot be compared with a graph",
-                                  "compare two graphs (.onnx, sim:FILE.onnx, DIR.omsim#graph), or two "
-                                  "model-level artifacts (HF dir, export dir, .omsim, ...)")
-            sim_over = dict(target=target, precision_mode=precision_mode, keep_dtype=keep_dtype) if s.kind == "sim" else {}
-            sides.append(GraphSide(s, layerwise=True if (fix or layerwise) else False, **sim_over))
-        A, B = sides
-        try:
-            A.activate()
-            B.activate()
-            if isinstance(loaded, Mapping):
-                feeds = {k: np.asarray(v) for k, v in loaded.items()}
-            elif loaded is not None:
-                feeds = {"input_ids": np.asarray(loaded)}
-            else:
-                feeds = graph_feeds(A.input_metadata(), seed, _vocab_near(A.model_path))
-            ref = A.run(feeds)
-            got = B.run(feeds)
-            order = A.order()
-            pos = {n: i for i, n in enumerate(order)}
-            outputs = sorted(A.output_names(), key=lambda n: pos.get(n, len(pos)))
-            out_stats, tens, only_a, only_b = _compare_dicts(ref, got, order, outputs, atol, rtol, layerwise)
-            first, passed, min_atol, min_rtol = _summary(out_stats, tens)
-            if not layerwise:
-                # we dumped for the fix: find the first failing tensor for it, report outputs only
-                _, dump_tens, _, _ = _compare_dicts(ref, got, order, outputs, atol, rtol, True)
-                first_dump = next((s for s in dump_tens if not s.passed), None)
-                if first_dump is not None and (first is None or first_dump.name != first.name):
-                    notes.append(f"first intermediate tensor outside the tolerance (from the dump): {first_dump.name} "
-                                 f"(layer {layer_of(first_dump.name)}); --layerwise shows every tensor")
-            else:
-                first_dump = first
-            fixp = _maybe_fix(A, B, feeds, ref, outputs, atol, rtol, passed, fix, fix_dir,
-                              first_dump.name if first_dump else None, notes)
-            label_a, label_b = A.label, B.label
-            prec_a, prec_b = A.precision, B.precision
-            in_desc = {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in feeds.items()}
-        finally:
-            A.close()
-            B.close()
+        found = _compare_graphs(sa, sb, loaded, seed, target=target, precision_mode=precision_mode,
+                                keep_dtype=keep_dtype, **both)
     else:
-        A = LMSide(sa, layerwise=layerwise, dtype=dtype)
-        B = LMSide(sb, layerwise=layerwise, dtype=dtype, keep_dtype=keep_dtype if sb.kind == "sim" else None,
-                   precision_mode=precision_mode if sb.kind == "sim" else None)
-        try:
-            A.activate()
-            B.activate()
-            ids, mask = _lm_inputs((A, B), loaded, seed)
-            ref = A.run(ids, mask)
-            got = B.run(ids, mask)
-            order = list(ref)
-            out_stats, tens, only_a, only_b = _compare_dicts(ref, got, order, ["logits"], atol, rtol, layerwise)
-            first, passed, min_atol, min_rtol = _summary(out_stats, tens)
-            label_a, label_b = A.label, B.label
-            prec_a, prec_b = A.precision, B.precision
-            in_desc = {"input_ids": ids.tolist()}
-            if mask is not None:
-                in_desc["attention_mask"] = mask.tolist()
-            if not passed and fix and B.simulated:
-                fixp = _lm_sim_fix(B, ids, mask, atol, rtol, fix_dir, notes)
-        finally:
-            A.close()
-            B.close()
-    report = CompareReport(
-        str(a), str(b), label_a, label_b, str(prec_a), str(prec_b), level, atol, rtol, layerwise, out_stats,
-        tens, first.name if first else None, layer_of(first.name) if first else None, passed, only_a, only_b,
-        min_atol, min_rtol, in_desc, fixp, command, None, notes)
+        found = _compare_lms(sa, sb, loaded, seed, dtype=dtype, precision_mode=precision_mode,
+                             keep_dtype=keep_dtype, **both)
+    report = CompareReport(a=str(a), b=str(b), level=level, atol=atol, rtol=rtol, layerwise=layerwise,
+                           command=command, notes=notes, **found)
     if plot:
         from .plot import plot_report
 
         report.plot = plot_report(report, plot)
     return report
+
+
+def _findings(A, B, stats, in_desc: dict, fixp) -> dict:
+    """The report's fields from the two active sides and `_compare_dicts`' statistics."""
+    out_stats, tens, only_a, only_b = stats
+    first, passed, min_atol, min_rtol = _summary(out_stats, tens)
+    return dict(label_a=A.label, label_b=B.label, precision_a=str(A.precision), precision_b=str(B.precision),
+                outputs=out_stats, tensors=tens, first_divergent=first.name if first else None,
+                first_divergent_layer=layer_of(first.name) if first else None, passed=passed,
+                only_in_a=only_a, only_in_b=only_b, min_atol=min_atol, min_rtol=min_rtol, inputs=in_desc, fix=fixp)
+
+
+def _compare_graphs(sa, sb, loaded, seed: int, *, atol: float, rtol: float, layerwise: bool, fix: bool, fix_dir,
+                    notes: list[str], target, precision_mode, keep_dtype) -> dict:
+    """Graph level: both sides run the same feeds; every node output is dumped (for the fp16 fix
+    even without `layerwise`), and a failure of a low-precision simulator side gets its diagnosis."""
+    sides = []
+    for s in (sa, sb):
+        if not s.runs_graphs:
+            raise ConfigError(f"compare: '{s.text}' ({s.kind}) cannot be compared with a graph",
+                              "compare two graphs (.onnx, sim:FILE.onnx, DIR.omsim#graph), or two "
+                              "model-level artifacts (HF dir, export dir, .omsim, ...)")
+        sim_over = dict(target=target, precision_mode=precision_mode, keep_dtype=keep_dtype) if s.simulated else {}
+        sides.append(GraphSide(s, layerwise=True if (fix or layerwise) else False, **sim_over))
+    A, B = sides
+    try:
+        A.activate()
+        B.activate()
+        feeds = _graph_feeds(A, loaded, seed)
+        ref = A.run(feeds)
+        got = B.run(feeds)
+        order = A.order()
+        pos = {n: i for i, n in enumerate(order)}
+        outputs = sorted(A.output_names(), key=lambda n: pos.get(n, len(pos)))
+        stats = _compare_dicts(ref, got, order, outputs, atol, rtol, layerwise)
+        first, passed, _, _ = _summary(stats[0], stats[1])
+        first_dump = first if layerwise else _first_in_dump(ref, got, order, outputs, atol, rtol, first, notes)
+        fixp = _maybe_fix(A, B, feeds, ref, outputs, atol, rtol, passed, fix, fix_dir,
+                          first_dump.name if first_dump else None, notes)
+        in_desc = {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in feeds.items()}
+        return _findings(A, B, stats, in_desc, fixp)
+    finally:
+        A.close()
+        B.close()
+
+
+def _graph_feeds(A, loaded, seed: int) -> dict:
+    """The feeds as given (arrays by input name, or token ids for `input_ids`), else random ones
+    shaped by the reference graph's inputs."""
+    if isinstance(loaded, Mapping):
+        return {k: np.asarray(v) for k, v in loaded.items()}
+    if loaded is not None:
+        return {"input_ids": np.asarray(loaded)}
+    return graph_feeds(A.input_metadata(), seed, _vocab_near(A.model_path))
+
+
+def _first_in_dump(ref, got, order, outputs, atol, rtol, first, notes: list[str]):
+    """Without `layerwise` the report shows the outputs only, but every tensor was dumped for the
+    fix: the first intermediate tensor outside the tolerance (noted when it is not `first`)."""
+    _, dump_tens, _, _ = _compare_dicts(ref, got, order, outputs, atol, rtol, True)
+    first_dump = next((s for s in dump_tens if not s.passed), None)
+    if first_dump is not None and (first is None or first_dump.name != first.name):
+        notes.append(f"first intermediate tensor outside the tolerance (from the dump): {first_dump.name} "
+                     f"(layer {layer_of(first_dump.name)}); --layerwise shows every tensor")
+    return first_dump
+
+
+def _compare_lms(sa, sb, loaded, seed: int, *, atol: float, rtol: float, layerwise: bool, fix: bool, fix_dir,
+                 notes: list[str], dtype: str, precision_mode, keep_dtype) -> dict:
+    """LM level: both sides prefill the same token ids and their logits (with `layerwise` also
+    embed, layers.{i}, final_norm) are compared; a failing simulated side gets the fp16 diagnosis."""
+    A = LMSide(sa, layerwise=layerwise, dtype=dtype)
+    B = LMSide(sb, layerwise=layerwise, dtype=dtype, keep_dtype=keep_dtype if sb.simulated else None,
+               precision_mode=precision_mode if sb.simulated else None)
+    try:
+        A.activate()
+        B.activate()
+        ids, mask = _lm_inputs((A, B), loaded, seed)
+        ref = A.run(ids, mask)
+        got = B.run(ids, mask)
+        stats = _compare_dicts(ref, got, list(ref), ["logits"], atol, rtol, layerwise)
+        in_desc = {"input_ids": ids.tolist()}
+        if mask is not None:
+            in_desc["attention_mask"] = mask.tolist()
+        passed = _summary(stats[0], stats[1])[1]
+        fixp = _lm_sim_fix(B, ids, mask, atol, rtol, fix_dir, notes) if (not passed and fix and B.simulated) else None
+        return _findings(A, B, stats, in_desc, fixp)
+    finally:
+        A.close()
+        B.close()
 
 
 def _vocab_near(model_path) -> int | None:
@@ -318,7 +346,7 @@ def _fp32_reference(side) -> bool:
 
 def _low_precision_sim(side) -> bool:
     s = side.settings
-    return side.spec.kind == "sim" and s is not None and not s.keeps_origin
+    return side.spec.simulated and s is not None and not s.keeps_origin
 
 
 def _maybe_fix(A, B, feeds, ref, outputs, atol, rtol, passed, fix, fix_dir, first_failing, notes):

@@ -125,14 +125,15 @@ def record_model_ops(model_dir: str | Path, dtype: str = "float32", prompt_len: 
         An `OpTrace` with phases "prefill" and "decode".
     """
     torch = require("torch", purpose="recording the ops a model runs")
-    from ascend_adapt.runtime.torch_backend import TorchBackend
+    from ascend_adapt.backends.torch.session import TorchBackend
 
     backend = TorchBackend(model_dir, dtype=dtype)
     spec = backend.spec
     vocab = int(spec.vocab_size)
     body = [int(i) for i in np.arange(10, 10 + prompt_len) % vocab]  # past the special ids
-    if spec.rotary == "glm2d":  # ChatGLM-6B prompts end in [gMASK] <sop>, as its tokenizer writes them
-        body = body[:max(0, prompt_len - 2)] + [spec.gmask_token_id, spec.bos_token_id]
+    suffix = list(spec.position_scheme.prompt_suffix(spec))  # ChatGLM-6B: [gMASK] <sop>, as its tokenizer writes them
+    if suffix:
+        body = body[:max(0, prompt_len - len(suffix))] + suffix
     ids = np.asarray([body], dtype=np.int64)
     session = backend.new_session(1, prompt_len + new_tokens + 1)
     state = {}

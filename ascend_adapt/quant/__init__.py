@@ -11,4 +11,9 @@ from __future__ import annotations
 
 QUANT_MODES = ("w8a16", "w8a8")
 
-__all__ = ["QUANT_MODES"]
+# ONNX op types (default domain) of ATC's quant ops, and the operators-registry tag of an int8
+# MatMul: graph facts the simulator's cost model (core) and the quant operators (plugin) share
+ASCEND_QUANT_OPS = ("AscendAntiQuant", "AscendQuant", "AscendDequant")
+INT8_MATMUL_TAG = "int8_matmul"
+
+__all__ = ["QUANT_MODES", "ASCEND_QUANT_OPS", "INT8_MATMUL_TAG"]

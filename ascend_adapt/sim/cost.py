@@ -49,7 +49,7 @@ import onnx
 from onnx import TensorProto
 
 from ascend_adapt.cost_model import VECTOR_FP16_FRACTION, CostFigures, op_time, transfer_ms
-from ascend_adapt.operators.quant import ASCEND_QUANT_OPS, INT8_MATMUL_TAG
+from ascend_adapt.quant import ASCEND_QUANT_OPS, INT8_MATMUL_TAG
 
 from .graph import (CUBE_OPS, VIEW_OPS, TensorInfo, elem_size, graph_inputs, graph_outputs, infer_tensor_infos,
                     initializer_infos, load_model, node_label)
@@ -782,9 +782,9 @@ def estimate_cost(model: Any, target: Any, settings: SimSettings | None = None, 
     Returns:
         CostReport (say `report.to_text()`).
     """
-    from ascend_adapt.targets import load_target
+    from ascend_adapt.targets import resolve_target
 
-    target = load_target(target) if isinstance(target, str) else target
+    target = resolve_target(target)
     settings = settings or SimSettings(target=target.name)
     m = load_model(model)
     if feeds is not None and input_shapes is None:

@@ -20,8 +20,10 @@ from ascend_adapt.checkpoint.config import (MAX_HEADS, MAX_HIDDEN, MAX_INTERMEDI
                                              MAX_VOCAB, ConfigFields, check_head_dim)
 from ascend_adapt.errors import UnsupportedError
 
-from ..base import Adapter, register_adapter, table
 from ascend_adapt.spec import ModelSpec, glm_alpha
+
+from ..base import Adapter, register_adapter, table
+from .positions import GLM2D_POSITIONS
 
 ALIASES = {
     "hidden_size": ("hidden_size",),
@@ -87,6 +89,11 @@ class ChatGLMAdapter(Adapter):
     weight_tables = {"hf": HF_TABLE, "mindformers": MINDFORMERS_TABLE}
     ignored = (r"attention\.rotary_emb\.inv_freq$",)
     tokenizer_kind = "chatglm"
+    position_scheme = GLM2D_POSITIONS  # 2-D positions, prefix-LM context, prompts end in [gMASK] <sop>
+    serving_engines = ()
+    verify_prompt = "你好"  # ChatGLM-6B's icetk vocabulary is built for Chinese text
+    not_served = ("ChatGLM-6B (v1) is not served by vLLM-Ascend or MindIE (their ChatGLM support is ChatGLM2/3)",
+                  "use ascend-adapt convert --quantize w8a8 for the OM route, or a ChatGLM2/3 checkpoint")
 
     def spec_from_config(self, config: Mapping) -> ModelSpec:
         """ChatGLM-6B config.json → ModelSpec, every field typed and bounded.

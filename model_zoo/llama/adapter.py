@@ -106,6 +106,21 @@ class LlamaAdapter(Adapter):
     model_types = ("llama",)
     weight_tables = {"hf": HF_TABLE, "meta": META_TABLE, "mindformers": MINDFORMERS_TABLE}
     ignored = (r"rotary_emb\.inv_freq$", r"^rope\.freqs$")
+    gguf_architectures = ("llama",)
+
+    def gguf_config(self, meta) -> dict:
+        """GGUF metadata → a Llama config.json (GGUF records no activation and no bias switch)."""
+        cfg = super().gguf_config(meta)
+        cfg.update(hidden_act="silu", attention_bias=False, mlp_bias=False, rope_scaling=None)
+        return cfg
+
+    def gguf_tensor(self, hf_name, array, config):
+        """llama.cpp's converter permutes Llama's Q/K rows into Meta's interleaved pairs for its rotary
+        kernel: the inverse is the Meta → HF permutation."""
+        if hf_name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+            heads = config["num_attention_heads" if ".q_proj." in hf_name else "num_key_value_heads"]
+            return meta_to_hf_rows(array, heads)
+        return array
 
     def spec_from_config(self, config: Mapping) -> ModelSpec:
         """HF config.json (or Meta params.json) → ModelSpec, every field typed and bounded.

@@ -127,6 +127,13 @@ class Qwen2Adapter(_QwenAdapter):
     architectures = ("Qwen2ForCausalLM",)
     model_types = ("qwen2",)
     always_qkv_bias = True
+    gguf_architectures = ("qwen2",)
+
+    def gguf_config(self, meta) -> dict:
+        """GGUF metadata → a Qwen2 config.json (q/k/v biases need no switch; no sliding window)."""
+        cfg = super().gguf_config(meta)
+        cfg.update(hidden_act="silu", use_sliding_window=False)
+        return cfg
 
     def tiny_config(self) -> dict:
         """A Qwen2.5-0.5B-style config.json, tiny: GQA, q/k/v bias, rope_theta 1e6, tied."""
@@ -148,6 +155,13 @@ class Qwen3Adapter(_QwenAdapter):
     architectures = ("Qwen3ForCausalLM",)
     model_types = ("qwen3",)
     qk_norm = True
+    gguf_architectures = ("qwen3",)
+
+    def gguf_config(self, meta) -> dict:
+        """GGUF metadata → a Qwen3 config.json (`attention_bias` from whether the q bias is stored)."""
+        cfg = super().gguf_config(meta)
+        cfg.update(hidden_act="silu", attention_bias=meta.has_tensor("blk.0.attn_q.bias"))
+        return cfg
 
     def tiny_config(self) -> dict:
         """A Qwen3-0.6B-style config.json, tiny: GQA, head_dim its own key (≠ hidden / heads),
