@@ -192,7 +192,7 @@ def test_calibration_stats_equal_a_direct_computation(llama_dir):
     input is the golden's own final_norm output (the same tensor: equal)."""
     from ascend_adapt.quant.accuracy import read_canonical
     from ascend_adapt.quant.calib import collect_act_stats
-    from ascend_adapt.runtime.torch_backend import TorchBackend
+    from ascend_adapt.backends.torch.session import TorchBackend
 
     be = TorchBackend(llama_dir)
     spec, canon = read_canonical(llama_dir)
@@ -222,7 +222,7 @@ def test_plan_and_smoothing_keep_the_model_function(llama_dir):
     from ascend_adapt.quant.accuracy import read_canonical
     from ascend_adapt.quant.calib import torch_linear_modules
     from ascend_adapt.quant.smoothquant import plan_w8a8
-    from ascend_adapt.runtime.torch_backend import TorchBackend
+    from ascend_adapt.backends.torch.session import TorchBackend
 
     spec, canon = read_canonical(llama_dir)
     ref = TorchBackend.from_canonical(spec, canon)
@@ -276,3 +276,141 @@ def test_lm_head_quantized_only_when_asked_and_untied():
     tied = replace(spec, tie_word_embeddings=True)
     plan_t = plan_from_stats(tied, amax, colmax, rule=KeepRule.parse("lm_head=false"))
     assert "tied" in plan_t.kept["lm_head"][0] and plan_t.get("lm_head") is None
+
+
+# ---- the α search and the max_error rule ------------------------------------------------------------
+
+def test_alpha_errors_measure_the_int8_linear():
+    """In-sample (one fold), the error of α is ‖Q(x/s)·Q(W·s)ᵀ − x·Wᵀ‖ / ‖x·Wᵀ‖ with the plan's own
+    quantizers (act_scale_of, quantize_per_channel): recomputed here in float64 from the same
+    int8 operands. The search takes its products in float32: each output element is off by at most
+    (in + 2)·u·(|Q(x/s)|·|Q(W·s)|ᵀ + |x|·|W|ᵀ) (two length-`in` dot products), so the relative
+    error moves by at most (1 + rel)·‖that‖/‖x·Wᵀ‖."""
+    from ascend_adapt.quant.smoothquant import alpha_errors
+    from ascend_adapt.quant.weights import dequantize, quantize_per_channel
+
+    rng = np.random.default_rng(7)
+    x = _outlier_acts(rng, tokens=40)
+    w = rng.standard_normal((24, x.shape[1])).astype(np.float32)
+    grid = (0.0, 0.3, 0.5, 0.8, 1.0)
+    got = alpha_errors(x, w, np.abs(w).max(0), None, grid)
+    amax = np.abs(x).max(0)
+    for a, g in zip(grid, got):
+        s = smooth_factors(amax, np.abs(w).max(0), a)
+        step = act_scale_of(amax, s)
+        xq = np.clip(np.rint((x * (np.float32(1.0) / s)) / step), -127, 127) * step
+        wq = dequantize(*quantize_per_channel(w, s))
+        y = x.astype(np.float64) @ w.T.astype(np.float64)
+        ref = np.linalg.norm(xq.astype(np.float64) @ wq.T.astype(np.float64) - y) / np.linalg.norm(y)
+        b = (x.shape[1] + 2) * U32 * (np.abs(xq) @ np.abs(wq).T + np.abs(x) @ np.abs(w).T)
+        assert abs(g - ref) <= (1 + ref) * np.linalg.norm(b) / (np.linalg.norm(y) - np.linalg.norm(b))
+    # the outlier channels make both ends bad: activation range (α=0) or weight range (α=1)
+    assert got[2] < got[0] and got[2] < got[-1]
+
+
+def test_held_out_search_sees_what_the_calibration_maximum_clips():
+    """In-sample, α = 1 flattens every channel to exactly its calibration maximum, and nothing
+    clips. Held out (the statistic from the other prompts), a channel that runs higher than in
+    the statistic's prompts clips there: the held-out error at α = 1 is larger, and the search
+    picks a smaller α."""
+    from ascend_adapt.quant.smoothquant import ALPHA_GRID, alpha_errors
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((64, 48)).astype(np.float32)
+    x[:, 5] *= 40.0
+    folds = np.repeat([0, 1], 32)
+    x[folds == 0, 9] *= 6.0   # channel 9 runs 6x higher in prompt 0 only, channel 20 in prompt 1
+    x[folds == 1, 20] *= 6.0
+    w = (rng.standard_normal((32, 48)) * 0.05).astype(np.float32)
+    ins = alpha_errors(x, w, np.abs(w).max(0), None)
+    held = alpha_errors(x, w, np.abs(w).max(0), folds)
+    assert held[-1] > 2 * ins[-1]
+    assert ALPHA_GRID[int(np.argmin(held))] < ALPHA_GRID[int(np.argmin(ins))]
+
+
+def test_auto_alpha_takes_each_groups_least_error_and_the_rule_keeps_large_errors():
+    from ascend_adapt.quant.smoothquant import ALPHA_GRID
+
+    spec = _spec("llama", 3)
+    amax, colmax = _fake_stats(spec, np.random.default_rng(9))
+    rng = np.random.default_rng(10)
+    groups = [f"layers.{i}.{g}" for i in range(3) for g in ("attn.q", "attn.o", "mlp.gate", "mlp.down")]
+    search = {g: 0.01 + 0.02 * rng.random(len(ALPHA_GRID)) for g in groups}
+    search["layers.1.attn.o"] = np.full(len(ALPHA_GRID), 0.2)  # every α bad: kept by max_error
+    search["layers.1.attn.o"][7] = 0.06
+    search["layers.1.mlp.gate"][[2, 6]] = 0.001                   # a tie: the first α wins
+    plan = plan_from_stats(spec, amax, colmax, alpha="auto", search=search, grid=ALPHA_GRID)
+    assert plan.alpha == "auto"
+    for lead, lp in ((lp.group[0], lp) for lp in plan.linears.values()):
+        assert lp.alpha == ALPHA_GRID[int(np.argmin(search[lead]))]
+    assert plan.get("layers.1.mlp.up").alpha == ALPHA_GRID[2]
+    q, k = plan.get("layers.2.attn.q"), plan.get("layers.2.attn.k")
+    np.testing.assert_array_equal(q.smooth, smooth_factors(amax["layers.2.attn.q"], np.maximum.reduce(
+        [colmax[f"layers.2.attn.{x}"] for x in "qkv"]), q.alpha))
+    assert k.alpha == q.alpha
+    # max_error (default 4 %): the o_proj with 6 % at its best α stays fp16, with the reason
+    assert "layers.1.attn.o" in plan.kept and "6.0 % > 4 %" in plan.kept["layers.1.attn.o"][0]
+    loose = plan_from_stats(spec, amax, colmax, alpha="auto", search=search, grid=ALPHA_GRID,
+                            rule=KeepRule.parse("max_error=off"))
+    assert "layers.1.attn.o" in loose.linears and loose.get("layers.1.attn.o").alpha == ALPHA_GRID[7]
+    # what export.json and the report record
+    man = plan.alpha_manifest()
+    assert man["alpha"] == "auto" and man["alpha_grid"] == list(ALPHA_GRID)
+    assert man["alpha_per_group"]["layers.1.mlp.gate"] == ALPHA_GRID[2]
+    assert man["int8_output_error_per_group"]["layers.1.attn.o"] == pytest.approx(0.06)
+    text = "\n".join(plan.summary())
+    assert "α=auto" in text and "α layer 1:" in text and "mlp.gate=0.2" in text
+    # a search is needed for every group, on the same grid
+    with pytest.raises(ConfigError, match="no α search for 'layers.0.attn.q'"):
+        plan_from_stats(spec, amax, colmax, alpha="auto", search={}, grid=ALPHA_GRID)
+    with pytest.raises(ConfigError, match="grid of 3"):
+        plan_from_stats(spec, amax, colmax, alpha="auto", search=search, grid=(0.1, 0.5, 0.9))
+
+
+def test_max_error_parses_and_reads_back():
+    r = KeepRule.parse("max_error=0.1;outlier_ratio=off")
+    assert r.max_error == 0.1 and KeepRule.parse(r.describe()) == r
+    assert math.isinf(KeepRule.parse("max_error=off").max_error)
+    assert "max_error=0.04" in KeepRule().describe()
+    with pytest.raises(ConfigError, match="max_error"):
+        KeepRule.parse("max_error=-1")
+    # a long rule text is not mistaken for a file name
+    long = "keep=" + ",".join(f"layers.{i}.mlp.down" for i in range(40))
+    assert len(KeepRule.parse(long).keep) == 40
+
+
+def test_plan_w8a8_searches_alpha_by_default(llama_dir):
+    """The default plan (α=auto) on the tiny Llama: every group's α is the argmin of its recorded
+    search, on the builtin set (a uniform stride keeping ≤ SEARCH_TOKENS of its tokens); a fixed α
+    is measured too (a grid of one) and every group carries it."""
+    from ascend_adapt.quant.smoothquant import ALPHA_GRID, SEARCH_TOKENS, plan_w8a8
+    from ascend_adapt.backends.torch.session import TorchBackend
+
+    be = TorchBackend(llama_dir)
+    plan = plan_w8a8(llama_dir, rule="edge_layers=0;outlier_ratio=off;max_error=off", backend=be)
+    stride = -(-plan.tokens // SEARCH_TOKENS)
+    assert plan.alpha == "auto" and plan.grid == ALPHA_GRID and plan.search_tokens == -(-plan.tokens // stride)
+    for lp in plan.linears.values():
+        assert lp.alpha == ALPHA_GRID[int(np.argmin(plan.search[lp.group[0]]))]
+    fixed = plan_w8a8(llama_dir, alpha=0.5, rule="edge_layers=0;outlier_ratio=off;max_error=off", backend=be)
+    assert fixed.grid == (0.5,) and {lp.alpha for lp in fixed.linears.values()} == {0.5}
+    assert set(fixed.group_errors()) == set(plan.search)
+
+
+def test_calibration_keeps_strided_inputs(llama_dir):
+    """keep_inputs keeps the Linear's input rows on global token indices 0, stride, 2·stride, …
+    (stride = ceil(tokens / max_kept_tokens)), with each row's prompt; they are the hook's input,
+    whose max is the amax statistic."""
+    from ascend_adapt.quant.calib import collect_act_stats
+    from ascend_adapt.backends.torch.session import TorchBackend
+
+    be = TorchBackend(llama_dir)
+    prompts = [[1, 5, 9, 33, 7], [1, 40, 41, 2, 3, 100, 6]]
+    full = collect_act_stats(be, prompts, keep_inputs=["layers.0.mlp.down"], max_kept_tokens=12)
+    part = collect_act_stats(be, prompts, keep_inputs=["layers.0.mlp.down"], max_kept_tokens=5)
+    assert full.kept_tokens == 12 and part.kept_tokens == 4  # stride 3: tokens 0, 3 | 6, 9
+    np.testing.assert_array_equal(part.input_prompts, [0, 0, 1, 1])
+    np.testing.assert_array_equal(part.inputs["layers.0.mlp.down"], full.inputs["layers.0.mlp.down"][[0, 3, 6, 9]])
+    np.testing.assert_array_equal(np.abs(full.inputs["layers.0.mlp.down"]).max(0), full.amax["layers.0.mlp.down"])
+    with pytest.raises(ConfigError, match="not a Linear"):
+        collect_act_stats(be, prompts, keep_inputs=["layers.0.mlp.nope"])

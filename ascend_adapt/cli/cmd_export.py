@@ -45,7 +45,7 @@ def _traced_export_available() -> bool:
               help="w8a16: one scale per this many input channels instead of per output channel.")
 @click.option("--calib", default=None, metavar="FILE|builtin",
               help="w8a8 calibration prompts (a file, or builtin). [default: builtin]")
-@click.option("--smooth-alpha", type=float, default=None, help="w8a8 SmoothQuant α in [0, 1]. [default: 0.5]")
+@click.option("--smooth-alpha", type=float, default=None, help="w8a8 SmoothQuant α in [0, 1] for every Linear. [default: auto, searched per input group]")
 @click.option("--keep-fp16", default=None,
               help='w8a8: the Linears kept fp16, "key=value;…" or a JSON file (docs/quantization.md).')
 @click.option("--format", "fmt", type=click.Choice(["onnx", "msmodelslim"]), default="onnx", show_default=True,
@@ -138,15 +138,15 @@ def _export_msmodelslim(hf_dir, out_dir, quantize, group_size, calib, smooth_alp
         raise ConfigError("--format msmodelslim writes W8A8 weights: it needs --quantize w8a8 (and no --group-size)",
                           "add --quantize w8a8 [--calib FILE|builtin] [--smooth-alpha A], or use --format onnx")
     from ascend_adapt.quant.msmodelslim import export_msmodelslim
-    from ascend_adapt.quant.smoothquant import check_alpha, plan_w8a8
+    from ascend_adapt.quant.smoothquant import check_alpha, format_alpha, plan_w8a8
 
     from ascend_adapt.fsutil import check_output
 
     check_output(out_dir, force, inputs=[hf_dir])  # before the calibration run, not after it
     note = None if quiet else (lambda m: click.echo(m, err=True))
-    alpha = check_alpha(0.5 if smooth_alpha is None else smooth_alpha)
+    alpha = check_alpha("auto" if smooth_alpha is None else smooth_alpha)
     if note:
-        note(f"[msmodelslim] calibrating on {calib or 'builtin'} (SmoothQuant α={alpha:g}) with the fp32 golden")
+        note(f"[msmodelslim] calibrating on {calib or 'builtin'} (SmoothQuant α={format_alpha(alpha)}) with the fp32 golden")
     plan = plan_w8a8(hf_dir, calib=calib or "builtin", alpha=alpha, rule=keep_fp16)
     for line in plan.summary():
         click.echo(line)

@@ -92,7 +92,7 @@ def fake_quant_backend(spec, canonical: dict, mode: str, plan=None, group_size: 
     """
     import torch
 
-    from ascend_adapt.runtime.torch_backend import TorchBackend
+    from ascend_adapt.backends.torch.session import TorchBackend
 
     be = TorchBackend.from_canonical(spec, fake_quant_weights(canonical, spec, mode, plan, group_size, include_head),
                                      dtype)
@@ -262,11 +262,11 @@ def accuracy_report(ref, test, *, prompts: Sequence[Sequence[int]] = (), steps: 
 def compare_artifacts(ref_path, test_path, backend: str = "sim", **kwargs) -> AccuracyReport:
     """`accuracy_report` of two artifacts (e.g. the fp16 and the quantized simulator artifacts
     of one model) run on the same backend kind."""
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     return accuracy_report(get_backend(backend, ref_path), get_backend(backend, test_path), **kwargs)
 
 
-def ppl_text_ids(tokenizer, max_tokens: int = 1024) -> list[int]:
-    """The fixed perplexity text, tokenized (at most `max_tokens`)."""
+def ppl_text_ids(tokenizer, max_tokens: int | None = None) -> list[int]:
+    """The fixed perplexity text, tokenized (all of it, or at most `max_tokens`; SmolLM2: 2986)."""
     return list(tokenizer.encode(PPL_TEXT.read_text(encoding="utf-8")))[:max_tokens]

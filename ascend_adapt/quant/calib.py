@@ -2,7 +2,7 @@
 
 The statistic SmoothQuant and the static activation scales need is, for every Linear, the
 largest |x| seen on each input channel over the calibration tokens: `amax[j] = max |x[..., j]|`.
-It is collected by running the model's fp32 torch golden (`ascend_adapt.runtime.torch_backend`:
+It is collected by running the model's fp32 torch golden (`ascend_adapt.backends.torch.session`:
 transformers' Llama / Qwen classes, our ChatGLM modules) over the calibration set with a
 forward pre-hook on each `nn.Linear`, one prompt at a time (batch 1, no padding, so no pad token
 enters a statistic).
@@ -19,6 +19,10 @@ Memory: the golden holds the whole model in fp32 (4 bytes / parameter: 0.5 GB fo
 27 GB for Llama-2-7B) plus one prompt's activations; the statistics are 4 bytes per input
 channel per Linear (Llama-2-7B: 32 layers x (4 x 4096 + 3 x 4096 ... ) ≈ 3 MB). A 7B model
 therefore calibrates on a host with ≥ 32 GB of RAM; streaming layer by layer is not implemented.
+The W8A8 α search (`ascend_adapt.quant.smoothquant.alpha_errors`) also needs the inputs
+themselves: `collect_act_stats(..., keep_inputs=...)` keeps them on at most `max_kept_tokens`
+tokens (a uniform stride over the set), 4 bytes × tokens × Σ in_features: 0.34 GB for
+SmolLM2-135M (all 860 builtin tokens), 3.1 GB for Llama-2-7B at 1024 tokens.
 """
 
 from __future__ import annotations
@@ -155,19 +159,30 @@ class ActStats:
         amax: canonical Linear prefix → float32 [in_features].
         tokens: calibration tokens seen.
         prompts: calibration prompts run.
+        inputs: canonical prefix → float32 [kept_tokens, in_features]: the inputs of the Linears
+            asked for in `keep_inputs` on every `stride`-th calibration token (None otherwise).
+        kept_tokens: rows of each `inputs` array.
+        input_prompts: int [kept_tokens]: the calibration prompt (0, 1, …) of each kept row.
     """
 
     amax: dict[str, np.ndarray]
     tokens: int
     prompts: int
+    inputs: dict[str, np.ndarray] | None = None
+    kept_tokens: int = 0
+    input_prompts: np.ndarray | None = None
 
 
-def collect_act_stats(backend, token_lists: Iterable[Sequence[int]]) -> ActStats:
+def collect_act_stats(backend, token_lists: Iterable[Sequence[int]], keep_inputs: Iterable[str] = (),
+                      max_kept_tokens: int = 1024) -> ActStats:
     """Run the fp32 golden over each prompt (batch 1) and record every Linear's input amax.
 
     Args:
         backend: a `TorchBackend` (fp32 golden).
         token_lists: token ids per prompt.
+        keep_inputs: canonical Linear prefixes whose inputs are also kept (the W8A8 α search),
+            on a uniform stride over all calibration tokens so that at most `max_kept_tokens`
+            are kept: 4 bytes × kept tokens × Σ in_features of those Linears.
 
     Returns:
         `ActStats` over all the prompts.
@@ -175,14 +190,33 @@ def collect_act_stats(backend, token_lists: Iterable[Sequence[int]]) -> ActStats
     import torch
 
     mods = torch_linear_modules(backend)
+    token_lists = [list(ids) for ids in token_lists]
+    keep = set(keep_inputs)
+    unknown = sorted(keep - set(mods))
+    if unknown:
+        raise ConfigError(f"calibration: '{unknown[0]}' is not a Linear of this {backend.spec.arch} model",
+                          "name Linears by canonical prefix, e.g. layers.0.attn.q")
+    if keep and max_kept_tokens < 1:
+        raise ConfigError(f"calibration: max_kept_tokens = {max_kept_tokens} must be ≥ 1")
+    total = sum(len(ids) for ids in token_lists)
+    stride = max(1, -(-total // max_kept_tokens)) if keep else 1
+    n_kept = -(-total // stride) if keep else 0  # global token indices t with t % stride == 0
     amax: dict[str, torch.Tensor] = {}
+    kept: dict[str, np.ndarray] = {}  # filled in place: no second copy when done
+    where = {"rows": None, "at": 0}  # rows of the current prompt to keep, and where they go
+    row_prompt = np.empty(n_kept, np.int64)
 
     def hook(name):
         def pre(_mod, args):
             x = args[0].detach()
-            m = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
+            x2 = x.reshape(-1, x.shape[-1])
+            m = x2.abs().amax(dim=0).float()
             prev = amax.get(name)
             amax[name] = m if prev is None else torch.maximum(prev, m)
+            if name in keep and where["rows"] is not None and len(where["rows"]):
+                if name not in kept:
+                    kept[name] = np.empty((n_kept, x2.shape[-1]), np.float32)
+                kept[name][where["at"]:where["at"] + len(where["rows"])] = x2[where["rows"]].float().numpy()
         return pre
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
@@ -190,7 +224,12 @@ def collect_act_stats(backend, token_lists: Iterable[Sequence[int]]) -> ActStats
     try:
         with torch.no_grad():
             for ids in token_lists:
-                backend.full_logits(np.asarray([list(ids)], np.int64))
+                # global token index t is kept when t % stride == 0
+                where["rows"] = torch.arange((-tokens) % stride, len(ids), stride) if keep else None
+                backend.full_logits(np.asarray([ids], np.int64))
+                if keep:
+                    row_prompt[where["at"]:where["at"] + len(where["rows"])] = prompts
+                    where["at"] += len(where["rows"])
                 tokens += len(ids)
                 prompts += 1
     finally:
@@ -198,4 +237,9 @@ def collect_act_stats(backend, token_lists: Iterable[Sequence[int]]) -> ActStats
             h.remove()
     if not prompts:
         raise ConfigError("calibration: no calibration tokens", "pass a calibration set with at least one prompt")
-    return ActStats({n: amax[n].numpy().astype(np.float32) for n in mods}, tokens, prompts)
+    missing = sorted(keep - set(kept))
+    if missing:
+        raise ConfigError(f"calibration: the golden never ran '{missing[0]}'",
+                          "a Linear that the forward pass does not reach cannot be calibrated")
+    return ActStats({n: amax[n].numpy().astype(np.float32) for n in mods}, tokens, prompts,
+                    kept if keep else None, n_kept, row_prompt if keep else None)

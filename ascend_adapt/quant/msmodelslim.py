@@ -122,7 +122,7 @@ def _transform(canon_name: str, arr: np.ndarray, recipes: dict[str, _Recipe], fo
 
 
 def export_msmodelslim(model_dir, out_dir, plan=None, *, force: bool = False, calib="builtin",
-                       alpha: float = 0.5, rule=None, note=None) -> Path:
+                       alpha: float | str = "auto", rule=None, note=None) -> Path:
     """Write `out_dir` with the W8A8 weights in msModelSlim's format (see the module docstring).
 
     Args:
@@ -144,7 +144,7 @@ def export_msmodelslim(model_dir, out_dir, plan=None, *, force: bool = False, ca
     from ascend_adapt.fsutil import atomic_output
     from ascend_adapt.model_zoo.base import adapter_for_config
 
-    from .smoothquant import plan_w8a8
+    from .smoothquant import format_alpha, plan_w8a8
     from .weights import quantize_per_channel
 
     from ascend_adapt.fsutil import check_output
@@ -155,13 +155,13 @@ def export_msmodelslim(model_dir, out_dir, plan=None, *, force: bool = False, ca
     reader = open_checkpoint(src)
     adapter = adapter_for_config(reader.config, str(Path(src) / "config.json"))
     spec = adapter.spec_from_config(reader.config)
-    if spec.arch == "chatglm":
-        raise UnsupportedError(
-            "export --format msmodelslim: ChatGLM-6B (v1) is not served by vLLM-Ascend or MindIE "
-            "(their ChatGLM support is ChatGLM2/3)",
-            "use ascend-adapt convert --quantize w8a8 for the OM route, or a ChatGLM2/3 checkpoint")
+    if not {"vLLM-Ascend", "MindIE"} & set(adapter.serving_engines):  # the engines that load this format
+        why, hint = adapter.not_served
+        raise UnsupportedError("export --format msmodelslim: " + (why or f"{spec.arch} is not served by vLLM-Ascend "
+                                                                  "or MindIE"),
+                               hint or "use ascend-adapt convert --quantize w8a8 for the OM route")
     if plan is None:
-        say(f"[msmodelslim] calibrating on {calib} (SmoothQuant α={alpha:g})")
+        say(f"[msmodelslim] calibrating on {calib} (SmoothQuant α={format_alpha(alpha)})")
         plan = plan_w8a8(model_dir, calib=calib, alpha=alpha, rule=rule)
     if plan.arch != spec.arch:
         raise UnsupportedError(f"export --format msmodelslim: the plan is for '{plan.arch}', the model is "

@@ -12,7 +12,13 @@ calibration gives `amax[j] = max |x[..., j]|` (`ascend_adapt.quant.calib`) and t
 
 and W' is quantized per output channel by `ascend_adapt.quant.weights.quantize_per_channel`. α
 moves difficulty from activations (α → 1) to weights (α → 0); 0.5 is the paper's default for
-OPT / BLOOM / Llama-style models.
+OPT / BLOOM / Llama-style models. The default here is α = "auto": per input group, the α of
+`ALPHA_GRID` (0, 0.1, …, 1: Intel Neural Compressor's layer-wise auto-tuning space) whose int8
+output Q(x/s)·Q(W·s)ᵀ is closest to x·Wᵀ on calibration inputs HELD OUT from the statistic
+(`alpha_errors`: two folds of prompts, each quantized with the other's amax). In-sample the
+search cannot see clipping and drifts to α → 1, which flattens every channel to exactly its
+calibration maximum; text unlike the calibration set then clips (SmolLM2: α = 0.85 everywhere
++23.8 % perplexity on 2986 tokens through the real path).
 
 Linears sharing one input share one `s` (and hence one `act_scale`): q/k/v (ChatGLM's fused
 `query_key_value` is those three), gate/up. Where that input is a norm's output and the residual
@@ -33,9 +39,13 @@ Keep-fp16 rule (`KeepRule`), defaults and why:
   the int8 saving for little gain over keeping their down_proj, so the default is the narrower one.
 - any `down_proj` whose smoothed input still has `max / median` of its per-channel maxima above
   `outlier_ratio` (32): with one per-tensor scale a median channel then gets < 127/32 ≈ 4 int8
-  levels (2 bits), its rounding noise (step/√12) over 7 % of its own range on most channels. On
-  SmolLM2-135M (α = 0.5, builtin calibration) this keeps 3 more down_proj and takes the W8A8
-  perplexity rise from +9.2 % to +4.0 % (docs/PERFORMANCE.md).
+  levels (2 bits), its rounding noise (step/√12) over 7 % of its own range on most channels.
+- any input group whose held-out relative int8 output error at its α is above `max_error` (4 %):
+  the well-conditioned inputs (SmolLM2's q/k/v, a norm output with the smoothing folded in)
+  measure ~1 %, so 4 % is an input with ~2 bits fewer — the 2-bit line of `outlier_ratio`,
+  measured on the output. On SmolLM2-135M it keeps 24 more down_proj and 4 o_proj (31 of 211
+  Linears fp16) and takes the real-path perplexity rise on 2986 tokens from +9.1 % (α = 0.5,
+  without it) to +2.1 % (docs/PERFORMANCE.md).
 - user patterns (`keep`, fnmatch over canonical or HF names) keep more.
 
 A kept Linear keeps its whole input group (q/k/v, gate/up) in fp16: one quantized input per
@@ -60,6 +70,15 @@ MIN_SMOOTH = 1e-5  # the SmoothQuant reference's clamp: s never reaches 0
 # smoothquant/ppl_eval.py commands: Llama-2-7B/13B and Llama-3-8B 0.85, Llama-2-70B 0.9,
 # Mistral-7B 0.8). Only the families with a published value; others use the default 0.5.
 RECOMMENDED_ALPHA = {"llama": 0.85}
+# The default α ("auto"): chosen per input group from this grid, the one whose int8 Linear output
+# Q(x/s)·Q(W·s)ᵀ is closest (sum of squares) to x·Wᵀ on the calibration inputs. The grid is Intel
+# Neural Compressor's layer-wise SmoothQuant auto-tuning space (alpha_min 0.0, alpha_max 1.0,
+# alpha_step 0.1: IPEX 2.5 "Smooth Quant Recipe Tuning API", which runs INC's auto-α).
+ALPHA_GRID = tuple(i / 10 for i in range(11))
+# calibration tokens kept per group input for the α search (a uniform stride over the set)
+SEARCH_TOKENS = 1024
+# keep-fp16 bound on an input group's held-out relative int8 output error (KeepRule.max_error)
+MAX_ERROR = 0.04
 
 
 # ------------------------------------------------------------------------------------------------
@@ -76,6 +95,8 @@ class KeepRule:
         outlier_linears: suffixes checked against `outlier_ratio`.
         outlier_ratio: keep a checked Linear whose smoothed input amax has max/median above it
             (`math.inf` = never).
+        max_error: keep an input group (any Linear) whose int8 output error, relative RMS on
+            held-out calibration inputs at its α (`alpha_errors`), is above it (`math.inf` = never).
         keep: fnmatch patterns over canonical ("layers.3.mlp.*") or HF weight names, always kept.
     """
 
@@ -84,9 +105,10 @@ class KeepRule:
     edge_linears: tuple[str, ...] = ("mlp.down",)
     outlier_linears: tuple[str, ...] = ("mlp.down",)
     outlier_ratio: float = 32.0
+    max_error: float = MAX_ERROR
     keep: tuple[str, ...] = ()
 
-    _FIELDS = ("lm_head", "edge_layers", "edge_linears", "outlier_linears", "outlier_ratio", "keep")
+    _FIELDS = ("lm_head", "edge_layers", "edge_linears", "outlier_linears", "outlier_ratio", "max_error", "keep")
 
     def __post_init__(self):
         if not isinstance(self.edge_layers, int) or isinstance(self.edge_layers, bool) or self.edge_layers < 0:
@@ -96,6 +118,9 @@ class KeepRule:
         if not isinstance(self.outlier_ratio, (int, float)) or not self.outlier_ratio > 1:
             raise ConfigError(f"keep rule: outlier_ratio = {self.outlier_ratio!r}, expected a number > 1 "
                               "(or inf / off)", "e.g. outlier_ratio=32")
+        if not isinstance(self.max_error, (int, float)) or isinstance(self.max_error, bool) or not self.max_error > 0:
+            raise ConfigError(f"keep rule: max_error = {self.max_error!r}, expected a number > 0 (or off)",
+                              "e.g. max_error=0.05 (5 % relative output error)")
         for what in ("edge_linears", "outlier_linears", "keep"):
             v = getattr(self, what)
             if not isinstance(v, tuple) or not all(isinstance(x, str) and x for x in v):
@@ -130,7 +155,11 @@ class KeepRule:
         if isinstance(text, KeepRule):
             return text
         s = str(text).strip()
-        if s.endswith(".json") or Path(s).is_file():
+        try:
+            is_file = Path(s).is_file()
+        except (OSError, ValueError):  # too long / not a path: a rule text
+            is_file = False
+        if s.endswith(".json") or is_file:
             p = Path(s)
             if not p.is_file():
                 raise ConfigError(f"--keep-fp16: rule file '{p}' does not exist",
@@ -158,8 +187,9 @@ class KeepRule:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if math.isinf(self.outlier_ratio):
-            d["outlier_ratio"] = "off"
+        for k in ("outlier_ratio", "max_error"):
+            if math.isinf(getattr(self, k)):
+                d[k] = "off"
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     def describe(self) -> str:
@@ -167,19 +197,23 @@ class KeepRule:
         parts = [f"lm_head={'true' if self.lm_head else 'false'}", f"edge_layers={self.edge_layers}",
                  f"edge_linears={','.join(self.edge_linears) or '-'}",
                  f"outlier_linears={','.join(self.outlier_linears) or '-'}",
-                 f"outlier_ratio={'off' if math.isinf(self.outlier_ratio) else f'{self.outlier_ratio:g}'}"]
+                 f"outlier_ratio={'off' if math.isinf(self.outlier_ratio) else f'{self.outlier_ratio:g}'}",
+                 f"max_error={'off' if math.isinf(self.max_error) else f'{self.max_error:g}'}"]
         if self.keep:
             parts.append(f"keep={','.join(self.keep)}")
         return ";".join(parts)
 
     # -- application -----------------------------------------------------------------------------
     def reasons(self, name: str, hf_name: str, layer: int | None, num_layers: int,
-                smoothed_ratio: float) -> list[str]:
-        """Why Linear `name` stays fp16 under this rule (empty: it is quantized)."""
+                smoothed_ratio: float, error: float | None = None) -> list[str]:
+        """Why Linear `name` stays fp16 under this rule (empty: it is quantized). `error`: its
+        group's held-out int8 output error (None: not measured, the max_error test is skipped)."""
         out = []
         if name == "lm_head":
             if self.lm_head:
                 out.append("lm_head stays fp16")
+            if error is not None and error > self.max_error:
+                out.append(f"int8 output error {100 * error:.1f} % > {100 * self.max_error:g} % (held-out calibration)")
             return out + [f"matches keep pattern '{p}'" for p in self.keep
                           if fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(hf_name, p)]
         suffix = name.split(".", 2)[2]
@@ -189,6 +223,8 @@ class KeepRule:
                        f"{self.edge_layers})")
         if any(fnmatch.fnmatchcase(suffix, p) for p in self.outlier_linears) and smoothed_ratio > self.outlier_ratio:
             out.append(f"activation outliers: max/median {smoothed_ratio:.0f} > {self.outlier_ratio:g}")
+        if error is not None and error > self.max_error:
+            out.append(f"int8 output error {100 * error:.1f} % > {100 * self.max_error:g} % (held-out calibration)")
         out += [f"matches keep pattern '{p}'" for p in self.keep
                 if fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name + ".weight", p)
                 or fnmatch.fnmatchcase(hf_name, p)]
@@ -198,7 +234,8 @@ class KeepRule:
 def _coerce(key: str, v, source: str):
     bad = ConfigError(f"{source}: {key} = {v!r:.80} is not valid",
                       {"lm_head": "use true or false", "edge_layers": "use an integer ≥ 0",
-                       "outlier_ratio": "use a number > 1, or off"}.get(key, "use a comma-separated list"))
+                       "outlier_ratio": "use a number > 1, or off",
+                       "max_error": "use a number > 0 (0.05 = 5 %), or off"}.get(key, "use a comma-separated list"))
     if key == "lm_head":
         if isinstance(v, bool):
             return v
@@ -214,7 +251,7 @@ def _coerce(key: str, v, source: str):
             return int(v)
         except (TypeError, ValueError):
             raise bad from None
-    if key == "outlier_ratio":
+    if key in ("outlier_ratio", "max_error"):
         if str(v).lower() in ("off", "inf", "none", "never"):
             return math.inf
         try:
@@ -246,6 +283,7 @@ class LinearPlan:
         fold: the norm weight (canonical name) the division folds into, or None (explicit Mul).
         group: canonical prefixes sharing this input (and `smooth`, `act_scale`).
         amax: float32 [in]: the calibration statistic, per input channel max |x| before smoothing.
+        alpha: the migration strength `smooth` was made with (the group's searched α under "auto").
     """
 
     name: str
@@ -255,6 +293,7 @@ class LinearPlan:
     fold: str | None
     group: tuple[str, ...]
     amax: np.ndarray = field(repr=False)
+    alpha: float = 0.5
 
     @property
     def weight_name(self) -> str:
@@ -267,21 +306,29 @@ class W8A8Plan:
 
     Attributes:
         arch: the spec's architecture.
-        alpha: SmoothQuant migration strength.
+        alpha: SmoothQuant migration strength: a number in [0, 1] for every group, or "auto"
+            (each group's own α, searched over `grid`; `LinearPlan.alpha` holds it).
         rule: the keep-fp16 rule applied.
         linears: canonical prefix → `LinearPlan`, quantized Linears only, in model order.
         kept: canonical prefix → reasons it stays fp16.
         calib: the calibration set ("builtin" or its path); tokens, prompts: its size.
+        grid: the α grid searched ("auto"; empty otherwise).
+        search: group leader (its first Linear) → squared int8 output error per α of `grid`
+            ("auto"; on the `search_tokens` calibration tokens kept for the search).
+        search_tokens: calibration tokens the search ran on.
     """
 
     arch: str
-    alpha: float
+    alpha: float | str
     rule: KeepRule
     linears: dict[str, LinearPlan]
     kept: dict[str, list[str]]
     calib: str = "builtin"
     tokens: int = 0
     prompts: int = 0
+    grid: tuple[float, ...] = ()
+    search: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    search_tokens: int = 0
 
     def get(self, name: str) -> LinearPlan | None:
         """The plan of a Linear by canonical prefix, canonical weight name or HF weight name
@@ -302,11 +349,57 @@ class W8A8Plan:
         """Norm weight name → the smooth vector to divide it (and its bias) by."""
         return {lp.fold: lp.smooth for lp in self.linears.values() if lp.fold is not None}
 
+    def group_alphas(self) -> dict[str, float]:
+        """Quantized input group (its first Linear's canonical prefix) → the α of its smoothing."""
+        return {lp.group[0]: float(lp.alpha) for lp in self.linears.values()}
+
+    def alpha_manifest(self) -> dict:
+        """What export.json records of α: the setting, and under "auto" the grid and each group's α."""
+        out = {"alpha": self.alpha if isinstance(self.alpha, str) else float(self.alpha)}
+        if self.alpha == "auto":
+            out.update({"alpha_grid": [float(a) for a in self.grid], "alpha_search_tokens": int(self.search_tokens),
+                        "alpha_per_group": self.group_alphas()})
+        errs = self.group_errors()
+        if errs:
+            out["int8_output_error_per_group"] = {k: round(v, 6) for k, v in errs.items()}
+        return out
+
+    def group_errors(self) -> dict[str, float]:
+        """Input group leader → held-out relative int8 output error at its α (every measured group,
+        quantized or kept)."""
+        out = {}
+        for lead, err in self.search.items():
+            lp = self.linears.get(lead)
+            a = lp.alpha if lp is not None else (float(self.alpha) if self.alpha != "auto"
+                                                 else self.grid[int(np.argmin(err))])
+            if a in self.grid:
+                out[lead] = float(err[self.grid.index(a)])
+        return out
+
     def summary(self) -> list[str]:
-        """Lines for a report: the rule, the counts, and every fp16 Linear with its reason."""
-        out = [f"W8A8 (SmoothQuant α={self.alpha:g}, calibration {self.calib}: {self.prompts} prompts, "
+        """Lines for a report: α, the rule, the counts, and every fp16 Linear with its reason."""
+        if self.alpha == "auto":
+            alphas = self.group_alphas()
+            counts = {}
+            for a in alphas.values():
+                counts[a] = counts.get(a, 0) + 1
+            hist = ", ".join(f"{a:g} ×{c}" for a, c in sorted(counts.items()))
+            how = (f"SmoothQuant α=auto: per input group from {{{', '.join(f'{a:g}' for a in self.grid)}}}, "
+                   f"least held-out int8 output error on {self.search_tokens} calibration tokens")
+        else:
+            how = f"SmoothQuant α={self.alpha:g}"
+        out = [f"W8A8 ({how}, calibration {self.calib}: {self.prompts} prompts, "
                f"{self.tokens} tokens): {len(self.linears)} Linears int8, {len(self.kept)} fp16",
                f"keep-fp16 rule: {self.rule.describe()}"]
+        if self.alpha == "auto":
+            out.append(f"α chosen: {hist or 'none'} (groups)")
+            by_layer: dict[str, list[str]] = {}
+            for lead, a in alphas.items():
+                parts = lead.split(".")
+                key = parts[1] if parts[0] == "layers" else lead
+                by_layer.setdefault(key, []).append(f"{'.'.join(parts[2:]) or lead}={a:g}")
+            out += [f"  α layer {k}: {' '.join(v)}" if k.isdigit() else f"  α {k}: {' '.join(v)}"
+                    for k, v in by_layer.items()]
         out += [f"  fp16 {n}: {'; '.join(r)}" for n, r in self.kept.items()]
         return out
 
@@ -341,29 +434,137 @@ def act_scale_of(amax, smooth) -> np.float32:
     return np.float32(m / INT8_MAX) if m > 0 else np.float32(1.0)
 
 
-def check_alpha(alpha) -> float:
+def check_alpha(alpha) -> float | str:
+    """A valid α: a number in [0, 1], or "auto" (searched per input group)."""
+    if isinstance(alpha, str) and alpha.strip().lower() == "auto":
+        return "auto"
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
         raise ConfigError(f"--smooth-alpha: {alpha!r} is not in [0, 1]",
-                          "0.5 is SmoothQuant's default; larger moves more of the outliers into the weights")
+                          "leave it out for the default (auto: α searched per input group); 0.5 is "
+                          "SmoothQuant's paper default; larger moves more of the outliers into the weights")
     return float(alpha)
 
 
+def format_alpha(alpha) -> str:
+    """α for a message: "auto" or the number."""
+    return alpha if isinstance(alpha, str) else f"{alpha:g}"
+
+
+def alpha_errors(x, w, wmax, folds=None, grid=ALPHA_GRID) -> np.ndarray:
+    """Held-out relative int8 output error of one input group for each α of `grid` (float64).
+
+    The calibration rows are split into folds (by prompt). For each fold f and α, the statistic
+    is taken from the OTHER folds' rows only: amax'[j] = max |x[¬f, j]|, s = smooth_factors(amax',
+    wmax, α), step = act_scale_of(amax', s); then on the rows of f the group computes
+    Q(x/s)·Q(W·s)ᵀ, with Q(x/s) = step·clip(rint((x·(1/s))/step), ±127) (AscendQuant, static
+    per tensor: a held-out value beyond the statistic clips, as text unlike the calibration set
+    does on the card) and Q(W·s) = dequantize(quantize_per_channel(W, s)). The error is
+    sqrt(Σ (Q(x/s)·Q(W·s)ᵀ − x·Wᵀ)² / Σ (x·Wᵀ)²) over all folds' rows (float32 products, float64
+    sums). An in-sample error (one fold) never sees clipping and favours α → 1, which flattens
+    every channel to exactly its calibration maximum; held out, that α clips.
+
+    Args:
+        x: float32 [T, in]: calibration inputs of the group.
+        w: float32 [out, in]: the group's weights stacked (q/k/v: their rows one after another).
+        wmax: float32 [in]: per-channel max |W| of the group.
+        folds: int [T]: the fold of each row (None or a single fold: in-sample, the statistic from
+            all rows).
+    """
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    wt = torch.from_numpy(np.ascontiguousarray(w, np.float32))
+    f = np.zeros(x.shape[0], np.int64) if folds is None else np.asarray(folds)
+    ids = np.unique(f)
+    parts = [(np.ones_like(f, bool), np.ones_like(f, bool))] if ids.size < 2 else \
+        [(f != k, f == k) for k in ids]
+    with torch.no_grad():
+        y = x @ wt.T
+        energy = float(torch.sum(y.double() ** 2))
+        err = np.zeros(len(grid), np.float64)
+        for train, test in parts:
+            tr, te = torch.from_numpy(train), torch.from_numpy(test)
+            am = x[tr].abs().amax(dim=0).numpy()
+            for i, a in enumerate(grid):
+                sm = smooth_factors(am, wmax, a)
+                step = float(act_scale_of(am, sm))
+                inv = torch.from_numpy(np.float32(1.0) / sm)
+                xq = torch.clamp(torch.round((x[te] * inv) / step), -INT8_MAX, INT8_MAX) * step
+                ws = wt * torch.from_numpy(sm)  # quantize_per_channel(w, sm), in torch (same float32 steps)
+                sc = ws.abs().amax(dim=1, keepdim=True) / np.float32(INT8_MAX)
+                sc = torch.where(sc > 0, sc, torch.ones_like(sc))
+                wq = torch.clamp(torch.round(ws / sc), -INT8_MAX, INT8_MAX) * sc
+                d = xq @ wq.T - y[te]
+                err[i] += float(torch.sum(d.double() ** 2))
+    return np.sqrt(err / energy) if energy > 0 else err
+
+
+def search_alphas(spec, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarray], folds=None,
+                  grid=ALPHA_GRID, include_head: bool = False) -> dict[str, np.ndarray]:
+    """`alpha_errors` of every decoder input group (and the head with `include_head`).
+
+    Args:
+        inputs: canonical Linear prefix → float32 [T, in] calibration inputs (the first Linear of
+            each group is enough: the group shares it).
+        weights: canonical prefix → float32 weight [out, in].
+        folds: int [T]: the fold (prompt parity) of each row, shared by all inputs.
+
+    Returns:
+        group leader (first Linear) → held-out relative error per α of `grid`.
+    """
+    grid = tuple(float(check_alpha(a)) for a in grid)
+    if not grid or "auto" in grid:
+        raise ConfigError(f"W8A8 α search: grid {grid!r} must be numbers in [0, 1]", "e.g. 0, 0.1, …, 1")
+    groups = [names for names, _ in _groups(spec)] + ([("lm_head",)] if include_head else [])
+    out = {}
+    for names in groups:
+        if names[0] not in inputs:
+            raise ConfigError(f"W8A8 α search: no calibration inputs kept for '{names[0]}'",
+                              "collect them with collect_act_stats(..., keep_inputs=...)")
+        w = np.concatenate([np.asarray(weights[n], np.float32) for n in names], axis=0)
+        out[names[0]] = alpha_errors(inputs[names[0]], w, np.abs(w).max(axis=0), folds, grid)
+    return out
+
+
 def plan_from_stats(spec, amax: dict[str, np.ndarray], weight_colmax: dict[str, np.ndarray], *,
-                    alpha: float = 0.5, rule: KeepRule | None = None, hf_names: dict[str, str] | None = None,
-                    calib: str = "builtin", tokens: int = 0, prompts: int = 0) -> W8A8Plan:
+                    alpha: float | str = 0.5, rule: KeepRule | None = None, hf_names: dict[str, str] | None = None,
+                    calib: str = "builtin", tokens: int = 0, prompts: int = 0,
+                    search: dict[str, np.ndarray] | None = None, grid=ALPHA_GRID,
+                    search_tokens: int = 0) -> W8A8Plan:
     """The plan from statistics (the pure part of `plan_w8a8`).
 
     Args:
         spec: the model.
         amax: canonical Linear prefix → per-input-channel max |x| (calibration).
         weight_colmax: canonical Linear prefix → per-input-channel max |W[:, j]|.
-        alpha: migration strength in [0, 1].
-        rule: keep-fp16 rule (default `KeepRule()`).
+        alpha: migration strength in [0, 1], or "auto": each group takes the α of `grid` with the
+            least error in `search` (the first one on a tie).
+        rule: keep-fp16 rule (default `KeepRule()`); its outlier test sees the input smoothed
+            with the group's α.
         hf_names: canonical prefix → HF weight name (default: from the adapter's table).
+        search: "auto": group leader → error per α of `grid` (`search_alphas`).
+        search_tokens: "auto": calibration tokens the search ran on (for the report).
     """
     from .calib import hf_weight_names, linear_names
 
     alpha = check_alpha(alpha)
+    grid = tuple(float(check_alpha(a)) for a in grid)
+    search = {k: np.asarray(v, np.float64) for k, v in (search or {}).items()}
+    for lead, err in search.items():
+        if err.shape != (len(grid),):
+            raise ConfigError(f"W8A8 plan: the α search of '{lead}' has {err.size} errors for a grid "
+                              f"of {len(grid)}", "search with the same grid (search_alphas(..., grid))")
+
+    def group_alpha(lead: str) -> float:
+        if alpha != "auto":
+            return alpha
+        if lead not in search:
+            raise ConfigError(f"W8A8 plan: α=auto but no α search for '{lead}'",
+                              "run search_alphas on the calibration inputs, or pass a number as alpha")
+        return grid[int(np.argmin(search[lead]))]
+
+    def group_error(lead: str, a: float) -> float | None:
+        return float(search[lead][grid.index(a)]) if lead in search and a in grid else None
     rule = rule or KeepRule()
     hf = hf_names if hf_names is not None else hf_weight_names(spec)
     missing = [n for n in linear_names(spec) if n not in amax]
@@ -375,7 +576,8 @@ def plan_from_stats(spec, amax: dict[str, np.ndarray], weight_colmax: dict[str, 
     for names, fold in _groups(spec):
         a = np.asarray(amax[names[0]], np.float32)
         wmax = np.max(np.stack([np.asarray(weight_colmax[n], np.float32) for n in names]), axis=0)
-        s = smooth_factors(a, wmax, alpha)
+        g_alpha = group_alpha(names[0])
+        s = smooth_factors(a, wmax, g_alpha)
         scale = act_scale_of(a, s)
         smoothed = a / s
         med = float(np.median(smoothed))
@@ -383,7 +585,7 @@ def plan_from_stats(spec, amax: dict[str, np.ndarray], weight_colmax: dict[str, 
         reasons: dict[str, list[str]] = {}
         for n in names:
             layer = int(n.split(".")[1])
-            r = rule.reasons(n, hf.get(n, n), layer, spec.num_layers, ratio)
+            r = rule.reasons(n, hf.get(n, n), layer, spec.num_layers, ratio, group_error(names[0], g_alpha))
             if r:
                 reasons[n] = r
         if reasons:  # the whole input group stays fp16
@@ -391,32 +593,39 @@ def plan_from_stats(spec, amax: dict[str, np.ndarray], weight_colmax: dict[str, 
                 kept[n] = reasons.get(n) or [f"shares its input with {next(iter(reasons))}"]
             continue
         for n in names:
-            linears[n] = LinearPlan(n, hf.get(n, n), s, scale, fold, names, a)
-    head = rule.reasons("lm_head", hf.get("lm_head", "lm_head.weight"), None, spec.num_layers, 0.0)
+            linears[n] = LinearPlan(n, hf.get(n, n), s, scale, fold, names, a, g_alpha)
+    h_alpha = group_alpha("lm_head") if not (rule.lm_head or spec.tie_word_embeddings) else 0.5
+    head = rule.reasons("lm_head", hf.get("lm_head", "lm_head.weight"), None, spec.num_layers, 0.0,
+                        group_error("lm_head", h_alpha))
     if not head and spec.tie_word_embeddings:  # W·s would change the embedding it shares
         head = ["tied to the embedding (smoothing its columns would change the embedding)"]
     if head:
         kept["lm_head"] = head
     else:
         a = np.asarray(amax["lm_head"], np.float32)
-        s = smooth_factors(a, weight_colmax["lm_head"], alpha)
+        s = smooth_factors(a, weight_colmax["lm_head"], h_alpha)
         fold = "final_norm.weight"  # the final norm feeds only the head
         linears["lm_head"] = LinearPlan("lm_head", hf.get("lm_head", "lm_head.weight"), s, act_scale_of(a, s),
-                                        fold, ("lm_head",), a)
-    return W8A8Plan(spec.arch, alpha, rule, linears, kept, str(calib), tokens, prompts)
+                                        fold, ("lm_head",), a, h_alpha)
+    return W8A8Plan(spec.arch, alpha, rule, linears, kept, str(calib), tokens, prompts,
+                    grid if search else (), search, int(search_tokens) if search else 0)
 
 
-def plan_w8a8(model_dir, *, calib="builtin", alpha: float = 0.5, rule: KeepRule | str | None = None,
-              max_tokens: int = 4096, max_seq_len: int = 256, backend=None) -> W8A8Plan:
+def plan_w8a8(model_dir, *, calib="builtin", alpha: float | str = "auto", rule: KeepRule | str | None = None,
+              max_tokens: int = 4096, max_seq_len: int = 256, backend=None, grid=ALPHA_GRID,
+              search_tokens: int = SEARCH_TOKENS) -> W8A8Plan:
     """Calibrate a checkpoint on its fp32 torch golden and plan its W8A8 quantization.
 
     Args:
         model_dir: HF checkpoint directory or llama.cpp .gguf file.
         calib: "builtin" or a calibration file (`ascend_adapt.quant.calib.load_calib_texts`).
-        alpha: SmoothQuant migration strength in [0, 1].
+        alpha: SmoothQuant migration strength in [0, 1] for every group, or "auto" (default): per
+            input group the α of `grid` with the least int8 output error on the calibration
+            inputs (`search_alphas`; the inputs of `search_tokens` tokens are kept for it).
         rule: a `KeepRule`, a rule string / JSON path (`KeepRule.parse`), or None (defaults).
         max_tokens: calibration tokens at most; max_seq_len: tokens per prompt at most.
         backend: an already built fp32 `TorchBackend` of this model (reused, else built here).
+        grid, search_tokens: the α search ("auto" only).
 
     Returns:
         the `W8A8Plan`.
@@ -430,15 +639,28 @@ def plan_w8a8(model_dir, *, calib="builtin", alpha: float = 0.5, rule: KeepRule 
     texts = load_calib_texts(calib)
     if backend is None:
         from ascend_adapt.checkpoint.gguf_io import resolve_source
-        from ascend_adapt.runtime.torch_backend import TorchBackend
+        from ascend_adapt.backends.torch.session import TorchBackend
 
         backend = TorchBackend(resolve_source(model_dir), dtype="float32")
     tok = load_tokenizer(model_dir)
-    stats = collect_act_stats(backend, tokenize_calib(tok, texts, max_tokens, max_seq_len))
-    colmax = {n: m.weight.detach().abs().amax(dim=0).float().numpy()
-              for n, m in torch_linear_modules(backend).items()}
-    return plan_from_stats(backend.spec, stats.amax, colmax, alpha=alpha, rule=rule, calib=str(calib),
-                           tokens=stats.tokens, prompts=stats.prompts)
+    spec = backend.spec
+    # a fixed α is measured too (a grid of one), so the max_error rule applies to every plan
+    grid = tuple(float(check_alpha(a)) for a in grid) if alpha == "auto" else (alpha,)
+    if not grid or "auto" in grid:
+        raise ConfigError(f"W8A8 α search: grid {grid!r} must be numbers in [0, 1]", "e.g. 0, 0.1, …, 1")
+    head = not rule.lm_head and not spec.tie_word_embeddings  # a quantized head is measured too
+    leaders = [names[0] for names, _ in _groups(spec)] + (["lm_head"] if head else [])
+    stats = collect_act_stats(backend, tokenize_calib(tok, texts, max_tokens, max_seq_len),
+                              keep_inputs=leaders, max_kept_tokens=search_tokens)
+    mods = torch_linear_modules(backend)
+    colmax = {n: m.weight.detach().abs().amax(dim=0).float().numpy() for n, m in mods.items()}
+    weights = {n: m.weight.detach().float().numpy() for n, m in mods.items()}
+    # two folds by prompt parity: each half's statistic is judged on the other half
+    search = search_alphas(spec, stats.inputs, weights, stats.input_prompts % 2, grid, include_head=head)
+    stats.inputs = None
+    return plan_from_stats(spec, stats.amax, colmax, alpha=alpha, rule=rule, calib=str(calib),
+                           tokens=stats.tokens, prompts=stats.prompts, search=search, grid=grid,
+                           search_tokens=stats.kept_tokens)
 
 
 def apply_smoothing(canonical: dict[str, np.ndarray], plan: W8A8Plan) -> dict[str, np.ndarray]:

@@ -185,7 +185,7 @@ class LinearQuantizer:
         if self.mode == "w8a8":
             p = self.plan
             out.update({
-                "alpha": float(p.alpha), "calib": str(p.calib), "calib_prompts": int(p.prompts),
+                **p.alpha_manifest(), "calib": str(p.calib), "calib_prompts": int(p.prompts),
                 "calib_tokens": int(p.tokens), "keep_fp16_rule": p.rule.describe(),
                 "fp16": {n: list(r) for n, r in p.kept.items()},
                 "activations": "static per-tensor int8 (AscendQuant scale = 1/act_scale, offset 0)",
@@ -210,7 +210,7 @@ def prepare(model_dir, quantize=None, *, group_size: int | None = None, calib=No
         quantize: None, "w8a16" or "w8a8".
         group_size: w8a16 group size (None = per output channel).
         calib: w8a8 calibration set: "builtin" (default) or a file path.
-        smooth_alpha: w8a8 SmoothQuant migration strength (default 0.5).
+        smooth_alpha: w8a8 SmoothQuant migration strength (default "auto": searched per input group).
         keep_fp16: w8a8 keep-fp16 rule (`KeepRule.parse` text / JSON path), None = the default rule.
         note: callable for progress messages (or None).
 
@@ -232,10 +232,10 @@ def prepare(model_dir, quantize=None, *, group_size: int | None = None, calib=No
     if calib != "builtin" and not Path(calib).is_file():
         raise ConfigError(f"--calib: calibration file '{calib}' does not exist",
                           "pass a text / JSON-lines file of prompts, or --calib builtin for the built-in set")
-    from ascend_adapt.quant.smoothquant import check_alpha, plan_w8a8
+    from ascend_adapt.quant.smoothquant import check_alpha, format_alpha, plan_w8a8
 
-    alpha = check_alpha(0.5 if smooth_alpha is None else smooth_alpha)
+    alpha = check_alpha("auto" if smooth_alpha is None else smooth_alpha)
     if note:
-        note(f"[quantize] W8A8: calibrating on {calib} (SmoothQuant α={alpha:g}) with the fp32 torch golden")
+        note(f"[quantize] W8A8: calibrating on {calib} (SmoothQuant α={format_alpha(alpha)}) with the fp32 torch golden")
     plan = plan_w8a8(model_dir, calib=calib, alpha=alpha, rule=keep_fp16)
     return {"quantize": mode, "group_size": None, "w8a8_plan": plan}

@@ -7,20 +7,21 @@ calibration set). Paths, all on the torch golden (`ascend_adapt.quant.accuracy`)
 - fp32 and fp16: the golden in that compute dtype (fp16 = the reference the issue's bound is on);
 - W8A16: every decoder Linear's weight through `quantize_per_channel` → `dequantize`
   (the head is tied to the embedding in SmolLM2 and stays fp16), fp32 compute;
-- W8A8: `plan_w8a8` on the builtin calibration set (each SmoothQuant α asked, default keep-fp16 rule),
-  weights W·s through quantize → dequantize and each quantized Linear's input x/s through the
-  static per-tensor int8 quantizer, fp32 compute.
+- W8A8: `plan_w8a8` on the builtin calibration set (each SmoothQuant α asked — "auto", the
+  default, searches α per input group —, default keep-fp16 rule), weights W·s through quantize →
+  dequantize and each quantized Linear's input x/s through the static per-tensor int8 quantizer,
+  fp32 compute.
 
 That is fake quantization (the quantized arithmetic in the torch golden). Beside it, the real
 path (`measure_real`, skipped with `--fake-only`): the GGUF through `convert --soc Ascend310P3`
 (force_fp16) plain, with `--quantize w8a16` and with `--quantize w8a8 --calib builtin
---smooth-alpha α`, each run on the simulator backend: perplexity from its full prefill logits,
+[--smooth-alpha α]`, each run on the simulator backend: perplexity from its full prefill logits,
 and against the fp16 artifact the greedy-token agreement (free-running and teacher-forced, 32
 steps on the five fixed chat prompts) and the per-layer error. The bound of issue #14 (≤ 1 % rise
 for W8A16, ≤ 5 % for W8A8 against fp16) is judged on the real path where it was measured. Without
 the cached GGUF (and no PyPI) it says so and exits 0 without writing.
 
-Usage:  python tools/bench/quant_accuracy.py [--alpha 0.5 0.85] [--fake-only] [--write-doc]
+Usage:  python tools/bench/quant_accuracy.py [--alpha auto 0.5] [--fake-only] [--write-doc]
 """
 
 from __future__ import annotations
@@ -36,9 +37,17 @@ TITLE = "Quantization accuracy: SmolLM2-135M perplexity (tools/bench/quant_accur
 BOUND = {"w8a16": 0.01, "w8a8": 0.05}
 
 
-def measure_real(gguf, ids, alphas=(0.5,), steps: int = 32, window: int = 256, work_dir=None) -> dict:
+def _key(alpha) -> str:
+    return f"w8a8@{alpha}" if isinstance(alpha, str) else f"w8a8@{alpha:g}"
+
+
+def _alpha(text: str):
+    return "auto" if text == "auto" else float(text)
+
+
+def measure_real(gguf, ids, alphas=("auto",), steps: int = 32, window: int = 256, work_dir=None) -> dict:
     """The real path: `convert --soc Ascend310P3` (force_fp16; plain, `--quantize w8a16`, and
-    `--quantize w8a8 --calib builtin --smooth-alpha α`) → the simulator backend → perplexity of one
+    `--quantize w8a8 --calib builtin [--smooth-alpha α]`) → the simulator backend → perplexity of one
     prefill pass per window (`full_logits`), and `accuracy_report` of each quantized artifact
     against the fp16 one: greedy agreement over `steps` tokens on the five fixed chat prompts
     (free-running and teacher-forced) and the per-layer error on the first prompt."""
@@ -49,7 +58,7 @@ def measure_real(gguf, ids, alphas=(0.5,), steps: int = 32, window: int = 256, w
     from ascend_adapt.model_zoo.tokenizers import load_tokenizer
     from ascend_adapt.om_convert.convert import convert
     from ascend_adapt.quant.accuracy import accuracy_report, perplexity
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     src = resolve_source(gguf)
     tok = load_tokenizer(gguf)
@@ -58,7 +67,9 @@ def measure_real(gguf, ids, alphas=(0.5,), steps: int = 32, window: int = 256, w
     seq = max(window, max(len(p) for p in prompts) + steps)
     out = {"ppl": {}, "greedy": {}, "layers": {}, "seconds": {}, "seq_len": seq}
     runs = [("fp16", {}), ("w8a16", {"quantize": "w8a16"})]
-    runs += [(f"w8a8@{a:g}", {"quantize": "w8a8", "calib": "builtin", "smooth_alpha": a}) for a in alphas]
+    # "auto" is the default: no --smooth-alpha at all
+    runs += [(_key(a), {"quantize": "w8a8", "calib": "builtin", "smooth_alpha": None if a == "auto" else a})
+             for a in alphas]
     with tempfile.TemporaryDirectory(prefix="quant_accuracy_", dir=work_dir) as tmp:
         ref = None
         for key, kw in runs:
@@ -78,13 +89,13 @@ def measure_real(gguf, ids, alphas=(0.5,), steps: int = 32, window: int = 256, w
     return out
 
 
-def measure(alphas=(0.5,), max_tokens: int = 1024, real: bool = True, steps: int = 32) -> dict:
+def measure(alphas=("auto",), max_tokens: int | None = None, real: bool = True, steps: int = 32) -> dict:
     from ascend_adapt.checkpoint.gguf_io import resolve_source
     from ascend_adapt.model_zoo.smollm2 import fetch_smollm2
     from ascend_adapt.model_zoo.tokenizers import load_tokenizer
     from ascend_adapt.quant.accuracy import fake_quant_backend, perplexity, ppl_text_ids, read_canonical
     from ascend_adapt.quant.smoothquant import plan_w8a8
-    from ascend_adapt.runtime.torch_backend import TorchBackend
+    from ascend_adapt.backends.torch.session import TorchBackend
 
     gguf, why = fetch_smollm2()
     if gguf is None:
@@ -105,8 +116,8 @@ def measure(alphas=(0.5,), max_tokens: int = 1024, real: bool = True, steps: int
         t = time.perf_counter()
         plan = plan_w8a8(gguf, alpha=alpha, backend=fp32)
         out["plan"][alpha] = plan.summary()
-        out["ppl"][f"w8a8@{alpha:g}"] = perplexity(fake_quant_backend(spec, canon, "w8a8", plan), ids)
-        out["seconds"][f"w8a8@{alpha:g}"] = time.perf_counter() - t
+        out["ppl"][_key(alpha)] = perplexity(fake_quant_backend(spec, canon, "w8a8", plan), ids)
+        out["seconds"][_key(alpha)] = time.perf_counter() - t
     if real:
         out["real"] = measure_real(gguf, ids, alphas, steps)
     return out
@@ -125,7 +136,8 @@ def prose(r: dict) -> str:
     head += " real path (convert → simulator, force_fp16) | rise vs fp16 | bound |" if real else " bound |"
     rows = [head, "|---" * head.count(" | ") + "|---|"]
     keys = [("fp32", "fp32 (golden)"), ("fp16", "fp16"), ("w8a16", "W8A16 int8 per channel")]
-    keys += [(f"w8a8@{a:g}", f"W8A8 SmoothQuant α={a:g}, default keep rule") for a in r["alphas"]]
+    keys += [(_key(a), f"W8A8 SmoothQuant α={'auto (default)' if a == 'auto' else f'{a:g}'}, default keep rule")
+             for a in r["alphas"]]
     for k, label in keys:
         b = BOUND.get(k.split("@")[0])
         row = f"| {label} | {p[k]:.3f} | {100 * _rise(p, k):+.2f} % |"
@@ -147,7 +159,8 @@ def prose(r: dict) -> str:
             "quantized arithmetic, measured independently of the int8 ONNX graph.")
     if real:
         text += (" Real path: `convert --soc Ascend310P3` (force_fp16) of the GGUF, plain / `--quantize w8a16` / "
-                 "`--quantize w8a8 --calib builtin --smooth-alpha α`, run on the simulator backend (perplexity "
+                 "`--quantize w8a8 --calib builtin [--smooth-alpha α]` (none: the default, α=auto), run on the "
+                 "simulator backend (perplexity "
                  f"from one prefill pass per window; prefill gear {real['seq_len']}). The bound is judged on the "
                  "real path.")
     text += "\n\n" + "\n".join(rows) + "\n"
@@ -171,9 +184,10 @@ def prose(r: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--alpha", type=float, nargs="+", default=[0.5, 0.85],
-                    help="SmoothQuant α values to measure (0.5: the default; 0.85: the published Llama setting)")
-    ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--alpha", type=_alpha, nargs="+", default=["auto", 0.5],
+                    help="SmoothQuant α values to measure (auto: the default, searched per input group; "
+                         "0.5: the paper's default; 0.85: the published Llama setting)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="perplexity tokens at most [default: the whole text]")
     ap.add_argument("--steps", type=int, default=32, help="greedy tokens per chat prompt (real path)")
     ap.add_argument("--fake-only", action="store_true", help="skip the real path (convert → simulator)")
     ap.add_argument("--write-doc", action="store_true")
