@@ -6,6 +6,9 @@ Meta's consolidated.*.pth + params.json for Llama) and a real SentencePiece toke
 a small built-in corpus (BPE with byte fallback for Llama-2; unigram + NFKC with ChatGLM-6B's
 special pieces for ChatGLM). Key names, fused layouts and config keys are the real ones
 (reference model_architectures.md §1.1–1.2, §3.1); only the sizes are tiny.
+
+Random weights give nearly flat next-token logits; `tiny_trained.py` trains the same configs on
+the corpus and writes them through `make_tiny_checkpoint` (for greedy-agreement checks).
 """
 
 from __future__ import annotations

@@ -1,12 +1,22 @@
 """W8A16 / W8A8 graphs of the LLM builder (om_convert/builder/quantize.py) and the --quantize options.
 
-Greedy-token agreement: for each architecture, a fixed set of 4 prompts and 32 greedy steps; the
-fp16 build (force_fp16 on the simulated Ascend310P3) is the reference. The rate is teacher-forced:
-at every step the quantized model sees the fp16 model's own greedy prefix and we count the steps
-where its argmax is the fp16 model's token (4 × 32 = 128 decisions). The free-running rate (each
-model continues from its own tokens, so one flip changes every later context) is printed too.
-The bounds (95 % W8A16, 85 % W8A8) are issue #14's; measured on this machine: llama 96.9 % /
-95.3 %, ChatGLM-6B 98.4 % / 100 % (docs/quantization.md "Measured").
+Greedy-token agreement (issue #14: W8A16 ≥ 95 %, W8A8 ≥ 85 % of the fp16 model's greedy tokens over
+32 steps on a fixed prompt set). The reference is always the fp16 build (force_fp16 on the simulated
+Ascend310P3); the quantized builds go the same path (build --quantize → .omsim → "sim" backend).
+
+- Random tiny models (`builds`, 4 prompts × 32 steps = 128 decisions): their logits are nearly flat
+  (top-1/top-2 margin median 0.15, 20 % below 0.05), so the bound is asserted on the teacher-forced
+  rate (at every step the quantized model sees the fp16 model's greedy prefix). Measured: llama
+  96.9 % W8A16 / 95.3 % W8A8, ChatGLM-6B 98.4 % / 100 %. Free-running is printed only (81.2 % /
+  47.7 %, 66.4 % / 100 %): one flip there changes every later context.
+- Trained tiny models (`trained_builds`, model_zoo/tiny_trained.py: the same configs trained for
+  100 steps to continue the corpus; 19 prompts × 32 steps = 608 decisions): margins ≥ 5.5 logits,
+  and the bound is asserted FREE-RUNNING. Measured: 100 % W8A16 and 100 % W8A8 for both archs;
+  a quantizer that dequantizes with the neighbouring channel's scale falls to 42.9 % (llama) /
+  72.5 % (ChatGLM-6B).
+- Control (docs/quantization.md "Measured"): fp16 against fp32 (simulator force_fp16 vs
+  must_keep_origin_dtype, torch fp16 vs fp32) agrees 100 % free-running on the random models too;
+  their max |Δlogit| per step is ~0.002 against W8A16's 0.02–0.03, of the order of the margins.
 """
 
 from __future__ import annotations
@@ -36,11 +46,11 @@ def _prompts(spec):
 def builds(tmp_path_factory):
     """builds(arch) -> {"ck", "golden", "plan", "ids", "mask", mode: (BuildResult, sim backend)}."""
     from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder.llm import build_llm_onnx
     from ascend_adapt.quant.smoothquant import plan_w8a8
-    from ascend_adapt.runtime.backends import get_backend
-    from ascend_adapt.runtime.torch_backend import TorchBackend
+    from ascend_adapt.backends import get_backend
+    from ascend_adapt.backends.torch.session import TorchBackend
 
     cache = {}
 
@@ -90,6 +100,134 @@ def test_greedy_tokens_agree_with_fp16(builds, arch, mode):
     forced, free = _agreement(builds(arch), mode)
     print(f"{arch} {mode}: teacher-forced agreement {forced:.3f}, free-running {free:.3f}")
     assert forced >= BOUND[mode], (arch, mode, forced, free)
+
+
+# ------------------------------------------------------------------ trained tiny models: free-running
+LINEAR_SUFFIXES = ("attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.o.weight", "mlp.gate.weight",
+                   "mlp.up.weight", "mlp.down.weight", "lm_head.weight")
+
+
+def _glm_untied(arch):
+    return {"tie_word_embeddings": False} if arch == "chatglm" else {}
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """trained_tiny(arch) -> the tiny checkpoint of `arch` trained on the corpus
+    (`model_zoo/tiny_trained.py`; ChatGLM-6B untied as in `builds`), trained once per session."""
+    from ascend_adapt.model_zoo.tiny_trained import make_trained_tiny_checkpoint
+
+    cache = {}
+
+    def make(arch):
+        if arch not in cache:
+            cache[arch] = make_trained_tiny_checkpoint(tmp_path_factory.mktemp(f"trained-{arch}") / "model", arch,
+                                                       config_overrides=_glm_untied(arch))
+        return cache[arch]
+
+    return make
+
+
+def _sim_build(ck, root, ids, mode=None, plan=None):
+    """The "sim" backend of `ck` built (fp16 weights, or --quantize `mode`) for prompts `ids` + N steps."""
+    from ascend_adapt.backends import get_backend
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
+    from ascend_adapt.om_convert.builder.llm import build_llm_onnx
+
+    e = root / f"export_{mode}"
+    build_llm_onnx(ck, e, batch=ids.shape[0], seq_len=ids.shape[1], max_len=ids.shape[1] + N + 1,
+                   target="Ascend310P3", weight_dtype="float16", progress=False, quantize=mode,
+                   w8a8_plan=plan if mode == "w8a8" else None)
+    art = omsim_from_export(e, root / f"{mode}.omsim", "Ascend310P3", precision_mode="force_fp16")
+    return get_backend("sim", art.path)
+
+
+@pytest.fixture(scope="module")
+def trained_builds(trained_tiny, tmp_path_factory):
+    """trained_builds(arch) -> {"ck", "spec", "ids", "mask", "expected", "ref", None | "w8a16" | "w8a8": sim backend}.
+
+    ids / mask: every corpus line's prompt (`trained_prompts`), left-padded; expected: the corpus
+    tokens that follow each prompt; ref: the fp16 build's N free-running greedy tokens."""
+    from ascend_adapt.backends.torch.session import TorchBackend
+    from ascend_adapt.model_zoo.tiny_trained import corpus_continuations, corpus_lines, trained_prompts
+    from ascend_adapt.quant.smoothquant import plan_w8a8
+    from ascend_adapt.runtime.generate import greedy_tokens
+
+    cache = {}
+
+    def make(arch):
+        if arch in cache:
+            return cache[arch]
+        ck = trained_tiny(arch)
+        root = tmp_path_factory.mktemp(f"trained-quant-{arch}")
+        golden = TorchBackend(ck, dtype="float32")
+        spec = golden.spec
+        lines = corpus_lines(arch)
+        ids, mask = left_pad(trained_prompts(spec, lines), spec.pad_token_id or 0)
+        plan = plan_w8a8(ck, calib="builtin", backend=golden)
+        out = {"ck": ck, "spec": spec, "ids": ids, "mask": mask, "expected": corpus_continuations(spec, N, lines)}
+        for mode in (None, "w8a16", "w8a8"):
+            out[mode] = _sim_build(ck, root, ids, mode, plan)
+        out["ref"] = greedy_tokens(out[None], ids, N, mask)
+        cache[arch] = out
+        return out
+
+    return make
+
+
+@pytest.mark.parametrize("arch", ["llama", "chatglm"])
+def test_trained_tiny_model_continues_its_corpus(trained_builds, arch):
+    """The agreement below is not vacuous: the fp16 build's continuations are the corpus text
+    (training worked; measured 100 %), differ from prompt to prompt and use many tokens."""
+    case = trained_builds(arch)
+    ref = case["ref"]
+    learned = float((ref == case["expected"]).mean())
+    print(f"trained {arch}: fp16 continuations equal the corpus text for {learned:.3f} of {ref.size} tokens")
+    assert learned >= 0.95, (arch, learned)
+    assert len({tuple(r) for r in ref.tolist()}) == ref.shape[0]
+    assert len(set(ref.ravel().tolist())) > 100
+
+
+@pytest.mark.parametrize("arch", ["llama", "chatglm"])
+@pytest.mark.parametrize("mode", ["w8a16", "w8a8"])
+def test_trained_greedy_tokens_agree_free_running(trained_builds, arch, mode):
+    """Issue #14's bound on the free-running rate: each model continues from its own tokens."""
+    from ascend_adapt.runtime.generate import greedy_tokens
+
+    case = trained_builds(arch)
+    toks = greedy_tokens(case[mode], case["ids"], N, case["mask"])
+    free = float((toks == case["ref"]).mean())
+    print(f"trained {arch} {mode}: free-running agreement {free:.3f} over {toks.size} tokens")
+    assert free >= BOUND[mode], (arch, mode, free)
+
+
+def _wrong_scale_int8(w: np.ndarray) -> np.ndarray:
+    """Symmetric per-output-channel int8 of `w`, dequantized with the NEXT channel's scale (a
+    scale-indexing bug): the deliberately broken quantizer of the negative control."""
+    s = np.abs(w).max(axis=1, keepdims=True) / 127.0
+    q = np.clip(np.round(w / s), -127, 127)
+    return (q * np.roll(s, 1, axis=0)).astype(np.float32)
+
+
+@pytest.mark.parametrize("arch", ["llama", "chatglm"])
+def test_free_running_agreement_fails_a_broken_quantizer(trained_builds, tmp_path, arch):
+    """Negative control: the same trained model with every Linear through `_wrong_scale_int8`,
+    built as fp16 on the same path, misses the W8A16 bound (measured: llama 42.9 %, ChatGLM-6B 72.5 %)."""
+    from ascend_adapt.checkpoint import open_checkpoint
+    from ascend_adapt.model_zoo.base import ADAPTERS
+    from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
+    from ascend_adapt.runtime.generate import greedy_tokens
+
+    case = trained_builds(arch)
+    spec = case["spec"]
+    canon = dict(ADAPTERS.get(arch).iter_canonical(open_checkpoint(case["ck"]), spec))
+    broken = {n: _wrong_scale_int8(a) if n.endswith(LINEAR_SUFFIXES) else a for n, a in canon.items()}
+    assert sum(n.endswith(LINEAR_SUFFIXES) for n in broken) >= 6 * spec.num_layers + 1
+    ck = make_tiny_checkpoint(tmp_path / "broken", arch, weights=broken, config_overrides=_glm_untied(arch))
+    sim = _sim_build(ck, tmp_path, case["ids"])
+    free = float((greedy_tokens(sim, case["ids"], N, case["mask"]) == case["ref"]).mean())
+    print(f"trained {arch}, wrong-channel scales: free-running agreement {free:.3f}")
+    assert free < BOUND["w8a16"], (arch, free)
 
 
 @pytest.mark.parametrize("arch", ["llama", "chatglm"])
