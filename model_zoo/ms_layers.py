@@ -15,7 +15,11 @@ The KV cache is static: per layer K and V of shape [max_len, B, kv_heads, head_d
 so a step's K/V are written with one `scatter_nd_update` on the leading axis). Attention is a
 pure function of (cache before this step, this step's K/V, mask over [cache slots ⊕ step]); who
 writes the cache — a session's `Parameter`s or the host behind an exported graph — is the
-caller's business (see `ms_backend.CachedStep` and `ascend_adapt.port.mindir`).
+caller's business (see `ascend_adapt.backends.mindspore.session.CachedStep` and `ascend_adapt.port.mindir`).
+
+A `port --quantize` output runs with `QuantLinear` cells in place of its int8 Linears
+(`quantize_model`): the operator registry's MindSpore implementations of anti_quant (W8A16) and
+quant → int8_matmul → dequant (W8A8), `ascend_adapt/operators/quant.py`.
 
 Names of parameters match the canonical tensor names (`embed.weight`, `layers.0.attn.q.weight`,
 …, see `model_zoo/base.py`) so a canonical stream or an "ours"-named checkpoint loads by name.
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import math
 import os
+
+import numpy as np
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
@@ -83,6 +89,117 @@ class Linear(nn.Dense):
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype):
         super().__init__(in_features, out_features, weight_init="zeros",
                          bias_init="zeros", has_bias=bias, dtype=dtype)
+
+
+class QuantLinear(nn.Cell):
+    """A Linear whose weight is stored int8 (`ascend-adapt port --quantize`), run through the
+    operator registry's MindSpore implementations (`ascend_adapt.operators.quant`).
+
+    Parameters (names as the port writes them, under the Linear's canonical prefix):
+        weight: int8 [out, in] (torch / nn.Dense layout), `q` of `ascend_adapt.quant.weights`.
+        weight_scale: float32 [out] (per output channel) or [out, in / group_size] (W8A16 groups).
+        smooth_scale: float32 [in], W8A8 only, where 1/s is not folded into the preceding norm:
+            x is multiplied by it before the quant (1/s, rounded to the compute dtype).
+        input_scale: float32 [1], W8A8 only: the static per-tensor activation scale.
+        bias: [out] in the compute dtype, when the Linear has one.
+
+    W8A16: `anti_quant(weightᵀ, weight_scale)` (int8 → compute dtype, × scale, one rounding) then
+    an ordinary MatMul. W8A8: [× smooth_scale] → `quant` (AscendQuant's arithmetic: fp16 x·(1/act_scale),
+    round half to even, saturate) → `int8_matmul` (exact int32) → `dequant` (float32 acc ·
+    input_scale·weight_scale, one rounding to the compute dtype). The activation scale is a graph
+    constant, as AscendQuant's `scale` attribute is: it is read from the checkpoint before the cell
+    is built (`quantize_model`); the parameter `input_scale` holds the same value for the dequant.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype, mode: str,
+                 group_size: int | None = None, act_scale: float | None = None, smooth: bool = False):
+        super().__init__()
+        from ascend_adapt.operators import get_operator
+        from ascend_adapt.operators.quant import GE_DT_FLOAT, GE_DT_FLOAT16, quant_scales
+
+        if mode not in ("w8a16", "w8a8"):
+            raise ValueError(f"QuantLinear: unknown mode {mode!r}")
+        self.mode, self.group_size, self.dtype = mode, group_size, dtype
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(initializer("zeros", (out_features, in_features), ms.int8), requires_grad=False)
+        scale_shape = (out_features, in_features // group_size) if group_size else (out_features,)
+        self.weight_scale = Parameter(initializer("ones", scale_shape, ms.float32), requires_grad=False)
+        self.has_bias = bool(bias)
+        self.bias = _zeros((out_features,), dtype) if bias else None
+        self.has_smooth = bool(smooth) and mode == "w8a8"
+        if self.has_smooth:
+            self.smooth_scale = Parameter(initializer("ones", (in_features,), ms.float32), requires_grad=False)
+        if mode == "w8a8":
+            if act_scale is None:
+                raise ValueError("QuantLinear: w8a8 needs the activation scale")
+            self.input_scale = Parameter(initializer("ones", (1,), ms.float32), requires_grad=False)
+            q = quant_scales(float(act_scale))
+            self.q_scale, self.q_sqrt = float(q["scale"]), bool(q["sqrt_mode"])
+            self.out_code = GE_DT_FLOAT16 if dtype == ms.float16 else GE_DT_FLOAT
+            self._quant = get_operator("quant").mindspore
+            self._int8_matmul = get_operator("int8_matmul").mindspore
+            self._dequant = get_operator("dequant").mindspore
+        else:
+            self._anti_quant = get_operator("anti_quant").mindspore
+
+    def construct(self, x):
+        wt = ops.transpose(self.weight, (1, 0))  # [in, out], the registry ops' weight layout
+        if self.mode == "w8a16":
+            s = self.weight_scale
+            if self.group_size:
+                s = ops.transpose(s, (1, 0))  # [in / G, out]
+            w = self._anti_quant(wt, ops.cast(s, self.dtype), self.group_size)
+            y = ops.matmul(x, w)
+        else:
+            if self.has_smooth:
+                x = x * ops.cast(self.smooth_scale, x.dtype)
+            xq = self._quant(x, scale=self.q_scale, sqrt_mode=self.q_sqrt)
+            acc = self._int8_matmul(xq, wt)
+            y = self._dequant(acc, self.input_scale * self.weight_scale, dtype=self.out_code)
+        if self.has_bias:
+            y = y + self.bias
+        return y
+
+
+def quantize_model(model, quantization: dict, get_tensor) -> list[str]:
+    """Replace the model's quantized Linears by `QuantLinear` cells, before the weights load.
+
+    Args:
+        model: a family's cell (parameter paths = canonical names).
+        quantization: the port manifest's "quantization" record (`ascend_adapt.port`): "mode",
+            "group_size", "quantized" (canonical weight names), "smooth_scale" (those with a
+            stored smoothing vector).
+        get_tensor: name → numpy array of the port's weights (W8A8 reads each `input_scale`).
+
+    Returns:
+        The canonical prefixes replaced.
+    """
+    from ascend_adapt.errors import CheckpointError
+
+    mode, group = quantization.get("mode"), quantization.get("group_size")
+    smooth = set(quantization.get("smooth_scale") or ())
+    done = []
+    for wname in quantization.get("quantized") or ():
+        prefix = wname[:-len(".weight")] if wname.endswith(".weight") else wname
+        *path, leaf = prefix.split(".")
+        parent = model
+        try:
+            for part in path:
+                parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
+            old = getattr(parent, leaf)
+        except (AttributeError, IndexError):
+            raise CheckpointError(f"quantized Linear '{wname}' has no cell in the {model.spec.arch} model",
+                                  "the port manifest does not belong to this architecture; re-run the port") from None
+        out_f, in_f = (int(d) for d in old.weight.shape)
+        act = None
+        if mode == "w8a8":
+            act = float(np.asarray(get_tensor(prefix + ".input_scale"), np.float32).reshape(-1)[0])
+        cell = QuantLinear(in_f, out_f, bool(getattr(old, "has_bias", False)), model.compute_dtype, mode,
+                           group_size=group, act_scale=act, smooth=wname in smooth)
+        cell.update_parameters_name(prefix + ".")
+        setattr(parent, leaf, cell)
+        done.append(prefix)
+    return done
 
 
 class Embedding(nn.Cell):

@@ -39,14 +39,27 @@ def _parse_size(text: str | None) -> int | None:
 @click.option("--mindir", is_flag=True, help="--to mindspore: also export prefill/decode MindIR graphs into OUT/mindir.")
 @click.option("--seq-len", type=int, default=None, help="MindIR prefill length (prompts padded to it).")
 @click.option("--max-len", type=int, default=None, help="MindIR KV-cache slots (default 2 x --seq-len).")
+@click.option("--quantize", default=None, metavar="w8a16|w8a8",
+              help="--to mindspore: int8 Linear weights with their scales, the Linears and arithmetic of export "
+                   "--quantize; run by `generate --backend mindspore` (docs/mindspore.md, docs/quantization.md).")
+@click.option("--group-size", type=int, default=None,
+              help="w8a16: one scale per this many input channels instead of per output channel.")
+@click.option("--calib", default=None, metavar="FILE|builtin",
+              help="w8a8 calibration prompts (a file, or builtin). [default: builtin]")
+@click.option("--smooth-alpha", type=float, default=None,
+              help="w8a8 SmoothQuant α in [0, 1] for every Linear. [default: auto, searched per input group]")
+@click.option("--keep-fp16", default=None,
+              help='w8a8: the Linears kept in float, "key=value;…" or a JSON file (docs/quantization.md).')
 def port_cmd(src, to, out, soc, dtype, naming, fmt, max_shard_size, force, no_verify, no_progress, mindir,
-             seq_len, max_len):
+             seq_len, max_len, quantize, group_size, calib, smooth_alpha, keep_fp16):
     """Convert weights between Hugging Face and MindSpore, one tensor in memory at a time.
 
     \b
     ascend-adapt port llama-2-7b-hf --to mindspore -o llama-ms --dtype fp16 --naming mindformers
     ascend-adapt port chatglm-6b --to mindspore -o glm-ms --format safetensors --mindir --seq-len 128
     ascend-adapt port llama-ms --to hf -o llama-hf-again
+    ascend-adapt port llama-2-7b-hf --to mindspore -o llama-w8 --quantize w8a16 [--group-size 128]
+    ascend-adapt port llama-2-7b-hf --to mindspore -o llama-w8a8 --quantize w8a8 --calib builtin
 
     The output directory keeps config.json, the tokenizer files and ascend_adapt_port.json (spec,
     naming, format, dtype, per-tensor CRC32, source files); it is written under a temporary name
@@ -59,6 +72,17 @@ def port_cmd(src, to, out, soc, dtype, naming, fmt, max_shard_size, force, no_ve
 
     if is_gguf(src) and to == "mindspore":  # a llama.cpp file: unpacked once into the cache
         src = str(resolve_source(src, note=lambda m: click.echo(m, err=True)))
+    quant_given = [f"--{n}" for n, v in (("quantize", quantize), ("group-size", group_size), ("calib", calib),
+                                          ("smooth-alpha", smooth_alpha), ("keep-fp16", keep_fp16)) if v is not None]
+    if quant_given and to == "hf":
+        raise ConfigError(f"--to hf does not quantize ({', '.join(quant_given)})",
+                          "a Hugging Face checkpoint is written in float; quantize on the way to MindSpore "
+                          "(--to mindspore --quantize w8a16|w8a8) or with export / convert")
+    if quant_given and to in ("torch-npu", "torch-mlu"):
+        raise ConfigError(f"--to {to} writes a porting script and an op-coverage report, no weights: "
+                          f"{', '.join(quant_given)} has nothing to act on",
+                          "drop the quantization options; int8 on Ascend: port --to mindspore --quantize, or "
+                          "export / convert --quantize")
     if to in ("torch-npu", "torch-mlu"):
         if mindir or dtype or naming != "ours" or fmt != "ckpt" or max_shard_size:
             raise ConfigError(f"--to {to} writes a script and a report, not weights",
@@ -93,7 +117,19 @@ def port_cmd(src, to, out, soc, dtype, naming, fmt, max_shard_size, force, no_ve
             export_mindir(tmp, tmp / "mindir", seq_len=seq_len, max_len=max_len, dtype=compute)
     elif seq_len or max_len:
         raise ConfigError("--seq-len / --max-len only apply with --mindir")
+    qkw = {"quantize": quantize, "group_size": group_size, "calib": calib, "smooth_alpha": smooth_alpha,
+           "keep_fp16": keep_fp16} if quant_given else {}
+    if qkw:
+        qkw["note"] = None if no_progress else (lambda m: click.echo(m, err=True))
     path = port_to_mindspore(src, out, naming=naming, fmt=fmt, dtype=dtype, force=force,
-                             progress=not no_progress, max_shard_bytes=shard, after=after)
+                             progress=not no_progress, max_shard_bytes=shard, after=after, **qkw)
     click.echo(f"wrote MindSpore checkpoint ({fmt}, {naming} names) to {path}"
                + (f" with MindIR graphs in {path}/mindir" if mindir else ""))
+    if qkw:
+        from ascend_adapt.port import read_manifest
+
+        q = read_manifest(path)["quantization"]
+        click.echo(f"  {q['mode']}: {len(q['quantized'])} Linears int8 ({q['granularity']}), "
+                   f"scales {q['scale_bytes'] / 1e6:.2f} MB")
+        for n, reasons in (q.get("fp16") or {}).items():
+            click.echo(f"  kept in float: {n} ({', '.join(reasons) if isinstance(reasons, list) else reasons})")

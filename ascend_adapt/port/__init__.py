@@ -1,6 +1,7 @@
 """Weights HF ↔ MindSpore, streamed (one tensor in memory), and MindIR export.
 
-- `port_to_mindspore(hf_dir, out, naming="ours"|"mindformers", fmt="ckpt"|"safetensors", dtype=None)`
+- `port_to_mindspore(hf_dir, out, naming="ours"|"mindformers", fmt="ckpt"|"safetensors", dtype=None)`;
+  `quantize="w8a16"|"w8a8"` writes int8 Linears + scales (docs/mindspore.md, "Quantized ports")
 - `port_to_hf(port_dir, out)`
 - `open_weights(dir)`: an HF / Meta checkpoint or a port output, as a canonical stream
 - `export_mindir(model_dir, out, seq_len=…)` (in `ascend_adapt.port.mindir`, imports mindspore)

@@ -55,21 +55,59 @@ def tensor_crc32(array: np.ndarray) -> str:
     return f"{zlib.crc32(memoryview(a.reshape(-1).view(np.uint8))):08x}"
 
 
-def ours_entries(adapter, spec) -> list:
-    """The "ours" naming as weight entries: one per canonical tensor, in checkpoint order."""
+def quant_tensors(quantization: dict | None, shapes: dict) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+    """The extra tensors of a quantized port ("quantization" record of the manifest), per weight.
+
+    weight name (`layers.0.attn.q.weight`, stored int8 [out, in]) → [(name, shape)] of what
+    follows it in the checkpoint: `<prefix>.weight_scale` float32 [out] (or [out, in/G] for
+    W8A16 groups of G); W8A8 also `<prefix>.input_scale` float32 [1] and, where 1/s is not folded
+    into the preceding norm, `<prefix>.smooth_scale` float32 [in].
+    """
+    if not quantization:
+        return {}
+    group = quantization.get("group_size")
+    smooth = set(quantization.get("smooth_scale") or ())
+    out = {}
+    for w in quantization.get("quantized") or ():
+        if w not in shapes:
+            raise CheckpointError(f"{MANIFEST_NAME}: quantized tensor '{w}' is not a weight of this model",
+                                  "re-run the port")
+        o, i = shapes[w]
+        prefix = w[:-len(".weight")]
+        extra = [(prefix + ".weight_scale", (o, i // group) if group else (o,))]
+        if quantization.get("mode") == "w8a8":
+            extra.append((prefix + ".input_scale", (1,)))
+            if w in smooth:
+                extra.append((prefix + ".smooth_scale", (i,)))
+        out[w] = extra
+    return out
+
+
+def ours_entries(adapter, spec, quantization: dict | None = None) -> list:
+    """The "ours" naming as weight entries: one per canonical tensor, in checkpoint order (a
+    quantized port: each int8 weight followed by its scale tensors, `quant_tensors`)."""
     from ascend_adapt.model_zoo.base import WeightEntry
 
-    return [WeightEntry((c,), c, None, e.optional) for e in adapter.entries(spec, "hf") for c in e.canonical]
+    extras = quant_tensors(quantization, spec.canonical_shapes())
+    out = []
+    for e in adapter.entries(spec, "hf"):
+        for c in e.canonical:
+            out.append(WeightEntry((c,), c, None, e.optional))
+            out.extend(WeightEntry((n,), n, None, False) for n, _ in extras.get(c, ()))
+    return out
 
 
-def layout_entries(adapter, spec, layout: str) -> list:
+def layout_entries(adapter, spec, layout: str, quantization: dict | None = None) -> list:
     """Weight entries of a layout: "ours", or one of the adapter's tables ("hf", "meta", "mindformers")."""
-    return ours_entries(adapter, spec) if layout == "ours" else adapter.entries(spec, layout)
+    return ours_entries(adapter, spec, quantization) if layout == "ours" else adapter.entries(spec, layout)
 
 
-def expected_shapes(adapter, spec, layout: str) -> dict[str, tuple[int, ...]]:
+def expected_shapes(adapter, spec, layout: str, quantization: dict | None = None) -> dict[str, tuple[int, ...]]:
     if layout == "ours":
-        return spec.canonical_shapes()
+        shapes = dict(spec.canonical_shapes())
+        for extra in quant_tensors(quantization, shapes).values():
+            shapes.update(extra)
+        return shapes
     return adapter.source_shapes(spec, layout)
 
 
@@ -94,8 +132,13 @@ class Weights:
     layout: str
     manifest: dict | None = None
 
+    @property
+    def quantization(self) -> dict | None:
+        """The manifest's "quantization" record of a `port --quantize` output (else None)."""
+        return (self.manifest or {}).get("quantization") or None
+
     def entries(self) -> list:
-        return layout_entries(self.adapter, self.spec, self.layout)
+        return layout_entries(self.adapter, self.spec, self.layout, self.quantization)
 
     def preflight(self, strict: bool = True) -> dict[str, str]:
         """Check every tensor's presence and shape against the spec without reading data.
@@ -108,9 +151,9 @@ class Weights:
                 the checkpoint holds tensors this architecture does not have.
             ShapeMismatchError: a tensor's shape does not match the config (name, expected, actual).
         """
-        present = self.adapter.check_tensors(self.path, self.reader.infos(), self.spec, self.entries(),
-                                             expected_shapes(self.adapter, self.spec, self.layout), strict,
-                                             self.layout)
+        shapes = expected_shapes(self.adapter, self.spec, self.layout, self.quantization)
+        present = self.adapter.check_tensors(self.path, self.reader.infos(), self.spec, self.entries(), shapes,
+                                             strict, self.layout)
         return {c: info.dtype for e, info in present for c in e.canonical}
 
     def iter_canonical(self, verify: bool = True) -> Iterator[tuple[str, np.ndarray]]:

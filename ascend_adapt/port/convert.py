@@ -6,6 +6,11 @@ up front, written tensor by tensor by `SafetensorsWriter`), named "ours" (canoni
 our MindSpore cells load) or "mindformers" (MindFormers' names, reference §4.1 / §4.2), plus
 config.json, tokenizer files and `ascend_adapt_port.json`.
 
+With `quantize="w8a16"|"w8a8"` ("ours" naming) the Linears that `export --quantize` quantizes are
+written int8 [out, in] with `<prefix>.weight_scale` (W8A8 also `.input_scale` and, where 1/s does
+not fold into the norm, `.smooth_scale`), by the same `ascend_adapt.quant.weights` functions and
+W8A8 plan as the export (`QuantizedPort`); the manifest records it under "quantization".
+
 `port_to_hf` goes back: the port output → HF names and layout in (sharded) safetensors. With the
 source dtype kept (no `dtype=`), HF → MindSpore → HF is bit-exact for every parameter tensor
 (buffers the adapters ignore, e.g. ChatGLM-6B's recomputed rotary `inv_freq`, are dropped).
@@ -272,9 +277,141 @@ def _stream_into(sink, weights: Weights, entries: list, dtype: str | None, progr
     return record
 
 
+class QuantizedPort:
+    """What `port --quantize` writes: the decision per tensor and the manifest record.
+
+    Attributes:
+        mode: "w8a16" / "w8a8".
+        quantizer: the export path's `LinearQuantizer` (`om_convert/builder/quantize.py`): which
+            Linears are int8 (`quantizes`), the same decision `export --quantize` makes.
+        plan: the `W8A8Plan` (w8a8) or None.
+        group_size: w8a16 group size or None.
+        folds: norm tensor → smoothing vector it is divided by (w8a8, pre-norm families).
+        smooth: quantized weights whose 1/s is stored (`<prefix>.smooth_scale`), not folded.
+        specs: (name, shape, dtype) of every tensor written, in order.
+        out_dtypes: name → dtype of the float tensors.
+    """
+
+    def __init__(self, mode, quantizer, plan, group_size, specs_float: list):
+        from .artifact import quant_tensors
+
+        self.mode, self.quantizer, self.plan, self.group_size = mode, quantizer, plan, group_size
+        self.folds = plan.folds() if plan is not None else {}
+        self.smooth = []
+        if plan is not None:
+            for name, _, _ in specs_float:
+                lp = plan.get(name) if quantizer.quantizes(name) else None
+                if lp is not None and (lp.fold is None or lp.fold not in self.folds):
+                    self.smooth.append(name)
+        self.quantized = [n for n, _, _ in specs_float if quantizer.quantizes(n)]
+        self._int8 = set(self.quantized)
+        self.out_dtypes = {n: d for n, _, d in specs_float}
+        extras = quant_tensors({"mode": mode, "group_size": group_size, "quantized": self.quantized,
+                                "smooth_scale": self.smooth}, {n: s for n, s, _ in specs_float})
+        self.specs = []
+        for n, shape, d in specs_float:
+            if n in extras:
+                self.specs.append((n, shape, "int8"))
+                self.specs.extend((e, es, "float32") for e, es in extras[n])
+            else:
+                self.specs.append((n, shape, d))
+        self.scale_bytes = 0
+
+    def tensors(self, name: str, arr: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+        """The tensor(s) written for canonical tensor `name`."""
+        from ascend_adapt.quant.weights import quantize_groupwise, quantize_per_channel
+
+        fold = self.folds.get(name)
+        if fold is None and name.endswith(".bias"):
+            fold = self.folds.get(name[:-len(".bias")] + ".weight")
+        if fold is not None:  # 1/s of the Linears reading this norm, folded in (as the export does)
+            yield name, _cast(np.asarray(arr, np.float32) / fold, self.out_dtypes[name])
+            return
+        if name not in self._int8:
+            yield name, _cast(arr, self.out_dtypes[name])
+            return
+        prefix = name[:-len(".weight")]
+        if self.mode == "w8a16" and self.group_size:
+            q, scale = quantize_groupwise(arr, self.group_size)
+        else:  # w8a8: W·diag(s) taken in float32 inside the quantizer
+            lp = self.plan.get(name) if self.mode == "w8a8" else None
+            q, scale = quantize_per_channel(arr, lp.smooth if lp is not None else None)
+        yield name, q
+        extra = [(prefix + ".weight_scale", np.ascontiguousarray(scale, np.float32))]
+        if self.mode == "w8a8":
+            lp = self.plan.get(name)
+            extra.append((prefix + ".input_scale", np.asarray([lp.act_scale], np.float32)))
+            if name in self.smooth:  # what the cell multiplies x by: 1/s, as the export's Mul constant
+                extra.append((prefix + ".smooth_scale", (1.0 / lp.smooth.astype(np.float64)).astype(np.float32)))
+        for n, a in extra:
+            self.scale_bytes += a.nbytes  # the scale tensors in the file
+            yield n, a
+
+    def record(self) -> dict:
+        """The manifest's "quantization" entry (export.json's, plus the MindSpore tensor layout)."""
+        lq = self.quantizer
+        lq.quantized = list(self.quantized)
+        lq.scale_bytes = int(self.scale_bytes)
+        rec = lq.manifest()
+        rec["ops"] = (["anti_quant (Cast, Mul)", "MatMul"] if self.mode == "w8a16"
+                      else ["quant (AscendQuant arithmetic)", "int8_matmul (int32)", "dequant"])
+        rec["smooth_scale"] = list(self.smooth)
+        rec["tensors"] = ("<prefix>.weight int8 [out, in]; <prefix>.weight_scale float32 "
+                          + ("[out, in/group_size]" if self.group_size else "[out]")
+                          + ("; <prefix>.input_scale float32 [1] (static activation scale); <prefix>.smooth_scale "
+                             "float32 [in] (1/s, where not folded into the norm)" if self.mode == "w8a8" else ""))
+        return rec
+
+
+def quantized_plan(weights: Weights, present: dict, specs: list, quantize, *, group_size=None, calib=None,
+                   smooth_alpha=None, keep_fp16=None, w8a8_plan=None, note=None) -> QuantizedPort:
+    """Validate the quantization options against the model (group size dividing every Linear's
+    input) and plan W8A8 (calibration with the fp32 golden) — all before anything is written."""
+    from ascend_adapt.om_convert.builder.quantize import LinearQuantizer, prepare
+
+    if weights.layout == "meta":
+        raise UnsupportedError(f"{weights.path}: --quantize needs a Hugging Face checkpoint (config.json)",
+                               "convert the Meta checkpoint with transformers' convert_llama_weights_to_hf first")
+    if group_size is not None:  # before a calibration run
+        LinearQuantizer(quantize, weights.spec, np.float32, group_size=group_size)
+    if w8a8_plan is not None:
+        if str(quantize).lower() != "w8a8" or any(o is not None for o in (calib, smooth_alpha, keep_fp16)):
+            raise ConfigError("a W8A8 plan goes with quantize='w8a8' and no calib / smooth_alpha / keep_fp16",
+                              "pass either the plan or the calibration options")
+        q = {"quantize": "w8a8", "group_size": None, "w8a8_plan": w8a8_plan}
+    else:
+        q = prepare(weights.path, quantize, group_size=group_size, calib=calib, smooth_alpha=smooth_alpha,
+                    keep_fp16=keep_fp16, note=note)
+    lq = LinearQuantizer(q["quantize"], weights.spec, np.float32, group_size=q["group_size"], plan=q["w8a8_plan"])
+    return QuantizedPort(q["quantize"], lq, q["w8a8_plan"], q["group_size"], specs)
+
+
+def _stream_quantized(sink, weights: Weights, quant: QuantizedPort, progress: _Progress) -> dict:
+    """Write a quantized port, one canonical tensor in memory (+ its int8 copy); returns the record."""
+    record = {}
+    try:
+        for name, arr in read_ahead(weights.iter_canonical()):
+            for out_name, out_arr in quant.tensors(name, arr):
+                sink.write(out_name, out_arr)
+                record[out_name] = {"shape": list(out_arr.shape), "dtype": str(out_arr.dtype),
+                                    "crc32": tensor_crc32(out_arr)}
+                progress.update(out_name, out_arr.nbytes)
+                del out_arr
+            del arr
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        progress.close()
+    return record
+
+
 def port_to_mindspore(src, out, *, naming: str = "ours", fmt: str = "ckpt", dtype: str | None = None,
                       force: bool = False, progress: bool = True, max_shard_bytes: int | None = None,
-                      after: Callable[[Path], None] | None = None) -> Path:
+                      after: Callable[[Path], None] | None = None, quantize: str | None = None,
+                      group_size: int | None = None, calib=None, smooth_alpha: float | None = None,
+                      keep_fp16=None, w8a8_plan=None, note: Callable[[str], None] | None = None) -> Path:
     """Convert an HF (or Meta) checkpoint directory into a MindSpore checkpoint directory.
 
     Args:
@@ -290,10 +427,32 @@ def port_to_mindspore(src, out, *, naming: str = "ours", fmt: str = "ckpt", dtyp
         after: called with the (temporary) output directory once the weights and the manifest
             are written, before the rename (the CLI exports MindIR there), so its failure also
             leaves no output.
+        quantize: None, "w8a16" or "w8a8": int8 Linear weights (`quantized_plan`), the Linears and
+            the arithmetic of `export --quantize` (`ascend_adapt.quant.weights`, the W8A8 plan of
+            `ascend_adapt.quant.smoothquant.plan_w8a8`).
+        group_size: w8a16: one scale per `group_size` input channels (None = per output channel).
+        calib, smooth_alpha, keep_fp16: w8a8: calibration set ("builtin" or a file), SmoothQuant α,
+            keep-fp16 rule (as `export` / `convert`).
+        w8a8_plan: a `W8A8Plan` of this checkpoint to use instead of calibrating (as
+            `build_llm_onnx(w8a8_plan=…)`); not with `calib` / `smooth_alpha` / `keep_fp16`.
+        note: callable for progress messages (the W8A8 calibration).
 
     Returns:
         The output directory.
     """
+    quant_opts = (quantize, group_size, calib, smooth_alpha, keep_fp16, w8a8_plan)
+    if any(o is not None for o in quant_opts):
+        from ascend_adapt.om_convert.builder.quantize import check_quantize_options
+
+        mode = check_quantize_options(quantize, group_size, calib)  # mode-specific options, before any I/O
+        if mode != "w8a8" and (smooth_alpha is not None or keep_fp16 is not None):
+            raise ConfigError("--smooth-alpha / --keep-fp16 apply to --quantize w8a8",
+                              "add --quantize w8a8, or drop them")
+        if naming != "ours":
+            raise UnsupportedError(f"--quantize writes our canonical names only, not --naming {naming}",
+                                   "use --naming ours (what `generate --backend mindspore` loads); MindFormers' "
+                                   "quantized checkpoints name the quant cells of MindSpore Golden Stick, which we "
+                                   "do not write")
     if naming not in NAMINGS:
         raise ConfigError(f"unknown naming '{naming}'", f"use one of: {', '.join(NAMINGS)}")
     if fmt not in FORMATS:
@@ -312,13 +471,21 @@ def port_to_mindspore(src, out, *, naming: str = "ours", fmt: str = "ckpt", dtyp
                                f"use --naming ours; tables: {', '.join(weights.adapter.weight_tables)}")
     present = weights.preflight()
     entries, specs = plan_targets(weights, present, naming, dtype)
+    quant = None
+    if any(o is not None for o in quant_opts):
+        quant = quantized_plan(weights, present, specs, quantize, group_size=group_size, calib=calib,
+                               smooth_alpha=smooth_alpha, keep_fp16=keep_fp16, w8a8_plan=w8a8_plan, note=note)
+        specs = quant.specs
     with atomic_output(out, force=force, is_dir=True, inputs=[src]) as tmp:
         if fmt == "ckpt":
             sink = _CkptSink(tmp / "model.ckpt", specs)
         else:
             sink = _SafetensorsSink(tmp, specs, max_shard_bytes, {"format": "ms"})
-        bar = _Progress(_nbytes(specs), f"port → mindspore ({fmt})", progress)
-        tensors = _stream_into(sink, weights, entries, dtype, bar)
+        bar = _Progress(_nbytes(specs), f"port → mindspore ({fmt}{', ' + quant.mode if quant else ''})", progress)
+        if quant is None:
+            tensors = _stream_into(sink, weights, entries, dtype, bar)
+        else:
+            tensors = _stream_quantized(sink, weights, quant, bar)
         copied = []
         for f in side_files(weights.path):
             shutil.copy2(f, tmp / f.name)
@@ -339,6 +506,8 @@ def port_to_mindspore(src, out, *, naming: str = "ours", fmt: str = "ckpt", dtyp
             "copied_files": copied,
             "tensors": tensors,
         }
+        if quant is not None:
+            manifest["quantization"] = quant.record()
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
         if after is not None:
             after(tmp)
@@ -366,6 +535,11 @@ def port_to_hf(src, out, *, force: bool = False, progress: bool = True, verify: 
     if m is None:
         raise ConfigError(f"{src} is not a MindSpore port output (no {MANIFEST_NAME})",
                           "pass a directory written by `ascend-adapt port <hf-dir> --to mindspore`")
+    if m.get("quantization"):
+        raise UnsupportedError(f"{src}: the port holds int8 weights (--quantize {m['quantization'].get('mode')}); "
+                               "a Hugging Face checkpoint from it would not be the model's weights",
+                               "port the original Hugging Face checkpoint instead (without --quantize) if you need "
+                               "HF weights")
     if m.get("config_file") != "config.json" or not (weights.path / "config.json").is_file():
         raise UnsupportedError(f"{src}: has no config.json (the port was made from Meta's consolidated layout)",
                                "convert the Meta checkpoint to HF with transformers' convert_llama_weights_to_hf "
@@ -396,4 +570,5 @@ def convert(src, out, *, to: str, **options) -> Path:
     raise ConfigError(f"unknown target '{to}'", "use --to mindspore or --to hf")
 
 
-__all__ = ["port_to_mindspore", "port_to_hf", "convert", "regroup", "side_files", "normalize_dtype"]
+__all__ = ["port_to_mindspore", "port_to_hf", "convert", "regroup", "side_files", "normalize_dtype",
+           "quantized_plan", "QuantizedPort"]

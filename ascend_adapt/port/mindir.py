@@ -18,7 +18,9 @@ backend pads to a bucket) and 1 for decode.mindir; M = `max_len` cache slots.
 
 `MindIRSession` runs the two graphs through `nn.GraphCell(ms.load(...))` with the shared host
 bookkeeping (`StaticCacheSession`), so it can be compared token for token with the eager cell.
-Both files embed the weights (each MindIR is self-contained).
+Both files embed the weights (each MindIR is self-contained); from a `port --quantize` output
+they embed the int8 weights and the quant cells' ops (`model_zoo/ms_layers.py` QuantLinear), and
+`mindir.json` records the mode.
 """
 
 from __future__ import annotations
@@ -59,10 +61,19 @@ def _export_cell_class():
 def _dummy_inputs(spec, batch: int, seq: int, max_len: int, np_dtype):
     from mindspore import Tensor
 
-    pos_shape = (batch, 2, seq) if spec.rotary == "glm2d" else (batch, seq)
+    pos_shape = tuple(spec.position_scheme.shape(batch, seq))
     cache = np.zeros((spec.num_layers, max_len, batch, spec.num_kv_heads, spec.head_dim), np_dtype)
     return (Tensor(np.zeros((batch, seq), np.int32)), Tensor(np.zeros(pos_shape, np.int32)),
             Tensor(np.ones((batch, seq, max_len + seq), bool)), Tensor(cache), Tensor(cache))
+
+
+def _quant_mode(backend) -> str | None:
+    """The mode ("w8a16" / "w8a8") when the backend's weights are a `port --quantize` output, else None."""
+    from .artifact import read_manifest
+
+    path = getattr(backend, "path", None)
+    m = read_manifest(path) if path is not None and path.is_dir() else None
+    return ((m or {}).get("quantization") or {}).get("mode")
 
 
 def export_mindir(model_dir, out, *, seq_len: int, max_len: int | None = None, batch: int = 1,
@@ -83,7 +94,7 @@ def export_mindir(model_dir, out, *, seq_len: int, max_len: int | None = None, b
     """
     import mindspore as ms
 
-    from ascend_adapt.model_zoo.ms_backend import MindSporeBackend
+    from ascend_adapt.backends.mindspore.session import MindSporeBackend
 
     max_len = max_len or 2 * seq_len
     if seq_len < 1 or max_len < seq_len + 1:
@@ -102,6 +113,8 @@ def export_mindir(model_dir, out, *, seq_len: int, max_len: int | None = None, b
         (tmp / MINDIR_MANIFEST).write_text(json.dumps({
             "spec": spec.to_dict(), "batch": batch, "seq_len": seq_len, "max_len": max_len,
             "compute_dtype": backend.dtype,
+            # a `port --quantize` output: the graphs embed the int8 weights and their quant ops
+            "quantization": _quant_mode(backend),
             "inputs": ["input_ids", "positions", "mask", "k_cache", "v_cache"],
             "outputs": ["logits", "k_new", "v_new"],
             "cache_shape": [spec.num_layers, max_len, batch, spec.num_kv_heads, spec.head_dim],
@@ -137,7 +150,7 @@ class MindIRSession(StaticCacheSession):
     def step(self, inputs: StepInputs) -> np.ndarray:
         from mindspore import Tensor
 
-        from ascend_adapt.model_zoo.ms_backend import pad_step, step_mask
+        from ascend_adapt.backends.mindspore.session import pad_step, step_mask
 
         S = inputs.seq_len
         if S > 1:
