@@ -152,7 +152,7 @@ def write_split_omsim(export_dir, out, target, atc_options: Mapping[str, Any]) -
     """OUT/model.omsim for a split export: one `.omsim` per chip (`write_omsim`, its acceptance
     and memory check per chip: a chip whose stage does not fit is refused by name) and
     pipeline.json. Returns pipeline.json's content."""
-    from ascend_adapt.om_convert.artifact import write_omsim
+    from ascend_adapt.backends.sim.artifact import write_omsim
     from ascend_adapt.om_convert.builder.llm import load_manifest
     from ascend_adapt.sim.acceptance import SimulatorRejection
 

@@ -84,7 +84,7 @@ def tiny_dir(tmp_path_factory):
 def tiny_backend(tiny_dir):
     """tiny_backend(arch, dtype="float32", untied=False) -> a cached torch backend on the unit-head
     tiny model."""
-    from ascend_adapt.runtime.torch_backend import TorchBackend
+    from ascend_adapt.backends.torch.session import TorchBackend
 
     cache: dict[tuple, object] = {}
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from ascend_adapt.errors import ConfigError, MissingDependencyError
-from ascend_adapt.runtime.acl_backend import (AclRunner, AclRuntimeError, AisBenchRunner,
+from ascend_adapt.backends.acl.runner import (AclRunner, AclRuntimeError, AisBenchRunner,
                                               acl_dtype_to_numpy, from_device_bytes, gear_dims, numpy_to_acl_dtype,
                                               select_gear, to_device_bytes)
-from ascend_adapt.runtime.acl_runtime import AclRuntime
+from ascend_adapt.backends.acl.runtime import AclRuntime
 from ascend_adapt.runtime.runners import RunnerError
 from ascend_adapt.testing.fake_acl import FakeAcl
 
@@ -33,7 +33,7 @@ def static_omsim(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from ascend_adapt.om_convert.artifact import write_omsim
+    from ascend_adapt.backends.sim.artifact import write_omsim
 
     two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
     one = helper.make_tensor("one", TensorProto.INT64, [], [1])
@@ -122,7 +122,7 @@ def test_errors_keep_their_code_tear_down_and_missing_pyacl(tmp_path, monkeypatc
 
 
 def test_simulator_stub_is_not_an_om(tmp_path):
-    from ascend_adapt.om_convert.artifact import pack_imod_header
+    from ascend_adapt.backends.sim.artifact import pack_imod_header
 
     p = tmp_path / "stub.om"
     p.write_bytes(pack_imod_header(0))
@@ -161,7 +161,7 @@ def test_ais_bench_runner_marshals_by_name(tmp_path):
 def llm_omsim(tiny_dir, tmp_path, **build):
     """An LLM export with its simulator artifact (the fake's stand-in OMs) inside: what the "acl"
     backend finds in a convert output without ATC."""
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
 
     exp = tmp_path / "exp"
@@ -174,7 +174,7 @@ def test_acl_backend_runs_an_export_through_the_host_path(tiny_dir, tmp_path):
     """The "acl" LM backend on the strict fake, which executes the export's ONNX graphs: greedy
     tokens equal the onnxruntime backend's (so marshalling, KV cache and reshaping are right)."""
     pytest.importorskip("onnxruntime")
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
     exp = llm_omsim(tiny_dir, tmp_path, seq_len=6, max_len=14)
@@ -193,7 +193,7 @@ def test_acl_backend_runs_an_export_through_the_host_path(tiny_dir, tmp_path):
 def test_acl_backend_runs_a_step_graph_with_gears(tiny_dir, tmp_path):
     """A gear build: one step OM (decode = gear 1) selected per step by the host, on the strict fake."""
     pytest.importorskip("onnxruntime")
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
     exp = llm_omsim(tiny_dir, tmp_path, max_len=20, gears=[4, 8])

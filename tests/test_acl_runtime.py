@@ -1,4 +1,4 @@
-"""One ACL runtime per process (acl_runtime.AclRuntime) and the strict fake pyACL
+"""One ACL runtime per process (ascend_adapt.backends.acl.runtime.AclRuntime) and the strict fake pyACL
 (ascend_adapt.testing.fake_acl): life cycle, memory bounds, memcpy kinds, counters; the old
 per-runner acl.init failing under the fake; tiny Llama-2 / ChatGLM-6B converted in both layouts
 generating the golden's greedy tokens through `generate --backend acl` in one process."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ascend_adapt.runtime.acl_backend import AclRunner
-from ascend_adapt.runtime.acl_runtime import (ACL_ERROR_INVALID_PARAM, ACL_ERROR_REPEAT_FINALIZE,
+from ascend_adapt.backends.acl.runner import AclRunner
+from ascend_adapt.backends.acl.runtime import (ACL_ERROR_INVALID_PARAM, ACL_ERROR_REPEAT_FINALIZE,
                                               ACL_ERROR_REPEAT_INITIALIZE, ACL_ERROR_RT_CONTEXT_NULL,
                                               ACL_ERROR_RT_INVALID_DEVICEID, ACL_ERROR_UNINITIALIZE, AclRuntime,
                                               AclRuntimeError, acl_module, check)
@@ -97,7 +97,7 @@ def test_acl_module_follows_the_environment(monkeypatch):
 
 # ----------------------------------------------------------------------------------- the runtime
 def two_graph_export(tiny_dir, tmp_path):
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
 
     exp = tmp_path / "exp"
@@ -170,7 +170,7 @@ def test_two_threads_use_the_context_of_their_device(tiny_dir, tmp_path):
 
 
 class OldAclRunner(AclRunner):
-    """The runtime before issue 13 (ascend_adapt/runtime/acl_backend.py at 48fb07b): every runner
+    """The runtime before issue 13 (ascend_adapt/backends/acl/session.py at 48fb07b): every runner
     called acl.init / set_device / create_context itself, and acl.finalize when it closed."""
 
     def _open(self, acl):
@@ -230,7 +230,7 @@ def converted(tmp_path_factory, tiny_dir):
     and ChatGLM-6B in the two-graph layout and the gear (step) layout, with the torch golden's
     greedy tokens."""
     from ascend_adapt.om_convert.convert import convert
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
     pytest.importorskip("onnxruntime")
@@ -262,7 +262,7 @@ def test_generate_backend_acl_gives_the_golden_tokens_in_one_process(converted, 
 
     from ascend_adapt.cli.cmd_generate import generate_cmd
     from ascend_adapt.om_convert.convert import resolve_artifact
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
     from ascend_adapt.testing.fake_acl import acl as process_fake
 
@@ -284,7 +284,7 @@ def test_generate_backend_acl_gives_the_golden_tokens_in_one_process(converted, 
 def test_two_models_loaded_at_once_in_one_process(converted):
     """Llama-2 (two OMs) and ChatGLM-6B (one gear OM) open together on one device: one init, one
     context, both generate their golden tokens, closing one leaves the other running."""
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
     fake = FakeAcl()
@@ -325,7 +325,7 @@ def test_kv_cache_on_the_card(converted, case):
     """kv_cache="device": the golden's greedy tokens, and per decode step only ids, positions and the
     mask go up and only the logits come down; the new K/V move on the card (strided D2D copy)."""
     from ascend_adapt.spec import ModelSpec
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
     d, prompt, golden = converted[case]

@@ -214,7 +214,7 @@ def exercise_tiny_model(name: str, out_dir) -> None:
     """Build `name`'s tiny checkpoint and run it through the torch backend (full + cached)."""
     from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
     from ascend_adapt.runtime.generate import greedy_tokens
-    from ascend_adapt.runtime.torch_backend import TorchBackend
+    from ascend_adapt.backends.torch.session import TorchBackend
 
     adapter = ADAPTERS.get(name)
     spec = adapter.spec_from_config(adapter.tiny_config())
@@ -265,7 +265,7 @@ def test_a_new_family_gets_a_tiny_checkpoint_and_a_clear_error_without_a_referen
     from ascend_adapt.model_zoo import base
     from ascend_adapt.model_zoo.llama.adapter import LlamaAdapter
     from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     class ToyAdapter(LlamaAdapter):
         name = "toyllama"

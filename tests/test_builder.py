@@ -236,7 +236,7 @@ def test_fp16_export_halves_the_weights_and_keeps_the_cache_in_fp16(export):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fp16_export_runs_and_tracks_the_golden(export, tiny_backend, arch):
     pytest.importorskip("onnxruntime")
-    from ascend_adapt.runtime.ort_backend import OrtLMBackend
+    from ascend_adapt.backends.onnxruntime.session import OrtLMBackend
 
     golden = tiny_backend(arch)
     ids, mask = left_pad(tiny_prompts(golden.spec), golden.spec.pad_token_id or 0)

@@ -303,7 +303,7 @@ def _check_backend(golden, other, ids, mask, extra_rel=0.0):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_onnxruntime_and_simulator_match_the_golden(routes, arch):
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     golden, ids, mask, export = routes(arch)
     _check_backend(golden, get_backend("onnxruntime", export), ids, mask)
@@ -312,7 +312,7 @@ def test_onnxruntime_and_simulator_match_the_golden(routes, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_simulator_force_fp16_tracks_every_layer(routes, arch):
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     golden, ids, mask, export = routes(arch)
     sim = get_backend("sim", export, precision_mode="force_fp16")
@@ -334,7 +334,7 @@ def test_simulator_force_fp16_tracks_every_layer(routes, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mindspore_matches_the_golden(routes, arch, tiny_dir):
     pytest.importorskip("mindspore")
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     golden, ids, mask, _ = routes(arch)
     # MindSpore's CPU softmax and sigmoid (SiLU) are not correctly rounded (tests/tolerances.py)
@@ -378,7 +378,7 @@ def test_port_round_trip_is_bit_exact_and_mindformers_names(tiny_dir, tmp_path):
 def test_mindir_export_decodes_as_the_eager_cell(tiny_dir, tmp_path):
     pytest.importorskip("mindspore")
     from ascend_adapt.port.mindir import MindIRSession, export_mindir
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     eager = get_backend("mindspore", tiny_dir("chatglm2", unit_head=True), mode="pynative")
     out = export_mindir(None, tmp_path / "mindir", seq_len=12, max_len=32, backend=eager)

@@ -106,7 +106,7 @@ def test_fp16_overflow_proposes_keep_dtype_and_recheck_passes(tiny, tmp_path):
 
 
 def test_lm_level_against_an_omsim(tiny, tmp_path):
-    from ascend_adapt.om_convert.artifact import write_omsim
+    from ascend_adapt.backends.sim.artifact import write_omsim
     from ascend_adapt.sim import SimSettings
 
     exp = tiny / "big_export"

@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 from conftest import unit_head_weights  # noqa: E402
 
 from ascend_adapt.errors import ConfigError  # noqa: E402
-from ascend_adapt.runtime.backends import get_backend  # noqa: E402
+from ascend_adapt.backends import get_backend  # noqa: E402
 from ascend_adapt.runtime.generate import (GenerationConfig, NonFiniteLogitsError, generate,  # noqa: E402
                                            greedy_tokens)
 from ascend_adapt.testing.fake_acl import FakeAcl  # noqa: E402

@@ -109,7 +109,7 @@ def test_architecture_example_runs_through_golden_export_and_simulator(arch_exam
     from ascend_adapt.model_zoo.tiny import random_canonical_weights
     from ascend_adapt.om_convert.convert import convert
     from ascend_adapt.runtime.generate import greedy_tokens
-    from ascend_adapt.runtime.torch_backend import TorchBackend
+    from ascend_adapt.backends.torch.session import TorchBackend
 
     # what model_zoo/my_llama/torch_model.py would contain (the page shows the one-line file)
     sys.modules["ascend_adapt.model_zoo.my_llama.torch_model"] = llama_reference

@@ -32,7 +32,7 @@ PROMPT = [1, 371, 260, 382, 293]  # "hello world"-like ids of the tiny Llama (BO
 @pytest.fixture(scope="module")
 def llama(tiny_dir, tmp_path_factory):
     """(checkpoint, export dir, must_keep .omsim dir) of the unit-head tiny Llama; S=8, M=48."""
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
 
     src = tiny_dir("llama", unit_head=True)
@@ -121,8 +121,8 @@ def test_keyboard_interrupt_between_steps_keeps_the_tokens_so_far(tiny_backend):
 
 SIGINT_SCRIPT = r'''
 import os, signal, sys
-from ascend_adapt.runtime.backends import BACKENDS
-from ascend_adapt.runtime.torch_backend import TorchBackend
+from ascend_adapt.backends import BACKENDS
+from ascend_adapt.backends.torch.session import TorchBackend
 
 
 class SigintAtThirdDecode:
@@ -159,7 +159,7 @@ def test_sigint_prints_what_was_generated_and_exits_130(llama, tmp_path, stream)
     src = _where(llama, "torch")
     script = tmp_path / "sigint.py"
     script.write_text(SIGINT_SCRIPT)
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     full = generate(get_backend("torch", src), None, [PROMPT],
                     GenerationConfig(max_new_tokens=200, stop_token_ids=()))[0].token_ids
@@ -240,7 +240,7 @@ def test_prompt_ids_need_no_tokenizer_with_output_ids(llama, tmp_path, capsys):
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime", "sim", "acl", "mindspore"])
 def test_output_ids_equal_the_python_api_tokens(llama, capsys, monkeypatch, backend):
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     monkeypatch.setenv("ASCEND_ADAPT_ACL", "fake")
 
@@ -254,7 +254,7 @@ def test_output_ids_equal_the_python_api_tokens(llama, capsys, monkeypatch, back
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime", "sim", "acl", "mindspore"])
 def test_dump_logits_is_the_prompt_logits_written_atomically(llama, tmp_path, capsys, monkeypatch, backend):
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     monkeypatch.setenv("ASCEND_ADAPT_ACL", "fake")  # acl: the strict fake pyACL runs the artifact's graph
     where = _where(llama, backend)
@@ -281,7 +281,7 @@ def test_dump_logits_is_the_prompt_logits_written_atomically(llama, tmp_path, ca
 
 
 def test_dump_logits_torch_and_sim_must_keep_agree(llama, tmp_path, capsys):
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     files = {}
     for backend in ("torch", "sim"):

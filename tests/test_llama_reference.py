@@ -12,7 +12,7 @@ from conftest import forced_decode_logits, full_recompute_logits, left_pad, tiny
 from tolerances import BUG_SIZE, fp16_rel, fp32_atol  # noqa: E402
 
 from ascend_adapt.runtime.generate import greedy_tokens  # noqa: E402
-from ascend_adapt.runtime.torch_backend import TorchBackend  # noqa: E402
+from ascend_adapt.backends.torch.session import TorchBackend  # noqa: E402
 
 
 def _hf_logits(model_dir, ids, mask=None, dtype=torch.float32, position_ids=None):

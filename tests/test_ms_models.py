@@ -26,7 +26,7 @@ pytest.importorskip("torch")
 from conftest import forced_decode_logits, full_recompute_logits, left_pad, tiny_prompts  # noqa: E402
 from tolerances import MS_SIGMOID_REL, MS_SOFTMAX_REL, cosine_floor, fp16_rel, fp32_atol  # noqa: E402
 
-from ascend_adapt.runtime.backends import get_backend  # noqa: E402
+from ascend_adapt.backends import get_backend  # noqa: E402
 from ascend_adapt.runtime.generate import generate, greedy_tokens  # noqa: E402
 
 ARCHS = ("llama", "chatglm")
@@ -225,7 +225,7 @@ def test_port_outputs_load_into_the_backend(tmp_path, tiny_dir, ms_backend):
 def test_registering_the_backend_imports_no_mindspore():
     probe = textwrap.dedent("""
         import json, sys
-        from ascend_adapt.runtime.backends import BACKENDS
+        from ascend_adapt.backends import BACKENDS
         names = BACKENDS.names()
         print(json.dumps({"registered": "mindspore" in names, "imported": "mindspore" in sys.modules}))
     """)

@@ -41,7 +41,7 @@ def test_tiny_llama_trace_contains_the_ops_of_its_own_modules(tiny_dir):
     """The expected ops are derived from the model: each kind of leaf module (Embedding, Linear,
     the norm, the activation), run alone under the recorder, must reappear in the model's trace, and
     the eager attention's softmax and batched matmul too."""
-    from ascend_adapt.runtime.torch_backend import TorchBackend
+    from ascend_adapt.backends.torch.session import TorchBackend
 
     d = tiny_dir("llama")
     trace = record_model_ops(d, "float32", prompt_len=5, new_tokens=2)

@@ -18,7 +18,7 @@ from tolerances import fp32_atol  # noqa: E402
 
 from ascend_adapt.errors import ConfigError  # noqa: E402
 from ascend_adapt.om_convert.builder import build_llm_onnx  # noqa: E402
-from ascend_adapt.runtime.backends import BACKENDS, get_backend  # noqa: E402
+from ascend_adapt.backends import BACKENDS, get_backend  # noqa: E402
 from ascend_adapt.runtime.generate import GenerationConfig, generate, greedy_tokens  # noqa: E402
 from ascend_adapt.runtime.graph_session import GraphLMSession  # noqa: E402
 from ascend_adapt.runtime.session import LMBackend, LMSession  # noqa: E402
@@ -67,7 +67,7 @@ def prompts(spec):
 
 def test_registered_and_import_is_light():
     assert "onnxruntime" in BACKENDS
-    code = ("import sys, ascend_adapt.runtime.ort_backend as m; "
+    code = ("import sys, ascend_adapt.backends.onnxruntime.session as m; "
             "print(sorted({'onnxruntime', 'onnx', 'torch'} & {k.split('.')[0] for k in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -15,8 +15,8 @@ pytest.importorskip("onnxruntime")
 from conftest import forced_decode_logits, left_pad, tiny_prompts  # noqa: E402
 
 from ascend_adapt.om_convert.builder import build_llm_onnx  # noqa: E402
-from ascend_adapt.runtime.backends import get_backend  # noqa: E402
-from ascend_adapt.runtime.ort_backend import (  # noqa: E402
+from ascend_adapt.backends import get_backend  # noqa: E402
+from ascend_adapt.backends.onnxruntime.session import (  # noqa: E402
     _anonymous_regions, _filled_anonymous_regions, _subtract, promote_to_huge_pages)
 
 B, S, M = 2, 12, 40

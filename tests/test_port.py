@@ -246,7 +246,7 @@ def test_cli_round_trip_and_errors(tiny_dir, tmp_path, capsys):
 def test_mindir_prefill_decode_match_the_eager_cell(arch, tiny_dir, tmp_path):
     pytest.importorskip("mindspore")
     from ascend_adapt.port.mindir import MindIRSession, export_mindir
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
     eager = get_backend("mindspore", tiny_dir(arch, unit_head=True, untied=arch == "chatglm"), mode="pynative")

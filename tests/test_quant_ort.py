@@ -58,7 +58,7 @@ def test_ort_runner_runs_a_quantized_graph(w8a16_export):
 
     import numpy as np
 
-    from ascend_adapt.runtime.ort_backend import OrtLMBackend
+    from ascend_adapt.backends.onnxruntime.session import OrtLMBackend
     from ascend_adapt.runtime.runners import OrtRunner
 
     man = json.loads((w8a16_export / "export.json").read_text())

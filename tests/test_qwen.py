@@ -22,7 +22,7 @@ from tolerances import MS_SIGMOID_REL, MS_SOFTMAX_REL, cosine_floor, fp16_rel, f
 from ascend_adapt.errors import UnsupportedError  # noqa: E402
 from ascend_adapt.model_zoo import ADAPTERS  # noqa: E402
 from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint, random_canonical_weights, tiny_config  # noqa: E402
-from ascend_adapt.runtime.backends import get_backend  # noqa: E402
+from ascend_adapt.backends import get_backend  # noqa: E402
 from ascend_adapt.runtime.generate import greedy_tokens  # noqa: E402
 
 ARCHS = ("qwen2", "qwen3")
@@ -49,7 +49,7 @@ def routes(tmp_path_factory):
     """routes(arch, untied=False) -> {"dir", "spec", "torch", "onnxruntime", "sim", "sim16", "export"}
     (cached). The tied model is the released small sizes' layout; a random tied model greedily
     repeats its input token, so the greedy checks take the untied one (varied tokens)."""
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder.llm import build_llm_onnx
 
     cache = {}

@@ -99,7 +99,7 @@ def test_relocated_output_still_runs(tiny_dir, tmp_path, capsys):
     moved = tmp_path / "elsewhere" / "moved"
     moved.parent.mkdir()
     shutil.move(str(out), str(moved))
-    from ascend_adapt.om_convert.artifact import read_omsim
+    from ascend_adapt.backends.sim.artifact import read_omsim
 
     read_omsim(moved / "model.omsim")  # checksums of the linked weights still hold
     capsys.readouterr()

@@ -64,7 +64,7 @@ def _hf_greedy(model, ids, n):
 
 
 def _paths(src, converted):
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     return {"torch": get_backend("torch", src),
             "onnxruntime": get_backend("onnxruntime", converted["must_keep_origin_dtype"] / "export"),

@@ -131,7 +131,7 @@ def test_torch_runner_over_the_golden_backend():
     pytest.importorskip("torch")
     from ascend_adapt.model_zoo.base import ADAPTERS
     from ascend_adapt.model_zoo.tiny import random_canonical_weights, tiny_config
-    from ascend_adapt.runtime.torch_backend import TorchBackend
+    from ascend_adapt.backends.torch.session import TorchBackend
 
     spec = ADAPTERS.get("llama").spec_from_config(tiny_config("llama"))
     golden = TorchBackend.from_canonical(spec, random_canonical_weights(spec, 0))
@@ -157,7 +157,7 @@ def test_mindspore_runner():
 def test_mindspore_runner_over_the_mindspore_backend():
     pytest.importorskip("mindspore")
     from ascend_adapt.model_zoo.base import ADAPTERS
-    from ascend_adapt.model_zoo.ms_backend import MindSporeBackend
+    from ascend_adapt.backends.mindspore.session import MindSporeBackend
     from ascend_adapt.model_zoo.tiny import random_canonical_weights, tiny_config
     from ascend_adapt.runtime.runners import MindSporeRunner
 
@@ -170,9 +170,9 @@ def test_mindspore_runner_over_the_mindspore_backend():
 
 
 def test_no_heavy_imports_for_the_backend_modules():
-    code = ("import sys, ascend_adapt.runtime.runners, ascend_adapt.runtime.sim_backend, "
-            "ascend_adapt.runtime.acl_backend, ascend_adapt.sim, ascend_adapt.om_convert.artifact\n"
-            "from ascend_adapt.runtime.backends import BACKENDS\n"
+    code = ("import sys, ascend_adapt.runtime.runners, ascend_adapt.backends.sim.session, "
+            "ascend_adapt.backends.acl.session, ascend_adapt.sim, ascend_adapt.backends.sim.artifact\n"
+            "from ascend_adapt.backends import BACKENDS\n"
             "assert 'sim' in BACKENDS and 'acl' in BACKENDS\n"
             "heavy = [m for m in ('onnxruntime', 'torch', 'mindspore', 'acl', 'onnx') if m in sys.modules]\n"
             "assert not heavy, heavy")

@@ -36,7 +36,7 @@ CHATS = {"llama": ["hi there", "tell me about the fox"], "chatglm": ["你好", "
 @pytest.fixture(scope="module")
 def artifacts(tiny_dir, tmp_path_factory):
     """{arch: .omsim dir} of B=4, S=32, M=256 tiny models (ChatGLM untied: varied greedy tokens)."""
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
 
     root = tmp_path_factory.mktemp("serve")

@@ -26,7 +26,7 @@ B, S, M = 2, 16, 96
 @pytest.fixture(scope="module")
 def llama(tiny_dir, tmp_path_factory):
     """(checkpoint, .omsim) of the tiny Llama with B=2, S=16, M=96."""
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
 
     src = tiny_dir("llama")
@@ -74,7 +74,7 @@ def test_sigterm_finishes_the_stream_in_flight_then_exits_0(llama, tmp_path):
 
 
 def test_engine_drains_waiting_and_running_requests_then_refuses(llama):
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.serve.engine import DrainingError, Engine, Request
     from ascend_adapt.serve.rows import make_rows
 
@@ -114,7 +114,7 @@ def test_cli_names_a_port_in_use(llama, capsys):
 def test_torch_rows_answer_like_generate(llama):
     pytest.importorskip("torch")
     from ascend_adapt.model_zoo.tokenizers import load_tokenizer
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import GenerationConfig, generate
     from ascend_adapt.serve.engine import Engine, Request
     from ascend_adapt.serve.rows import SessionRows, make_rows
@@ -138,9 +138,9 @@ def test_gear_build_rows_answer_like_generate(tiny_dir, tmp_path):
     """A step graph (convert's default layout): each refill is prefilled at its prompt's gear, as
     `generate` pads one prompt; requests of different gears share the batch."""
     from ascend_adapt.model_zoo.tokenizers import load_tokenizer
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import GenerationConfig, generate
     from ascend_adapt.serve.engine import Engine, Request
     from ascend_adapt.serve.rows import GraphRows, make_rows
@@ -176,7 +176,7 @@ def test_without_the_serve_extra_the_error_names_it(llama):
 def test_refills_happen_between_decode_steps_one_prefill_at_a_time(llama):
     """Rows finish at different steps (different max_tokens); each free row is refilled by one
     prefill step between two decode steps while the other row keeps its place."""
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.serve.engine import Engine, Request
     from ascend_adapt.serve.rows import GraphRows
 

@@ -43,7 +43,7 @@ START_S = 180  # Ray + two replicas on a loaded 2-core machine (about 15 s when 
 @pytest.fixture(scope="module")
 def artifact(tiny_dir, tmp_path_factory) -> Path:
     """The tiny Llama as an .omsim with B=2, S=32, M=288."""
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
 
     root = tmp_path_factory.mktemp("serve-ray")

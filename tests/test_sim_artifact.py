@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("onnx")
 
 from ascend_adapt.errors import ConfigError, OutputExistsError  # noqa: E402
-from ascend_adapt.om_convert.artifact import (HEADER_FILE, is_omsim, read_om_header, read_omsim,  # noqa: E402
+from ascend_adapt.backends.sim.artifact import (HEADER_FILE, is_omsim, read_om_header, read_omsim,  # noqa: E402
                                               write_omsim)
 from ascend_adapt.sim import examples as ex  # noqa: E402
 from ascend_adapt.sim.acceptance import SimulatorRejection  # noqa: E402
@@ -115,7 +115,7 @@ def test_tampering_and_stale_sources_are_detected(graphs, tmp_path):
 
 
 def test_real_om_and_garbage_are_told_apart(tmp_path):
-    from ascend_adapt.om_convert.artifact import pack_imod_header
+    from ascend_adapt.backends.sim.artifact import pack_imod_header
 
     om = tmp_path / "x.om"
     om.write_bytes(pack_imod_header(0)[:4] + b"\0" * 300)

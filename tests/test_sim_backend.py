@@ -12,9 +12,9 @@ from conftest import left_pad, tiny_prompts  # noqa: E402
 from tolerances import cosine_floor, fp16_rel  # noqa: E402
 
 from ascend_adapt.errors import ConfigError  # noqa: E402
-from ascend_adapt.om_convert.artifact import omsim_from_export  # noqa: E402
+from ascend_adapt.backends.sim.artifact import omsim_from_export  # noqa: E402
 from ascend_adapt.om_convert.builder import build_llm_onnx  # noqa: E402
-from ascend_adapt.runtime.backends import get_backend  # noqa: E402
+from ascend_adapt.backends import get_backend  # noqa: E402
 from ascend_adapt.runtime.generate import greedy_tokens  # noqa: E402
 from ascend_adapt.sim.acceptance import SimulatorRejection  # noqa: E402
 

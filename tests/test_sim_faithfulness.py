@@ -145,7 +145,7 @@ def test_duo_fit_check_uses_the_derived_usable_memory():
 @pytest.mark.parametrize("soc", ["Ascend310", "Ascend310B1"])
 def test_gears_convert_and_generate_on_310_family(tiny_dir, tmp_path, soc):
     from ascend_adapt.om_convert.convert import convert
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
     src = tiny_dir("llama")

@@ -24,8 +24,8 @@ MAX_LEN, GEARS, PROMPT = 256, [16, 32, 64], 20
 _CHILD = r"""
 import json, sys
 import numpy, onnx, onnxruntime
-import ascend_adapt.runtime.sim_backend
-from ascend_adapt.runtime.backends import get_backend
+import ascend_adapt.backends.sim.session
+from ascend_adapt.backends import get_backend
 
 def vm(key):
     for line in open("/proc/self/status"):

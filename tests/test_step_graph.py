@@ -7,7 +7,7 @@ import pytest
 from ascend_adapt.errors import ConfigError
 from ascend_adapt.om_convert.builder import build_llm_onnx
 from ascend_adapt.om_convert.builder.llm import normalize_gears
-from ascend_adapt.runtime.backends import get_backend
+from ascend_adapt.backends import get_backend
 from ascend_adapt.runtime.generate import greedy_tokens
 from tolerances import fp32_atol
 
@@ -57,7 +57,7 @@ def test_step_graph_matches_golden_for_every_gear(step_exports, tiny_dir, arch):
 
 @pytest.mark.parametrize("arch", ["llama", "chatglm"])
 def test_step_graph_on_the_simulator(step_exports, tiny_dir, arch):
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
 
     art = omsim_from_export(step_exports[arch], step_exports[arch].parent / "m.omsim", "Ascend310P3",
                             precision_mode="must_keep_origin_dtype")

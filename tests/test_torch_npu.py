@@ -19,7 +19,7 @@ def _cli(*args, env=None):
 
 
 def test_backends_are_registered():
-    from ascend_adapt.runtime.backends import BACKENDS
+    from ascend_adapt.backends import BACKENDS
 
     assert "torch_npu" in BACKENDS and "torch_mlu" in BACKENDS
 
@@ -54,7 +54,7 @@ def test_package_without_its_libraries_is_reported(tiny_dir, tmp_path):
 
 def test_wrong_device_string_is_refused(tiny_dir):
     from ascend_adapt.errors import ConfigError
-    from ascend_adapt.runtime.torch_npu_backend import TorchDeviceBackend
+    from ascend_adapt.backends.torch_npu.session import TorchDeviceBackend
 
     with pytest.raises(ConfigError, match="not a npu device"):
         TorchDeviceBackend(tiny_dir("llama"), "torch_npu", device="mlu:0")
@@ -68,8 +68,8 @@ def test_device_path_on_host_matches_golden(tiny_dir, arch):
     moved once) run with device "cpu": fp32 greedy tokens equal the golden's exactly (same
     module, same inputs, same arithmetic)."""
     from ascend_adapt.runtime.generate import greedy_tokens
-    from ascend_adapt.runtime.torch_backend import TorchBackend
-    from ascend_adapt.runtime.torch_npu_backend import TorchDeviceBackend
+    from ascend_adapt.backends.torch.session import TorchBackend
+    from ascend_adapt.backends.torch_npu.session import TorchDeviceBackend
 
     d = tiny_dir(arch)
     gold = TorchBackend(d)

@@ -131,7 +131,7 @@ class ChatGLMForCausalLM(nn.Cell):
 
 
 def build(spec: ModelSpec, dtype: str = "float32", num_positions: int | None = None) -> ChatGLMForCausalLM:
-    """Family hook used by `ascend_adapt.model_zoo.ms_backend`."""
+    """Family hook used by `ascend_adapt.backends.mindspore.session`."""
     return ChatGLMForCausalLM(spec, dtype, num_positions)
 
 

@@ -240,5 +240,5 @@ class ChatGLMReference(ModuleReference):
 
 
 def load_reference(spec: ModelSpec, stream, dtype: str = "float32") -> ChatGLMReference:
-    """Family hook used by `ascend_adapt.runtime.torch_backend`."""
+    """Family hook used by `ascend_adapt.backends.torch.session`."""
     return ChatGLMReference(spec, stream, dtype)

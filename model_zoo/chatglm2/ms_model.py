@@ -140,7 +140,7 @@ class ChatGLM2ForCausalLM(nn.Cell):
 
 
 def build(spec: ModelSpec, dtype: str = "float32", num_positions: int | None = None) -> ChatGLM2ForCausalLM:
-    """Family hook used by `ascend_adapt.model_zoo.ms_backend`."""
+    """Family hook used by `ascend_adapt.backends.mindspore.session`."""
     return ChatGLM2ForCausalLM(spec, dtype, num_positions)
 
 

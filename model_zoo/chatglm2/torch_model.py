@@ -224,5 +224,5 @@ class ChatGLM2Reference(ModuleReference):
 
 
 def load_reference(spec: ModelSpec, stream, dtype: str = "float32") -> ChatGLM2Reference:
-    """Family hook used by `ascend_adapt.runtime.torch_backend`."""
+    """Family hook used by `ascend_adapt.backends.torch.session`."""
     return ChatGLM2Reference(spec, stream, dtype)

@@ -118,7 +118,7 @@ class LlamaForCausalLM(nn.Cell):
 
 
 def build(spec: ModelSpec, dtype: str = "float32", num_positions: int | None = None) -> LlamaForCausalLM:
-    """Family hook used by `ascend_adapt.model_zoo.ms_backend`."""
+    """Family hook used by `ascend_adapt.backends.mindspore.session`."""
     return LlamaForCausalLM(spec, dtype, num_positions)
 
 

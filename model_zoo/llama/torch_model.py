@@ -161,5 +161,5 @@ class LlamaReference:
 
 
 def load_reference(spec: ModelSpec, stream, dtype: str = "float32") -> LlamaReference:
-    """Family hook used by `ascend_adapt.runtime.torch_backend`."""
+    """Family hook used by `ascend_adapt.backends.torch.session`."""
     return LlamaReference(spec, stream, dtype)

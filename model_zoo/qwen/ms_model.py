@@ -67,7 +67,7 @@ class QwenForCausalLM(LlamaForCausalLM):
 
 
 def build(spec: ModelSpec, dtype: str = "float32", num_positions: int | None = None) -> QwenForCausalLM:
-    """Family hook used by `ascend_adapt.model_zoo.ms_backend`."""
+    """Family hook used by `ascend_adapt.backends.mindspore.session`."""
     return QwenForCausalLM(spec, dtype, num_positions)
 
 

@@ -75,5 +75,5 @@ class QwenReference(LlamaReference):
 
 
 def load_reference(spec: ModelSpec, stream, dtype: str = "float32") -> QwenReference:
-    """Family hook used by `ascend_adapt.runtime.torch_backend`."""
+    """Family hook used by `ascend_adapt.backends.torch.session`."""
     return QwenReference(spec, stream, dtype)

@@ -171,7 +171,7 @@ _SHARED: dict = {}
 
 
 def make_path(name: str, ckpt: Path, export: Path, threads: int, max_len: int) -> Path_:
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     def shared(key, make):  # one torch model for both torch paths
         if key not in _SHARED:

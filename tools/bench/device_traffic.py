@@ -59,7 +59,7 @@ TITLE = "Host↔device traffic per decoded token (tools/bench/device_traffic.py)
 def build(workdir: Path, layers: int, max_len: int) -> Path:
     """A 7B-shaped Llama with `layers` layers: checkpoint → step graph (fp16 weights) → .omsim beside it."""
     from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
 
     ckpt = make_tiny_checkpoint(workdir / f"ckpt{layers}", "llama", dtype="float16", force=True,
@@ -81,8 +81,8 @@ def measure(exp: Path, tokens: int, kv_cache: str, greedy: bool = False) -> dict
 
     With `greedy`, the session's `prefill_next` / `decode_next` (the token chosen in the graph)
     instead of `prefill` / `decode` and a host argmax over the logits."""
-    from ascend_adapt.runtime.acl_backend import AclLMBackend
-    from ascend_adapt.runtime.acl_runtime import AclRuntime
+    from ascend_adapt.backends.acl.session import AclLMBackend
+    from ascend_adapt.backends.acl.runtime import AclRuntime
     from ascend_adapt.testing.fake_acl import FakeAcl
 
     fake = FakeAcl()

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--archs", default="llama,chatglm")
     a = ap.parse_args(argv)
     from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
-    from ascend_adapt.runtime.backends import get_backend
+    from ascend_adapt.backends import get_backend
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -143,7 +143,7 @@ def _sim_imports():
     import onnx  # noqa: F401
     import onnxruntime  # noqa: F401
 
-    import ascend_adapt.runtime.sim_backend  # noqa: F401
+    import ascend_adapt.backends.sim.session  # noqa: F401
     from ascend_adapt.om_convert.convert import resolve_artifact  # noqa: F401
 
 
@@ -175,7 +175,7 @@ def child(task: str, args: list[str]) -> dict:
         import numpy as np
 
         from ascend_adapt.om_convert.convert import resolve_artifact
-        from ascend_adapt.runtime.backends import get_backend
+        from ascend_adapt.backends import get_backend
 
         path = resolve_artifact(out, "sim")
         anon = _AnonPeak()

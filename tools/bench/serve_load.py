@@ -57,7 +57,7 @@ WORDS = ("the quick brown fox jumps over a lazy dog while seven wise owls watch 
 def make_model(root: Path, batch: int, max_tokens: int, hidden: int, layers: int) -> Path:
     """A random Llama (tiny tokenizer) → static graphs (B, S=32, M=32+max_tokens) → .omsim."""
     from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
-    from ascend_adapt.om_convert.artifact import omsim_from_export
+    from ascend_adapt.backends.sim.artifact import omsim_from_export
     from ascend_adapt.om_convert.builder import build_llm_onnx
 
     heads = max(1, hidden // 64)
