@@ -29,7 +29,9 @@ import click
 @click.option("--devices", default=None, metavar="IDS",
               help="Ray Serve: one replica per device id (e.g. 0,1,2,3), each with its own engine (acl: on that "
                    "NPU; other backends: a label), behind Ray Serve's HTTP proxy. Needs ray[serve].")
-@click.option("--dtype", default=None, help="torch only: compute dtype (float32, float16).")
+@click.option("--dtype", default=None,
+              help="Compute dtype (float32, float16) of a backend that takes one (torch, …; another backend is told "
+                   "which take it).")
 def serve_cmd(model_dir, backend, host, port, batch, max_queue, model_name, request_log, graceful_s,
               precision_mode, device_id, devices, dtype):
     """Serve MODEL_DIR with an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
@@ -42,14 +44,7 @@ def serve_cmd(model_dir, backend, host, port, batch, max_queue, model_name, requ
     if devices is not None and device_id is not None:
         raise click.UsageError("--device-id and --devices exclude each other (--devices gives each replica "
                                "its device)")
-    options = {}
-    for flag, value, only, key in (("--precision-mode", precision_mode, "sim", "precision_mode"),
-                                   ("--device-id", device_id, "acl", "device_id"),
-                                   ("--dtype", dtype, "torch", "dtype")):
-        if value is not None:
-            if backend != only:
-                raise click.UsageError(f"{flag} applies to --backend {only}")
-            options[key] = value
+    options = _backend_options(backend, {"precision_mode": precision_mode, "device_id": device_id, "dtype": dtype})
     if request_log:
         if not Path(request_log).resolve().parent.is_dir():
             raise click.BadParameter(f"the directory of '{request_log}' does not exist", param_hint="--request-log")
@@ -78,3 +73,24 @@ def serve_cmd(model_dir, backend, host, port, batch, max_queue, model_name, requ
                    err=True)
 
     serve_forever(served, host, port, graceful_s, on_ready=ready)
+
+
+def _backend_options(backend: str, given: dict) -> dict:
+    """The backend options given (None: not given), each checked against the backends' registry
+    metadata (`Backend.options`): an option `backend` does not take is refused, naming the LM
+    backends that take it, so a new backend needs no edit here. They are listed most specific
+    first (fewest options, then by name): "--dtype applies to --backend torch / torch_mlu / …"."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return {}
+    from ascend_adapt.backends import BACKENDS
+
+    be = BACKENDS.get(backend)
+    for key in given:
+        if key not in be.options:
+            takers = [n for n, b in sorted(BACKENDS.items(), key=lambda nb: (len(nb[1].options), nb[0]))
+                      if key in b.options and "lm" in b.levels]
+            flag = "--" + key.replace("_", "-")
+            raise click.UsageError(f"{flag} applies to --backend {' / '.join(takers)}" if takers
+                                   else f"{flag} applies to no registered LM backend")
+    return given

@@ -8,8 +8,9 @@ acceptance check (`ascend_adapt.sim.acceptance`), `analyze`, `convert` and the g
 
 The limits are target data, not code:
 
-- a `--soc_version` that is a target profile's `soc_version` or alias (an ATC target) takes the
-  profile's `gears` (`{"min": 2, "max": 100}`) and `allows_shape_ranges` figures;
+- a `--soc_version` that is the `soc_version` or an alias of a target profile whose `gears` figure
+  is not null (`{"min": 2, "max": 100}`; null where the toolchain has no gears, as MagicMind) takes
+  the profile's `gears` and `allows_shape_ranges` figures;
 - any other `--soc_version` takes the first rule of `data/_atc_soc_rules.json` that names it or a
   prefix of it (Ascend950*: 256 gears; Ascend310B*: no shape ranges), each with its source;
 - then the shared ATC fragment `data/_atc_common.json` (2-100 gears, shape ranges allowed).
@@ -111,11 +112,12 @@ def _rules() -> tuple[dict, ...]:
 
 
 def _profile_for(soc: str):
-    """The ATC target profile whose soc_version or alias is `soc` (None when there is none)."""
+    """The target profile with gear limits (its `gears` figure is not null: its toolchain has
+    gears) whose soc_version or alias is `soc` (None when there is none)."""
     from . import TARGETS
 
     for _, t in TARGETS.items():
-        if t.toolchain == "atc" and (t.soc_version == soc or soc in t.aliases):
+        if t.gear_min is not None and t.gear_max is not None and (t.soc_version == soc or soc in t.aliases):
             return t
     return None
 
@@ -126,7 +128,7 @@ def soc_limits(soc_version: str | None) -> SocLimits:
     soc = soc_version or ""
     if soc:
         t = _profile_for(soc)
-        if t is not None and t.gear_min is not None and t.gear_max is not None:
+        if t is not None:
             return SocLimits(t.gear_min, t.gear_max, t.allows_shape_ranges, f"target profile {t.name}")
         for r in _rules():
             if r.get("soc") == soc or (r.get("soc_prefix") and soc.startswith(r["soc_prefix"])):

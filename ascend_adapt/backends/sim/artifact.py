@@ -3,7 +3,9 @@
 It is a directory (never named `.om`) written atomically:
 
     NAME.omsim/
-      manifest.json      format, "simulated": true, target, soc_version, per-graph settings
+      manifest.json      format, "simulated": true, target, soc_version, target_file (the target's
+                         JSON, absolute: `OmSim.resolve_target` loads it where the name is not
+                         registered, e.g. a target given to convert as a path), per-graph settings
                          (input shapes, gears, precision mode, keep_dtype, mixlist), the exact
                          ATC command per graph, checksums of the graphs and weights (here and at
                          the source), the acceptance result and a cost summary
@@ -166,6 +168,40 @@ class OmSim:
     @property
     def soc_version(self) -> str:
         return self.manifest["soc_version"]
+
+    def resolve_target(self):
+        """The Target the artifact was written for: the registered target of its name, else (a
+        target given as a file path to `convert --soc`, not registered in this process) the
+        target file the manifest recorded (`target_file`), loaded, not registered.
+
+        Raises:
+            ConfigError: the name is unknown here and the recorded file is gone, or now declares
+                another name (the message names the artifact, the target and the file).
+        """
+        from ascend_adapt.targets import TARGETS, load_target_file
+
+        name = self.target
+        if name in TARGETS:
+            return TARGETS.get(name)
+        recorded = self.manifest.get("target_file") or ""
+        known = ", ".join(TARGETS.names())
+        if not recorded:
+            raise ConfigError(f"simulator artifact '{self.path}' was written for target '{name}', which is not "
+                              f"registered here (known: {known}), and its manifest records no target file",
+                              f"register the target file first (ascend_adapt.targets.register_target_file, or put "
+                              f"{name}.json in a directory of $ASCEND_ADAPT_TARGETS_PATH)")
+        f = Path(recorded)
+        if not f.is_file():
+            raise ConfigError(f"simulator artifact '{self.path}' was written for target '{name}' from the file "
+                              f"'{f}', which is gone, and '{name}' is not registered here (known: {known})",
+                              f"restore '{f}', or put {name}.json in a directory of $ASCEND_ADAPT_TARGETS_PATH "
+                              f"(or register it with ascend_adapt.targets.register_target_file)")
+        t = load_target_file(f)
+        if t.name != name:
+            raise ConfigError(f"simulator artifact '{self.path}' was written for target '{name}' from the file "
+                              f"'{f}', which now declares target '{t.name}'",
+                              f"restore the file's target '{name}', or convert again for '{t.name}'")
+        return t
 
     @property
     def graph_names(self) -> list[str]:
@@ -400,7 +436,7 @@ def write_omsim(out: str | os.PathLike, graphs: Mapping[str, str | os.PathLike],
             "created_by": _version(),
             "target": target.name,
             "soc_version": target.soc_version,
-            "target_file": target.source_file,
+            "target_file": str(Path(target.source_file).resolve()) if target.source_file else "",
             "graphs": graphs_m,
             "files": files,
             "sources": sources,

@@ -94,9 +94,8 @@ class SimRunner(Runner):
         from ascend_adapt.sim.acceptance import check_model
         from ascend_adapt.sim.graph import graph_inputs, infer_tensor_infos, load_model
         from ascend_adapt.sim.numerics import SimSession
-        from ascend_adapt.targets import load_target
 
-        self.target = load_target(self.settings.target)
+        self.target = self._resolve_target()
         self._light = load_model(self.model_path)
         self.acceptance = check_model(self._light, self.target, self.settings, graph=self.graph)
         if self.check:
@@ -106,6 +105,15 @@ class SimRunner(Runner):
                                    threads=self.threads, infos=infer_tensor_infos(self._light))
         self.stats = self._session.stats
         self._gears = self.settings.gear_shapes()
+
+    def _resolve_target(self):
+        """The Target of the settings: an artifact's own (a target given as a file when it was
+        written is found through the file the manifest recorded), else the registered one."""
+        from ascend_adapt.targets import load_target
+
+        if self.artifact is not None and self.settings.target == self.artifact.target:
+            return self.artifact.resolve_target()
+        return load_target(self.settings.target)
 
     def get_input_metadata_impl(self) -> Metadata:
         from ascend_adapt.sim.graph import np_dtype
@@ -155,7 +163,7 @@ class SimRunner(Runner):
 
         key = tuple(sorted((k, tuple(v)) for k, v in input_shapes.items()))
         if key not in self._costs:
-            target = getattr(self, "target", None) or self.settings.target
+            target = getattr(self, "target", None) or self._resolve_target()
             light = getattr(self, "_light", None) or self.model_path
             self._costs[key] = estimate_cost(light, target, self.settings, input_shapes=dict(input_shapes),
                                              graph_name=self.graph)
