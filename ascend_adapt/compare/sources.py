@@ -94,6 +94,8 @@ def parse_spec(text: str) -> Spec:
         raise ConfigError(f"compare: '{body}' does not exist",
                           "give an HF checkpoint dir, an export dir, a MindSpore port dir, an .onnx, "
                           "an .omsim or an .om")
+    if (p / "convert.json").is_file():  # a convert output: the backend's part of it
+        p, graph = _in_convert_output(p, prefix, graph)
     is_onnx = p.is_file() and p.suffix == ".onnx"
     found = detect(p)
     if prefix is None and found is None:
@@ -106,6 +108,28 @@ def parse_spec(text: str) -> Spec:
     native = found is not None and found.backend == backend and found.level == "graph"
     kind = "onnx" if is_onnx and native else backend
     return Spec(text, p, kind, graph, is_onnx, backend)
+
+
+def _in_convert_output(out: Path, prefix: str | None, graph: str | None) -> tuple[Path, str | None]:
+    """A convert output directory (it holds convert.json and the source's config.json, so it would
+    pass for a checkpoint): the part of it that the prefixed backend loads, else the part the
+    first backend in detection order recognizes (the simulator artifact before the export)."""
+    from ascend_adapt.backends import BACKENDS, convert_output_path, detect
+
+    if prefix is not None:
+        return convert_output_path(out, prefix, graph=graph)
+    for be in sorted((be for _, be in BACKENDS.items()), key=lambda b: (b.detect_order, b.name)):
+        if be.locate is None:
+            continue
+        try:
+            q, g = convert_output_path(out, be.name, graph=graph)
+        except (KeyError, OSError, ValueError):
+            continue
+        art = detect(q)
+        if q != out and q.exists() and art is not None and art.backend == be.name:
+            return q, g
+    raise ConfigError(f"compare: '{out}' is a convert output, but no backend here opens any part of it",
+                      "check convert.json and the files it names (model.omsim, export/)")
 
 
 def compare_level(a: Spec, b: Spec) -> str:
