@@ -369,7 +369,7 @@ REFUSALS = [
     (["--quantize", "w8a8", "--group-size", "32"], "--group-size"),
     (["--quantize", "w8a16", "--group-size", "24"], "group size 24 does not divide"),
     (["--quantize", "w8a8", "--calib", "/nonexistent/prompts.txt"], "--calib"),
-    (["--quantize", "w8a8", "--smooth-alpha", "1.5"], "--smooth-alpha: 1.5 is not in [0, 1]"),
+    (["--quantize", "w8a8", "--smooth-alpha", "1.5"], "'--smooth-alpha': '1.5': expected 'auto'"),
     (["--quantize", "w8a16", "--naming", "mindformers"], "--naming mindformers"),
     (["--quantize", "w8a16", "--to", "hf"], "--to hf"),
     (["--quantize", "w8a16", "--to", "torch-npu", "--soc", "Ascend910B4"], "--to torch-npu"),

@@ -414,3 +414,134 @@ def test_calibration_keeps_strided_inputs(llama_dir):
     np.testing.assert_array_equal(np.abs(full.inputs["layers.0.mlp.down"]).max(0), full.amax["layers.0.mlp.down"])
     with pytest.raises(ConfigError, match="not a Linear"):
         collect_act_stats(be, prompts, keep_inputs=["layers.0.mlp.nope"])
+
+
+# ---- --smooth-alpha on the CLI, and the host-memory check of the calibration -----------------------
+
+@pytest.mark.parametrize("cmd", ["convert", "export", "port"])
+@pytest.mark.parametrize("bad", ["1.5", "-0.1", "half", "nan"])
+def test_cli_smooth_alpha_refuses_a_bad_value_naming_the_option(cmd, bad, tmp_path, capsys):
+    from ascend_adapt.cli.main import main
+
+    args = {"convert": ["convert", str(tmp_path), "--soc", "Ascend310P3", "-o", str(tmp_path / "o")],
+            "export": ["export", str(tmp_path), "-o", str(tmp_path / "o")],
+            "port": ["port", str(tmp_path), "--to", "mindspore", "-o", str(tmp_path / "o")]}[cmd]
+    assert main(args + ["--quantize", "w8a8", "--smooth-alpha", bad]) == 2
+    said = capsys.readouterr().err
+    assert "--smooth-alpha" in said and "'auto'" in said and "[0, 1]" in said
+    assert not (tmp_path / "o").exists()
+
+
+def test_smooth_alpha_type_accepts_auto_and_numbers_in_range():
+    from ascend_adapt.quant.smoothquant import SMOOTH_ALPHA
+
+    assert SMOOTH_ALPHA.convert("auto", None, None) == "auto"
+    assert SMOOTH_ALPHA.convert(" AUTO ", None, None) == "auto"
+    assert SMOOTH_ALPHA.convert("0", None, None) == 0.0 and SMOOTH_ALPHA.convert("1", None, None) == 1.0
+    assert SMOOTH_ALPHA.convert("0.85", None, None) == 0.85
+
+
+def test_cli_smooth_alpha_auto_given_explicitly_reaches_the_option_checks(tmp_path, capsys):
+    """`--smooth-alpha auto` parses (it was refused as not a float): without --quantize w8a8 the
+    quantization checks then refuse it as a W8A8-only option."""
+    from ascend_adapt.cli.main import main
+    from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
+
+    src = make_tiny_checkpoint(tmp_path / "m", "llama")
+    assert main(["export", str(src), "-o", str(tmp_path / "o"), "--quantize", "w8a16", "--smooth-alpha", "auto"]) == 2
+    assert "apply to --quantize w8a8" in capsys.readouterr().err
+
+
+def test_available_memory_reads_meminfo_and_the_cgroup_limit():
+    from ascend_adapt.quant.smoothquant import available_memory
+
+    meminfo = "MemTotal:       32000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n"
+    assert available_memory(meminfo) == 20000000 * 1024
+    assert available_memory(meminfo, 16 * 2**30, 6 * 2**30) == 10 * 2**30  # the cgroup is tighter
+    assert available_memory(meminfo, 64 * 2**30, 2**30) == 20000000 * 1024  # the host is tighter
+    assert available_memory(meminfo, 2**63 - 4096, 2**30) == 20000000 * 1024  # cgroup v1 "unlimited"
+    assert available_memory(None, 8 * 2**30, 9 * 2**30) == 0  # over its limit already
+    assert available_memory("MemTotal: 1 kB\n") is None and available_memory(None) is None
+
+
+LLAMA2_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+             "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+             "num_key_value_heads": 32, "hidden_act": "silu", "max_position_embeddings": 4096,
+             "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "vocab_size": 32000, "torch_dtype": "float16",
+             "bos_token_id": 1, "eos_token_id": 2}
+
+
+def test_calib_memory_of_llama2_7b_is_its_real_arithmetic():
+    """Llama-2-7B (6 738 415 616 parameters): fp32 golden 4·P, held once while it loads too (the
+    state dict is assigned to the module, not copied into it); 4096 calibration tokens at a search budget of 1024 keep
+    every 4th token: 1024 × 32 layers × (4096 + 4096 + 4096 + 11008) in_features × 4 bytes."""
+    from ascend_adapt.estimate.core import spec_for
+    from ascend_adapt.quant.smoothquant import calib_memory
+
+    spec = spec_for(LLAMA2_7B)[0]
+    assert spec.param_count() == 6_738_415_616
+    m = calib_memory(spec, 4096, 256, 1024)
+    assert m.golden == 4 * 6_738_415_616 and m.load_peak == m.golden
+    assert m.kept_tokens == 1024 and m.samples == 4 * 1024 * 32 * (3 * 4096 + 11008)
+    # gate/up is the largest group: 4 copies of its 2·11008×4096 weight + 2 outputs + 3 inputs of 1024 rows
+    assert m.search_temp == 4 * (4 * 2 * 11008 * 4096 + 2 * 1024 * 2 * 11008 + 3 * 1024 * 4096)
+    assert m.total == m.golden + m.activations + m.samples + m.search_temp  # 31.8 GB
+    assert calib_memory(spec, 4096, 256, 1024, golden_loaded=True).total == m.activations + m.samples + m.search_temp
+    assert calib_memory(spec, 100, 50, 1024).kept_tokens == 100  # fewer tokens than the budget: all kept
+
+
+def test_plan_w8a8_refuses_a_7b_model_on_a_24gb_host_before_loading_weights(llama_dir, tmp_path):
+    """A Llama-2-7B config.json with no weights at all (and the tiny model's tokenizer): the
+    refusal comes from config.json and the tokenized calibration set, before any weight is read
+    (else the missing weights would raise a CheckpointError)."""
+    import shutil
+
+    from ascend_adapt.errors import UnsupportedError
+    from ascend_adapt.quant.smoothquant import plan_w8a8
+
+    d = tmp_path / "llama-2-7b"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(LLAMA2_7B))
+    for f in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(llama_dir / f, d / f)
+    with pytest.raises(UnsupportedError) as e:
+        plan_w8a8(d, memory_available=24e9)
+    msg = str(e.value)
+    assert str(d) in msg and "6.74 B params" in msg and "needs 31.1 GB" in msg and "24.0 GB available" in msg
+    assert "--quantize w8a16" in msg
+
+
+def test_plan_w8a8_memory_check_on_a_tiny_model_that_fits(llama_dir):
+    """The tiny model plans on this host (its figure read from /proc/meminfo and the cgroup), and
+    is refused when one byte short of the estimate."""
+    from ascend_adapt.errors import UnsupportedError
+    from ascend_adapt.estimate.core import spec_for
+    from ascend_adapt.model_zoo.tokenizers import load_tokenizer
+    from ascend_adapt.quant.calib import load_calib_texts, tokenize_calib
+    from ascend_adapt.quant.smoothquant import calib_memory, host_memory, plan_w8a8
+
+    ids = tokenize_calib(load_tokenizer(llama_dir), load_calib_texts("builtin"))
+    need = calib_memory(spec_for(llama_dir)[0], sum(map(len, ids)), max(map(len, ids)))
+    assert need.total < 50e6 and (host_memory() is None or host_memory() > need.total)
+    plan = plan_w8a8(llama_dir, alpha=0.5)
+    assert plan.linears
+    with pytest.raises(UnsupportedError, match="W8A8 calibration of"):
+        plan_w8a8(llama_dir, alpha=0.5, memory_available=need.total - 1)
+
+
+@pytest.mark.parametrize("cmd", ["convert", "export", "msmodelslim", "port"])
+def test_cli_refuses_a_calibration_that_does_not_fit_before_writing_anything(cmd, llama_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    from ascend_adapt.cli.main import main
+    from ascend_adapt.quant import smoothquant
+
+    monkeypatch.setattr(smoothquant, "host_memory", lambda: 1_000_000)  # a host with 1 MB free
+    out = tmp_path / "out"
+    args = {"convert": ["convert", str(llama_dir), "--soc", "Ascend310P3", "-o", str(out)],
+            "export": ["export", str(llama_dir), "-o", str(out)],
+            "msmodelslim": ["export", str(llama_dir), "-o", str(out), "--format", "msmodelslim"],
+            "port": ["port", str(llama_dir), "--to", "mindspore", "-o", str(out), "--no-progress"]}[cmd]
+    assert main(args + ["--quantize", "w8a8", "--smooth-alpha", "auto"]) == 2
+    said = capsys.readouterr().err
+    assert "W8A8 calibration of" in said and "1.0 MB available" in said and "--quantize w8a16" in said, said
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from ascend_adapt.quant.smoothquant import SMOOTH_ALPHA
+
 
 def _gears(text: str | None, source: str, input_shape: str | None) -> list[tuple[int, ...]] | None:
     """--gears for `source`: prefill lengths of a checkpoint ("16;32;64" or "16,32,64"), or the
@@ -87,8 +89,8 @@ def _gears(text: str | None, source: str, input_shape: str | None) -> list[tuple
 @click.option("--calib", default=None, metavar="FILE|builtin",
               help="w8a8 calibration prompts: a text file (one prompt per line) or JSON lines, or builtin. "
                    "[default: builtin]")
-@click.option("--smooth-alpha", type=float, default=None,
-              help="w8a8 SmoothQuant migration strength α in [0, 1] for every Linear. [default: auto: per input group, "
+@click.option("--smooth-alpha", type=SMOOTH_ALPHA, default=None,
+              help="w8a8 SmoothQuant migration strength: auto, or one α in [0, 1] for every Linear. [default: auto: per input group, "
                    "the α of 0, 0.1, …, 1 with the least held-out int8 output error on the calibration set]")
 @click.option("--keep-fp16", default=None,
               help='w8a8: which Linears stay fp16, "key=value;…" (lm_head, edge_layers, edge_linears, '

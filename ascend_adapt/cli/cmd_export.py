@@ -6,6 +6,8 @@ import importlib.util
 
 import click
 
+from ascend_adapt.quant.smoothquant import SMOOTH_ALPHA
+
 _DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
 
 
@@ -45,7 +47,7 @@ def _traced_export_available() -> bool:
               help="w8a16: one scale per this many input channels instead of per output channel.")
 @click.option("--calib", default=None, metavar="FILE|builtin",
               help="w8a8 calibration prompts (a file, or builtin). [default: builtin]")
-@click.option("--smooth-alpha", type=float, default=None, help="w8a8 SmoothQuant α in [0, 1] for every Linear. [default: auto, searched per input group]")
+@click.option("--smooth-alpha", type=SMOOTH_ALPHA, default=None, help="w8a8 SmoothQuant α: auto, or a number in [0, 1] for every Linear. [default: auto, searched per input group]")
 @click.option("--keep-fp16", default=None,
               help='w8a8: the Linears kept fp16, "key=value;…" or a JSON file (docs/quantization.md).')
 @click.option("--format", "fmt", type=click.Choice(["onnx", "msmodelslim"]), default="onnx", show_default=True,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ascend_adapt.quant.smoothquant import SMOOTH_ALPHA
+
 
 def _parse_size(text: str | None) -> int | None:
     if not text:
@@ -46,8 +48,8 @@ def _parse_size(text: str | None) -> int | None:
               help="w8a16: one scale per this many input channels instead of per output channel.")
 @click.option("--calib", default=None, metavar="FILE|builtin",
               help="w8a8 calibration prompts (a file, or builtin). [default: builtin]")
-@click.option("--smooth-alpha", type=float, default=None,
-              help="w8a8 SmoothQuant α in [0, 1] for every Linear. [default: auto, searched per input group]")
+@click.option("--smooth-alpha", type=SMOOTH_ALPHA, default=None,
+              help="w8a8 SmoothQuant α: auto, or a number in [0, 1] for every Linear. [default: auto, searched per input group]")
 @click.option("--keep-fp16", default=None,
               help='w8a8: the Linears kept in float, "key=value;…" or a JSON file (docs/quantization.md).')
 def port_cmd(src, to, out, soc, dtype, naming, fmt, max_shard_size, force, no_verify, no_progress, mindir,

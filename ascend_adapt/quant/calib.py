@@ -16,13 +16,14 @@ Calibration sets:
   lines are skipped.
 
 Memory: the golden holds the whole model in fp32 (4 bytes / parameter: 0.5 GB for SmolLM2-135M,
-27 GB for Llama-2-7B) plus one prompt's activations; the statistics are 4 bytes per input
-channel per Linear (Llama-2-7B: 32 layers x (4 x 4096 + 3 x 4096 ... ) ≈ 3 MB). A 7B model
-therefore calibrates on a host with ≥ 32 GB of RAM; streaming layer by layer is not implemented.
+27 GB for Llama-2-7B; twice that while the transformers-based goldens load) plus one prompt's
+activations; the statistics are 4 bytes per input channel per Linear (Llama-2-7B ≈ 3 MB).
 The W8A8 α search (`ascend_adapt.quant.smoothquant.alpha_errors`) also needs the inputs
 themselves: `collect_act_stats(..., keep_inputs=...)` keeps them on at most `max_kept_tokens`
 tokens (a uniform stride over the set), 4 bytes × tokens × Σ in_features: 0.34 GB for
-SmolLM2-135M (all 860 builtin tokens), 3.1 GB for Llama-2-7B at 1024 tokens.
+SmolLM2-135M (all 860 builtin tokens), 3.05 GB for Llama-2-7B at 1024 tokens. The sum is
+`ascend_adapt.quant.smoothquant.calib_memory`, checked against the host before any weight is
+loaded (`plan_w8a8`); streaming layer by layer is not implemented.
 """
 
 from __future__ import annotations

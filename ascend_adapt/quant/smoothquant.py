@@ -60,6 +60,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import click
 import numpy as np
 
 from ascend_adapt.errors import ConfigError
@@ -450,6 +451,31 @@ def format_alpha(alpha) -> str:
     return alpha if isinstance(alpha, str) else f"{alpha:g}"
 
 
+class SmoothAlphaType(click.ParamType):
+    """The CLI's `--smooth-alpha`: `auto` (the default, searched per input group) or a number in
+    [0, 1]; anything else is refused by click naming the option and the accepted forms."""
+
+    name = "auto|0..1"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, float) or value == "auto":
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            a = float(text)
+        except ValueError:
+            a = math.nan
+        if not 0.0 <= a <= 1.0:  # NaN fails too
+            self.fail(f"{value!r}: expected 'auto' (α searched per input group, the default) or a number "
+                      "in [0, 1] (one α for every Linear, e.g. 0.5)", param, ctx)
+        return a
+
+
+SMOOTH_ALPHA = SmoothAlphaType()
+
+
 def alpha_errors(x, w, wmax, folds=None, grid=ALPHA_GRID) -> np.ndarray:
     """Held-out relative int8 output error of one input group for each α of `grid` (float64).
 
@@ -611,10 +637,149 @@ def plan_from_stats(spec, amax: dict[str, np.ndarray], weight_colmax: dict[str, 
                     grid if search else (), search, int(search_tokens) if search else 0)
 
 
+# ------------------------------------------------------------------------------------------------
+# host memory of the calibration (checked before any weight is loaded)
+
+# The fp32 golden while it loads: every family's golden holds its fp32 weights once (the
+# transformers-based Llama / Qwen goldens hand their state dict to the module with
+# load_state_dict(assign=True); our ChatGLM modules copy tensor by tensor into their parameters).
+
+
+@dataclass(frozen=True)
+class CalibMemory:
+    """Host bytes a W8A8 calibration needs (`calib_memory`).
+
+    Attributes:
+        golden: the fp32 golden's weights, 4 bytes × parameters (0 when the backend is given).
+        load_peak: the golden's peak while loading (one fp32 copy, = golden).
+        activations: one prompt's forward at batch 1 (the live tensors of one layer + the logits).
+        samples: the α-search samples, 4 × kept tokens × Σ in_features of the group leaders.
+        search_temp: the α search's temporaries for its largest group.
+        kept_tokens: tokens of the search samples.
+    """
+
+    golden: int
+    load_peak: int
+    activations: int
+    samples: int
+    search_temp: int
+    kept_tokens: int
+
+    @property
+    def total(self) -> int:
+        """The peak: the larger of the load and the calibration run (golden + everything else)."""
+        return max(self.load_peak, self.golden + self.activations + self.samples + self.search_temp)
+
+
+def calib_memory(spec, tokens: int, longest_prompt: int, search_tokens: int = SEARCH_TOKENS, *,
+                 quantized_head: bool = False, golden_loaded: bool = False) -> CalibMemory:
+    """Host bytes of `plan_w8a8` on `spec` with `tokens` calibration tokens (pure arithmetic).
+
+    Args:
+        tokens: calibration tokens in all; longest_prompt: tokens of the longest prompt.
+        search_tokens: the α search's budget (`collect_act_stats(max_kept_tokens=…)`).
+        quantized_head: the head's input is kept too.
+        golden_loaded: the fp32 golden is already resident (a backend passed in): not counted.
+    """
+    f32 = 4
+    H, I, V, S = spec.hidden_size, spec.intermediate_size, spec.vocab_size, max(1, int(longest_prompt))
+    golden = 0 if golden_loaded else f32 * spec.param_count()
+    # one decoder layer at batch 1 under no_grad: residual, normed input, attention output, hook
+    # temporary (4·S·H); q, k, v (S·(q + 2 kv)); scores and softmax (2·heads·S²); gate, up and
+    # their product (3·S·I); and the logits with their numpy copy (2·S·V)
+    act = f32 * (S * (4 * H + spec.q_dim + 2 * spec.kv_dim + 3 * I + 2 * V) + 2 * spec.num_heads * S * S)
+    stride = max(1, -(-int(tokens) // int(search_tokens)))
+    kept = -(-int(tokens) // stride) if tokens > 0 else 0
+    leaders_in = spec.num_layers * (H + spec.q_dim + H + I) + (H if quantized_head else 0)
+    samples = f32 * kept * leaders_in
+    # alpha_errors on the largest group: its stacked W, W·s, W·s/step and the int8 image (4 weights),
+    # the reference and the difference output (2·T·out), the quantized input chain (3·T·in)
+    groups = [(spec.q_dim + 2 * spec.kv_dim, H), (H, spec.q_dim),
+              ((2 if spec.ffn == "swiglu" else 1) * I, H), (H, I)] + ([(V, H)] if quantized_head else [])
+    temp = max(f32 * (4 * o * i + 2 * kept * o + 3 * kept * i) for o, i in groups)
+    return CalibMemory(golden, golden, act, samples, temp, kept)
+
+
+def available_memory(meminfo: str | None, cgroup_limit: int | None = None,
+                     cgroup_usage: int | None = None) -> int | None:
+    """Bytes the host can still give: MemAvailable of `/proc/meminfo` text, capped by a cgroup
+    memory limit minus its usage when one is set (None when neither is known)."""
+    out = None
+    for line in (meminfo or "").splitlines():
+        key, _, rest = line.partition(":")
+        if key.strip() == "MemAvailable":
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                out = int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
+            break
+    if cgroup_limit is not None and cgroup_limit < 2**60:  # v1 "unlimited" is ~2^63
+        left = max(0, cgroup_limit - (cgroup_usage or 0))
+        out = left if out is None else min(out, left)
+    return out
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def host_memory() -> int | None:
+    """`available_memory` of this host: /proc/meminfo and the process's cgroup (v2 memory.max /
+    memory.current, or v1 memory.limit_in_bytes / memory.usage_in_bytes)."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        meminfo = None
+    root = Path("/sys/fs/cgroup")
+    rel = ""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                rel = line[3:].strip().lstrip("/")
+    except OSError:
+        pass
+    for d in ([root / rel] if rel else []) + [root]:
+        limit = _read_int(d / "memory.max")  # "max" (no limit) reads as None
+        if limit is not None:
+            return available_memory(meminfo, limit, _read_int(d / "memory.current"))
+    v1 = root / "memory"
+    return available_memory(meminfo, _read_int(v1 / "memory.limit_in_bytes"), _read_int(v1 / "memory.usage_in_bytes"))
+
+
+def check_calib_memory(model: str, spec, need: CalibMemory, available: int | None) -> None:
+    """Refuse a calibration that cannot fit the host, before any weight is loaded.
+
+    Raises:
+        UnsupportedError: `need.total` > `available` (naming the model and both figures).
+    """
+    from ascend_adapt.errors import UnsupportedError
+
+    if available is None or need.total <= available:
+        return
+    def gb(n):
+        return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+    parts = (f"fp32 golden {gb(need.golden)} (peak {gb(need.load_peak)} while it loads), one prompt's "
+             f"activations {gb(need.activations)}, α-search samples {gb(need.samples)} "
+             f"({need.kept_tokens} tokens), search temporaries {gb(need.search_temp)}")
+    raise UnsupportedError(
+        f"W8A8 calibration of '{model}' ({spec.arch}, {spec.param_count() / 1e9:.2f} B params) needs "
+        f"{gb(need.total)} of host memory ({parts}); this host has {gb(available)} available",
+        f"run the calibration on a host with ≥ {gb(need.total)} free (export --format msmodelslim / "
+        "convert --quantize w8a8 there, then copy the result), or use --quantize w8a16 (weight-only "
+        "int8, no calibration, weights streamed one tensor at a time)")
+
+
 def plan_w8a8(model_dir, *, calib="builtin", alpha: float | str = "auto", rule: KeepRule | str | None = None,
               max_tokens: int = 4096, max_seq_len: int = 256, backend=None, grid=ALPHA_GRID,
-              search_tokens: int = SEARCH_TOKENS) -> W8A8Plan:
+              search_tokens: int = SEARCH_TOKENS, memory_available: float | None = None) -> W8A8Plan:
     """Calibrate a checkpoint on its fp32 torch golden and plan its W8A8 quantization.
+
+    Before any weight is loaded, the host memory the run needs (`calib_memory`: from config.json
+    and the tokenized calibration set) is compared with what the host can give, and a run that
+    cannot fit is refused (`check_calib_memory`).
 
     Args:
         model_dir: HF checkpoint directory or llama.cpp .gguf file.
@@ -626,9 +791,14 @@ def plan_w8a8(model_dir, *, calib="builtin", alpha: float | str = "auto", rule: 
         max_tokens: calibration tokens at most; max_seq_len: tokens per prompt at most.
         backend: an already built fp32 `TorchBackend` of this model (reused, else built here).
         grid, search_tokens: the α search ("auto" only).
+        memory_available: host bytes available (None: read from this host, `host_memory`;
+            `math.inf`: no check).
 
     Returns:
         the `W8A8Plan`.
+
+    Raises:
+        UnsupportedError: the calibration needs more host memory than is available.
     """
     from ascend_adapt.model_zoo.tokenizers import load_tokenizer
 
@@ -637,21 +807,32 @@ def plan_w8a8(model_dir, *, calib="builtin", alpha: float | str = "auto", rule: 
     alpha = check_alpha(alpha)
     rule = KeepRule.parse(rule) if rule is not None else KeepRule()
     texts = load_calib_texts(calib)
-    if backend is None:
-        from ascend_adapt.checkpoint.gguf_io import resolve_source
-        from ascend_adapt.backends.torch.session import TorchBackend
-
-        backend = TorchBackend(resolve_source(model_dir), dtype="float32")
-    tok = load_tokenizer(model_dir)
-    spec = backend.spec
     # a fixed α is measured too (a grid of one), so the max_error rule applies to every plan
     grid = tuple(float(check_alpha(a)) for a in grid) if alpha == "auto" else (alpha,)
     if not grid or "auto" in grid:
         raise ConfigError(f"W8A8 α search: grid {grid!r} must be numbers in [0, 1]", "e.g. 0, 0.1, …, 1")
+    src = None
+    if backend is None:
+        from ascend_adapt.checkpoint.gguf_io import resolve_source
+        from ascend_adapt.estimate.core import spec_for
+
+        src = resolve_source(model_dir)
+        spec = spec_for(src)[0]  # config.json only: no weight is read before the memory check
+    else:
+        spec = backend.spec
+    tok = load_tokenizer(model_dir)
+    token_lists = tokenize_calib(tok, texts, max_tokens, max_seq_len)
     head = not rule.lm_head and not spec.tie_word_embeddings  # a quantized head is measured too
+    need = calib_memory(spec, sum(map(len, token_lists)), max(map(len, token_lists), default=1), search_tokens,
+                        quantized_head=head, golden_loaded=backend is not None)
+    check_calib_memory(str(model_dir), spec, need, host_memory() if memory_available is None else memory_available)
+    if backend is None:
+        from ascend_adapt.backends.torch.session import TorchBackend
+
+        backend = TorchBackend(src, dtype="float32")
+        spec = backend.spec
     leaders = [names[0] for names, _ in _groups(spec)] + (["lm_head"] if head else [])
-    stats = collect_act_stats(backend, tokenize_calib(tok, texts, max_tokens, max_seq_len),
-                              keep_inputs=leaders, max_kept_tokens=search_tokens)
+    stats = collect_act_stats(backend, token_lists, keep_inputs=leaders, max_kept_tokens=search_tokens)
     mods = torch_linear_modules(backend)
     colmax = {n: m.weight.detach().abs().amax(dim=0).float().numpy() for n, m in mods.items()}
     weights = {n: m.weight.detach().float().numpy() for n, m in mods.items()}

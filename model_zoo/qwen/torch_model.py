@@ -35,6 +35,12 @@ def hf_config(spec: ModelSpec, attn_implementation: str = "eager"):
     return cfg
 
 
+def _owned_fp32(arr) -> "torch.Tensor":
+    """A writable fp32 tensor with memory of its own (never a view of the caller's array or of a
+    memory-mapped checkpoint): one new array, whatever the source dtype."""
+    return torch.from_numpy(np.array(arr, dtype=np.float32, order="C", copy=True))
+
+
 def build_hf_model(spec: ModelSpec, canonical: Iterable[tuple[str, np.ndarray]], dtype: str = "float32",
                    attn_implementation: str = "eager"):
     """transformers' Qwen2/Qwen3 causal LM with the canonical weights, loaded strictly under HF names."""
@@ -46,7 +52,7 @@ def build_hf_model(spec: ModelSpec, canonical: Iterable[tuple[str, np.ndarray]],
     canon = dict(canonical)
     state = {}
     for name, arr in adapter.iter_source(canon.pop, spec, "hf", available=canon.__contains__):
-        state[name] = torch.from_numpy(np.ascontiguousarray(np.asarray(arr, dtype=np.float32)))
+        state[name] = _owned_fp32(arr)
     if spec.tie_word_embeddings and "lm_head.weight" not in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     cls = transformers.Qwen3ForCausalLM if spec.arch == "qwen3" else transformers.Qwen2ForCausalLM
@@ -56,7 +62,9 @@ def build_hf_model(spec: ModelSpec, canonical: Iterable[tuple[str, np.ndarray]],
         from contextlib import nullcontext as no_init_weights
     with no_init_weights():
         model = cls(hf_config(spec, attn_implementation))
-    model.load_state_dict(state, strict=True)
+    # assign: the module takes these tensors instead of copying them into its own (untouched,
+    # never resident) allocation, so the fp32 weights exist once at the peak, not twice
+    model.load_state_dict(state, strict=True, assign=True)
     if spec.tie_word_embeddings:
         model.tie_weights()
     with torch.no_grad():
