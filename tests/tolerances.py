@@ -1,5 +1,9 @@
 """Numeric tolerances of the tests, derived from floating-point arithmetic instead of tuned to a run.
 
+The decoder-level functions (`accumulation_lengths`, u·Σn, u·(18·L + 4), `cosine_floor`) live in
+`ascend_adapt/compare/tolerance.py`, where `compare` derives its default tolerance from them; this
+module imports them and adds the test facts below.
+
 The model (first order, as in Higham, "Accuracy and Stability of Numerical Algorithms", ch. 3):
 
 - Every fp32 operation rounds with relative error ≤ u = 2^-24 (fp16: 2^-11).
@@ -42,31 +46,29 @@ fp16 rounding), which rotates q and k by that: + 2·P·2^-11. A cosine similarit
 
 from __future__ import annotations
 
-U_FP32 = 2.0 ** -24
-U_FP16 = 2.0 ** -11
+# The decoder-level derivation is the library's (compare's default tolerance uses it too);
+# what stays here are the test facts: BUG_SIZE, the measured MindSpore / onnxruntime errors and
+# the assertion that a tolerance still catches the bugs the tests are for.
+from ascend_adapt.compare.tolerance import (  # noqa: F401
+    U_BF16,
+    U_FP16,
+    U_FP32,
+    UNIT_ROUNDOFF,
+    accumulation_lengths,
+    cosine_floor,
+    fp32_rel,
+    low_precision_rel,
+)
+
 BUG_SIZE = 1e-1  # smallest error of the bugs these tests guard against (masks, positions, cache slots)
 MS_SOFTMAX_REL = 2.0 ** -17  # ≥ 6.7e-6 measured, MindSpore 2.10 CPU softmax (fp32)
 MS_SIGMOID_REL = 2.0 ** -19  # ≥ 1.4e-6 measured, MindSpore 2.10 CPU sigmoid (fp32)
 
 
-def accumulation_lengths(spec, keys: int, layers: int | None = None, head: bool = True) -> list[int]:
-    """Lengths n_s of the accumulations along one forward pass of a decoder (module docstring).
-
-    Args:
-        spec: the model's `ModelSpec`.
-        keys: the longest key axis attended over (prompt + generated tokens, or cache slots).
-        layers: decoder layers traversed (default: all).
-        head: include the final norm and the head.
-    """
-    H, I, D, QD = spec.hidden_size, spec.intermediate_size, spec.head_dim, spec.q_dim
-    L = spec.num_layers if layers is None else layers
-    per_layer = [H, H, D, keys, QD, H, H, I]
-    return per_layer * L + ([H, H] if head else [])
-
-
 def fp32_atol(spec, magnitude: float, keys: int, *, layers: int | None = None, head: bool = True,
               extra_rel: float = 0.0) -> float:
-    """|Δ| bound between two correct fp32 implementations: (2·u·Σn + extra_rel·L)·magnitude.
+    """|Δ| bound between two correct fp32 implementations: (2·u·Σn + extra_rel·L)·magnitude
+    (`ascend_adapt.compare.tolerance.fp32_rel` is one implementation's u·Σn).
 
     Args:
         spec: the model's `ModelSpec`.
@@ -81,28 +83,21 @@ def fp32_atol(spec, magnitude: float, keys: int, *, layers: int | None = None, h
             the bugs it is there for).
     """
     L = spec.num_layers if layers is None else layers
-    tol = (2 * U_FP32 * sum(accumulation_lengths(spec, keys, layers, head)) + extra_rel * L) * float(magnitude)
+    tol = (2 * fp32_rel(spec, keys, layers, head) + extra_rel * L) * float(magnitude)
     assert tol <= BUG_SIZE / 5, f"derived tolerance {tol:.3g} is too loose to catch a {BUG_SIZE} error"
     return tol
 
 
 def fp16_rel(spec, rotary_positions: int = 0) -> float:
-    """Relative error of fp16 compute against the fp32 golden (module docstring).
+    """Relative error of fp16 compute against the fp32 golden: 2^-11·(18·L + 4) + 2·P·2^-11
+    (`ascend_adapt.compare.tolerance.low_precision_rel`).
 
     Args:
         spec: the model's `ModelSpec`.
         rotary_positions: largest position when the rotary table itself is computed in fp16
             (ChatGLM-6B's fp16 path); 0 when its angles are fp32.
     """
-    return U_FP16 * (18 * spec.num_layers + 4) + 2 * rotary_positions * U_FP16
-
-
-def cosine_floor(rel: float) -> float:
-    """Lowest cosine similarity of y and y·(1 + δ) with |δ| ≤ rel: 1 − rel²/2."""
-    return 1.0 - rel * rel / 2
-
-
-U_BF16 = 2.0 ** -8
+    return low_precision_rel(spec, "float16", rotary_positions=rotary_positions)
 
 
 def low_precision_atol(roundings: int, magnitude: float, dtype: str = "float16") -> float:
@@ -113,7 +108,7 @@ def low_precision_atol(roundings: int, magnitude: float, dtype: str = "float16")
     inputs moves the output by about as much relative to the output's scale, and through tanh,
     whose slope is ≤ 1, at most as much; the roundings add. Hence u·roundings·max|output|.
     """
-    u = {"float16": U_FP16, "bfloat16": U_BF16}[dtype]
+    u = {"float16": UNIT_ROUNDOFF["float16"], "bfloat16": UNIT_ROUNDOFF["bfloat16"]}[dtype]
     return u * roundings * float(magnitude)
 
 

@@ -14,8 +14,11 @@ import click
 @click.option("--inputs", default=None,
               help="An .npz of arrays by input name, an .npy of token ids, or ids like 1,15,27 "
                    "(default: seeded random).")
-@click.option("--atol", type=float, default=1e-3, show_default=True)
-@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option("--atol", type=float, default=None,
+              help="Absolute tolerance for every tensor [default: derived per tensor at LM level from the "
+                   "sides' compute precisions, the model and the tensor's depth; 1e-3 at graph level].")
+@click.option("--rtol", type=float, default=None,
+              help="Relative tolerance for every tensor [default: derived as --atol; 1e-3 at graph level].")
 @click.option("--layerwise", is_flag=True, help="Also compare every intermediate tensor matched by name.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -38,13 +41,14 @@ def compare_cmd(a, b, inputs, atol, rtol, layerwise, fmt, plot, target, precisio
     port dir, an .onnx file, sim:FILE.onnx (simulator), DIR.omsim (simulator with its manifest's
     precision; DIR.omsim#prefill for one graph), or an .om (pyACL on a card). Prints per output
     (and per layer with --layerwise) max/mean abs error, relative error, cosine, p90/p99, the
-    minimum atol/rtol that would have passed and the first layer that diverges. An fp16-only
+    minimum atol/rtol that would have passed and the first layer that diverges. Without --atol /
+    --rtol the tolerance is derived from the arithmetic (docs/tools.md, "compare"). An fp16-only
     failure of a simulator side gets a keep_dtype / modify_mixlist proposal, re-checked.
     """
     from ascend_adapt.compare import compare, format_report
 
     argv = ["ascend-adapt", "compare", a, b]
-    for flag, value, default in (("--inputs", inputs, None), ("--atol", atol, 1e-3), ("--rtol", rtol, 1e-3),
+    for flag, value, default in (("--inputs", inputs, None), ("--atol", atol, None), ("--rtol", rtol, None),
                                  ("--format", fmt, "text"), ("--plot", plot, None), ("--target", target, None),
                                  ("--precision-mode", precision_mode, None), ("--keep-dtype", keep_dtype_file, None),
                                  ("--fix-dir", fix_dir, None), ("--seed", seed, 0), ("--dtype", dtype, "float32")):

@@ -7,7 +7,8 @@
 
 Modules: `metrics` (per-tensor errors and the tolerances that would have passed), `sources`
 (what a path means: torch golden, export, MindSpore port, .onnx, .omsim, .om), `core`
-(`compare`, the report), `fp16fix` (keep_dtype / modify_mixlist proposal and re-check),
+(`compare`, the report), `tolerance` (the default tolerance per tensor, derived from the two sides'
+compute precisions, the model and the tensor's depth), `fp16fix` (keep_dtype / modify_mixlist proposal and re-check),
 `plot` (PNG of the error per layer).
 """
 

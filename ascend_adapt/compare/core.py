@@ -3,7 +3,9 @@
 For every output (and with `layerwise` every intermediate tensor matched by name) it reports
 max / mean absolute error, max relative error, cosine similarity, p90 / p99 of the absolute
 error, the minimum atol and rtol that would have passed, the first tensor (and layer) that
-diverges, and PASSED / FAILED with the full command. `a` is the reference.
+diverges, and PASSED / FAILED with the full command. `a` is the reference. Without atol / rtol
+the tolerance of each tensor is derived (`tolerance`: the sides' compute dtypes, the model's spec,
+the tensor's depth) at LM level; graph level keeps `DEFAULT_ATOL` / `DEFAULT_RTOL`.
 
 When the comparison fails at graph level and one side is the simulator in a reduced precision
 (force_fp16, mixed, ...) while the other is an fp32 run of the same graph, the failure is
@@ -29,6 +31,7 @@ from ascend_adapt.errors import ConfigError
 from .fp16fix import FixProposal, propose_fix
 from .metrics import TensorStats, layer_of, tensor_stats
 from .sources import GraphSide, LMSide, compare_level, graph_feeds, parse_spec
+from .tolerance import DEFAULT_ATOL, DEFAULT_RTOL, tensor_tolerance
 
 
 @dataclass
@@ -38,7 +41,10 @@ class CompareReport:
     Attributes:
         a, b: the sides as given (a = reference).
         label_a, label_b: the runners used. precision_a, precision_b: how each side computed.
-        level: "graph" or "lm". atol, rtol: the tolerances.
+        level: "graph" or "lm". atol, rtol: the tolerances of the outputs (logits); each tensor's
+            own are in its stats (`TensorStats.atol` / `.rtol`).
+        tolerance: where they came from ("given", "derived: fp16 compute vs fp32, 2 layers: ...",
+            or the default and why).
         outputs: stats per compared output (graph outputs, or logits).
         tensors: stats per matched intermediate tensor (layerwise), in execution order.
         first_divergent: the first tensor (in order) outside the tolerance; None when all pass.
@@ -76,6 +82,7 @@ class CompareReport:
     command: str = ""
     plot: str | None = None
     notes: list[str] = field(default_factory=list)
+    tolerance: str = ""
 
     def per_layer(self) -> list[tuple[str, float, float]]:
         """(layer, max abs error, min cosine) per layer in order (layerwise tensors grouped)."""
@@ -94,7 +101,7 @@ class CompareReport:
         return {
             "a": self.a, "b": self.b, "label_a": self.label_a, "label_b": self.label_b,
             "precision_a": self.precision_a, "precision_b": self.precision_b, "level": self.level,
-            "atol": self.atol, "rtol": self.rtol, "layerwise": self.layerwise,
+            "atol": self.atol, "rtol": self.rtol, "tolerance": self.tolerance, "layerwise": self.layerwise,
             "passed": self.passed, "verdict": "PASSED" if self.passed else "FAILED",
             "min_atol": f(self.min_atol), "min_rtol": f(self.min_rtol),
             "first_divergent": self.first_divergent, "first_divergent_layer": self.first_divergent_layer,
@@ -161,8 +168,11 @@ def _lm_inputs(sides, inputs, seed: int):
 
 # ------------------------------------------------------------------------------------ compare
 def _compare_dicts(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], order, outputs,
-                   atol: float, rtol: float, layerwise: bool):
-    out_stats = [tensor_stats(n, ref[n], got[n], atol, rtol) for n in outputs if n in ref and n in got]
+                   atol: float, rtol: float, layerwise: bool, tol=None):
+    """Stats of the outputs (and with `layerwise` of every matched tensor). `tol(name)` gives a
+    tensor's (atol, rtol) where they differ per tensor (derived), else `atol` / `rtol` apply."""
+    tol = tol or (lambda n: (atol, rtol))
+    out_stats = [tensor_stats(n, ref[n], got[n], *tol(n)) for n in outputs if n in ref and n in got]
     tens = []
     only_a, only_b = [], []
     if layerwise:
@@ -176,7 +186,7 @@ def _compare_dicts(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
             if not (np.issubdtype(np.asarray(ra).dtype, np.number) and np.issubdtype(np.asarray(gb).dtype, np.number)):
                 continue
             tens.append(out_stats[[s.name for s in out_stats].index(n)] if n in outputs and n in
-                        [s.name for s in out_stats] else tensor_stats(n, ra, gb, atol, rtol))
+                        [s.name for s in out_stats] else tensor_stats(n, ra, gb, *tol(n)))
         only_b = [n for n in got if n not in ref]
     return out_stats, tens, only_a, only_b
 
@@ -190,8 +200,8 @@ def _summary(outs, tens):
     return first, passed, min_atol, min_rtol
 
 
-def compare(a: str | os.PathLike, b: str | os.PathLike, *, inputs: Any = None, atol: float = 1e-3,
-            rtol: float = 1e-3, layerwise: bool = False, target: str | None = None,
+def compare(a: str | os.PathLike, b: str | os.PathLike, *, inputs: Any = None, atol: float | None = None,
+            rtol: float | None = None, layerwise: bool = False, target: str | None = None,
             precision_mode: str | None = None, keep_dtype=None, seed: int = 0, fix: bool = True,
             fix_dir: str | os.PathLike | None = None, command: str = "", plot: str | os.PathLike | None = None,
             dtype: str = "float32") -> CompareReport:
@@ -201,7 +211,11 @@ def compare(a: str | os.PathLike, b: str | os.PathLike, *, inputs: Any = None, a
         a, b: artifacts (see `sources` for what each can be).
         inputs: None (deterministic random), a dict / .npz of arrays by input name, or token ids
             (LM level: "1,15,27", a list, or an .npy).
-        atol, rtol: pass when |b − a| ≤ atol + rtol·|a| everywhere.
+        atol, rtol: pass when |b − a| ≤ atol + rtol·|a| everywhere. None (default): derived per
+            tensor at LM level from the two sides' compute precisions, the model's spec and the
+            tensor's depth (`tolerance`); at graph level, or where a side's precision has no
+            derivation (quantized, unknown), `DEFAULT_ATOL` / `DEFAULT_RTOL` (1e-3). A given one
+            replaces the derived one for every tensor.
         layerwise: also compare every intermediate tensor matched by name (graph level: every
             node output; LM level: embed, layers.{i}, final_norm, logits).
         target: simulator target for `sim:FILE.onnx` sides (an .omsim names its own).
@@ -227,8 +241,8 @@ def compare(a: str | os.PathLike, b: str | os.PathLike, *, inputs: Any = None, a
     else:
         found = _compare_lms(sa, sb, loaded, seed, dtype=dtype, precision_mode=precision_mode,
                              keep_dtype=keep_dtype, **both)
-    report = CompareReport(a=str(a), b=str(b), level=level, atol=atol, rtol=rtol, layerwise=layerwise,
-                           command=command, notes=notes, **found)
+    report = CompareReport(a=str(a), b=str(b), level=level, layerwise=layerwise, command=command, notes=notes,
+                           **found)
     if plot:
         from .plot import plot_report
 
@@ -236,20 +250,28 @@ def compare(a: str | os.PathLike, b: str | os.PathLike, *, inputs: Any = None, a
     return report
 
 
-def _findings(A, B, stats, in_desc: dict, fixp) -> dict:
+def _findings(A, B, stats, in_desc: dict, fixp, atol: float, rtol: float, tolerance: str) -> dict:
     """The report's fields from the two active sides and `_compare_dicts`' statistics."""
     out_stats, tens, only_a, only_b = stats
     first, passed, min_atol, min_rtol = _summary(out_stats, tens)
-    return dict(label_a=A.label, label_b=B.label, precision_a=str(A.precision), precision_b=str(B.precision),
+    return dict(atol=atol, rtol=rtol, tolerance=tolerance, label_a=A.label, label_b=B.label,
+                precision_a=str(A.precision), precision_b=str(B.precision),
                 outputs=out_stats, tensors=tens, first_divergent=first.name if first else None,
                 first_divergent_layer=layer_of(first.name) if first else None, passed=passed,
                 only_in_a=only_a, only_in_b=only_b, min_atol=min_atol, min_rtol=min_rtol, inputs=in_desc, fix=fixp)
 
 
-def _compare_graphs(sa, sb, loaded, seed: int, *, atol: float, rtol: float, layerwise: bool, fix: bool, fix_dir,
-                    notes: list[str], target, precision_mode, keep_dtype) -> dict:
+def _compare_graphs(sa, sb, loaded, seed: int, *, atol: float | None, rtol: float | None, layerwise: bool,
+                    fix: bool, fix_dir, notes: list[str], target, precision_mode, keep_dtype) -> dict:
     """Graph level: both sides run the same feeds; every node output is dumped (for the fp16 fix
-    even without `layerwise`), and a failure of a low-precision simulator side gets its diagnosis."""
+    even without `layerwise`), and a failure of a low-precision simulator side gets its diagnosis.
+    Without --atol / --rtol the default applies: a graph has no ModelSpec to derive one from."""
+    given = atol is not None or rtol is not None
+    tolerance = "given" if atol is not None and rtol is not None else (
+        f"default {DEFAULT_ATOL:g} / {DEFAULT_RTOL:g} where not given (graph level: no ModelSpec to derive from; "
+        "it holds for fp32 vs fp32, give --atol / --rtol for an fp16 / bf16 / int8 side)")
+    atol = DEFAULT_ATOL if atol is None else atol
+    rtol = DEFAULT_RTOL if rtol is None else rtol
     sides = []
     for s in (sa, sb):
         if not s.runs_graphs:
@@ -274,7 +296,10 @@ def _compare_graphs(sa, sb, loaded, seed: int, *, atol: float, rtol: float, laye
         fixp = _maybe_fix(A, B, feeds, ref, outputs, atol, rtol, passed, fix, fix_dir,
                           first_dump.name if first_dump else None, notes)
         in_desc = {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in feeds.items()}
-        return _findings(A, B, stats, in_desc, fixp)
+        if not given and (_low_precision_sim(A) or _low_precision_sim(B)):
+            notes.append("the default tolerance is for fp32 vs fp32 and a side computes in low precision: "
+                         "give --atol / --rtol (at LM level they are derived)")
+        return _findings(A, B, stats, in_desc, fixp, atol, rtol, tolerance)
     finally:
         A.close()
         B.close()
@@ -301,8 +326,8 @@ def _first_in_dump(ref, got, order, outputs, atol, rtol, first, notes: list[str]
     return first_dump
 
 
-def _compare_lms(sa, sb, loaded, seed: int, *, atol: float, rtol: float, layerwise: bool, fix: bool, fix_dir,
-                 notes: list[str], dtype: str, precision_mode, keep_dtype) -> dict:
+def _compare_lms(sa, sb, loaded, seed: int, *, atol: float | None, rtol: float | None, layerwise: bool, fix: bool,
+                 fix_dir, notes: list[str], dtype: str, precision_mode, keep_dtype) -> dict:
     """LM level: both sides prefill the same token ids and their logits (with `layerwise` also
     embed, layers.{i}, final_norm) are compared; a failing simulated side gets the fp16 diagnosis."""
     A = LMSide(sa, layerwise=layerwise, dtype=dtype)
@@ -314,16 +339,73 @@ def _compare_lms(sa, sb, loaded, seed: int, *, atol: float, rtol: float, layerwi
         ids, mask = _lm_inputs((A, B), loaded, seed)
         ref = A.run(ids, mask)
         got = B.run(ids, mask)
-        stats = _compare_dicts(ref, got, list(ref), ["logits"], atol, rtol, layerwise)
+        tol, tolerance = _lm_tolerance(A, B, ref, ids, atol, rtol)
+        stats = _compare_dicts(ref, got, list(ref), ["logits"], atol, rtol, layerwise, tol=tol)
         in_desc = {"input_ids": ids.tolist()}
         if mask is not None:
             in_desc["attention_mask"] = mask.tolist()
         passed = _summary(stats[0], stats[1])[1]
-        fixp = _lm_sim_fix(B, ids, mask, atol, rtol, fix_dir, notes) if (not passed and fix and B.simulated) else None
-        return _findings(A, B, stats, in_desc, fixp)
+        out_atol, out_rtol = tol("logits")
+        fixp = (_lm_sim_fix(B, ids, mask, out_atol, out_rtol, fix_dir, notes)
+                if (not passed and fix and B.simulated) else None)
+        return _findings(A, B, stats, in_desc, fixp, out_atol, out_rtol, tolerance)
     finally:
         A.close()
         B.close()
+
+
+def _compute_dtype(side: LMSide) -> tuple[str | None, str]:
+    """The dtype an active LM side computes in ("float32", "float16", "bfloat16"), or None with the
+    reason when no tolerance can be derived for it: the simulator's precision mode (a lowering
+    mode computes in its low dtype, must_keep_origin_dtype in the export's), an export on
+    onnxruntime in its activation dtype, torch / MindSpore in the --dtype they ran with."""
+    be = side.backend
+    manifest = getattr(be, "manifest", None)
+    manifest = manifest if isinstance(manifest, Mapping) else {}
+    if manifest.get("quantization"):
+        return None, f"{side.label} is quantized"
+    settings = getattr(be, "settings", None)
+    if isinstance(settings, Mapping) and settings:
+        settings = settings.get("prefill") or next(iter(settings.values()))
+    if settings is not None and hasattr(settings, "low_dtype"):
+        return (settings.low_dtype or str(manifest.get("activation_dtype", "float32"))), ""
+    if side.spec.backend == "onnxruntime" and manifest.get("activation_dtype"):
+        return str(manifest["activation_dtype"]), ""
+    if side._be.filter_options({"dtype": side.dtype}):
+        return side.dtype, ""
+    return None, f"{side.label} computes in an unknown precision ({side.precision})"
+
+
+def _lm_tolerance(A: LMSide, B: LMSide, ref: Mapping[str, np.ndarray], ids, atol, rtol):
+    """(tol(name) → (atol, rtol), description) of an LM-level comparison: the given values, else
+    derived per tensor (`tolerance.tensor_tolerance`) from the sides' compute dtypes, the model's
+    spec and the key length (the prompt, or the longest padded prefill of a side)."""
+    if atol is not None and rtol is not None:
+        return (lambda n: (atol, rtol)), "given"
+    (da, why_a), (db, why_b) = _compute_dtype(A), _compute_dtype(B)
+    spec = A.model_spec or B.model_spec
+    why = why_a or why_b or ("no ModelSpec on either side" if spec is None else "")
+    if why:
+        fa, fr = (DEFAULT_ATOL if atol is None else atol), (DEFAULT_RTOL if rtol is None else rtol)
+        return (lambda n: (fa, fr)), (f"default {DEFAULT_ATOL:g} / {DEFAULT_RTOL:g} where not given "
+                                      f"(not derived: {why}; give --atol / --rtol)")
+    keys = max([int(np.shape(ids)[-1])] + [int(s.prefill_len) for s in (A, B) if s.prefill_len])
+    cache: dict = {}
+
+    def tol(name: str) -> tuple[float, float]:
+        if name not in cache:
+            t = tensor_tolerance(spec, da, db, keys, name, ref) if name in ref else None
+            cache[name] = t
+        t = cache[name]
+        if t is None:
+            return (DEFAULT_ATOL if atol is None else atol), (DEFAULT_RTOL if rtol is None else rtol)
+        return (t.atol if atol is None else atol), (t.rtol if rtol is None else rtol)
+
+    t = tensor_tolerance(spec, da, db, keys, "logits", ref) if "logits" in ref else None
+    desc = t.source if t is not None else "derived"
+    if atol is not None or rtol is not None:
+        desc += f"; given {'atol' if atol is not None else 'rtol'} {atol if atol is not None else rtol:g} replaces it"
+    return tol, desc + f" [logits; every tensor its own at its depth, keys {keys}]"
 
 
 def _vocab_near(model_path) -> int | None:
@@ -422,7 +504,11 @@ def format_report(r: CompareReport) -> str:
         verdict = "PASSED" if s.passed else "FAILED"
         return (f"[{'I' if s.passed else 'E'}] {tag} {s.name} {list(s.shape)}: max abs {_g(s.max_abs)} | mean abs "
                 f"{_g(s.mean_abs)} | max rel {_g(s.max_rel)} | p90 {_g(s.p90_abs)} | p99 {_g(s.p99_abs)} | cosine "
-                f"{s.cosine:.6f}{nf} | min atol {_g(s.min_atol)}, min rtol {_g(s.min_rtol)} -> {verdict}")
+                f"{s.cosine:.6f}{nf} | min atol {_g(s.min_atol)}, min rtol {_g(s.min_rtol)}{tol_of(s)} -> {verdict}")
+
+    def tol_of(s: TensorStats) -> str:  # a tensor judged with its own (derived) tolerance says so
+        return "" if (s.atol, s.rtol) == (r.atol, r.rtol) else f" | tol atol {_g(s.atol)} rtol {_g(s.rtol)}"
+
     if r.layerwise:
         lines.append(f"[I] layer-wise: {len(r.tensors)} tensors matched by name"
                      + (f", {len(r.only_in_a)} only in A, {len(r.only_in_b)} only in B"
@@ -458,6 +544,10 @@ def format_report(r: CompareReport) -> str:
             lines.append("[W] not an fp16 range / precision problem the simulator can pin to ops")
     if r.plot:
         lines.append(f"[I] plot: {r.plot}")
-    lines.append(f"[{'I' if r.passed else 'E'}] {'PASSED' if r.passed else 'FAILED'} | atol {r.atol:g} rtol {r.rtol:g} | "
+    if r.tolerance and r.tolerance != "given":
+        lines.append(f"[I] tolerance: {r.tolerance}")
+    how = "" if r.tolerance in ("given", "") else f" ({r.tolerance.split(':')[0].split(' ')[0]})"
+    lines.append(f"[{'I' if r.passed else 'E'}] {'PASSED' if r.passed else 'FAILED'} | atol {r.atol:.4g} "
+                 f"rtol {r.rtol:.4g}{how} | "
                  f"Command: {r.command or '(library call)'}")
     return "\n".join(lines)

@@ -40,6 +40,7 @@ class TensorStats:
         nonfinite_mismatch: elements where exactly one side is non-finite (or infs differ).
         ref_absmax: max |a| over finite elements (above 65504 it overflows fp16).
         shape_mismatch: the shapes differ (nothing else is computed).
+        atol / rtol: the tolerance this tensor was judged with.
     """
 
     name: str
@@ -59,6 +60,8 @@ class TensorStats:
     ref_absmax: float
     shape_mismatch: bool = False
     got_shape: tuple | None = None
+    atol: float = 0.0
+    rtol: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -84,7 +87,7 @@ def tensor_stats(name: str, ref, got, atol: float, rtol: float) -> TensorStats:
     if a.shape != b.shape:
         inf = float("inf")
         return TensorStats(name, tuple(a.shape), False, inf, inf, inf, inf, inf, float("nan"), inf, inf,
-                           0, 0, 0, 0.0, True, tuple(b.shape))
+                           0, 0, 0, 0.0, True, tuple(b.shape), float(atol), float(rtol))
     fa, fb = np.isfinite(a), np.isfinite(b)
     both = fa & fb
     same_nonfinite = (~fa & ~fb) & ((np.isnan(a) & np.isnan(b)) | (a == b))
@@ -124,7 +127,8 @@ def tensor_stats(name: str, ref, got, atol: float, rtol: float) -> TensorStats:
     else:
         max_abs_req = max_abs
     return TensorStats(name, tuple(a.shape), ok and not mismatch, max_abs, mean_abs, max_rel, p90, p99, cosine,
-                       max_abs_req, min_rtol, int((~fa).sum()), int((~fb).sum()), mismatch, ref_absmax)
+                       max_abs_req, min_rtol, int((~fa).sum()), int((~fb).sum()), mismatch, ref_absmax,
+                       atol=float(atol), rtol=float(rtol))
 
 
 def layer_of(name: str) -> str:
