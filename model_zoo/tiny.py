@@ -265,6 +265,8 @@ def make_tiny_checkpoint(out_dir, arch: str = "llama", layout: str = "safetensor
         force: replace an existing `out_dir`.
         config_overrides: keys to change in the tiny config.json.
         weights: canonical weights to write instead of random ones (e.g. a perturbed copy).
+            Without it config.json carries `"ascend_adapt_random_weights": true`
+            (`quant.accuracy.real_weights`).
 
     Returns:
         The directory.
@@ -274,6 +276,10 @@ def make_tiny_checkpoint(out_dir, arch: str = "llama", layout: str = "safetensor
     adapter = ADAPTERS.get(arch)
     cfg = tiny_config(arch, **(config_overrides or {}))
     cfg["torch_dtype"] = dtype
+    if weights is None:  # drawn here: say so (convert's accuracy step then skips the perplexity)
+        from ascend_adapt.quant.accuracy import RANDOM_WEIGHTS_KEY
+
+        cfg[RANDOM_WEIGHTS_KEY] = True
     spec = adapter.spec_from_config(cfg)
     canon = dict(weights) if weights is not None else random_canonical_weights(spec, seed, "float32")
     if dtype != "float32":

@@ -24,6 +24,9 @@ Steps, each reported:
    simulated per-token latency on the target. For LLMs the golden's memory is checked against
    MemAvailable first (`golden_plan`): fp32, else the checkpoint's 16-bit dtype (said in the
    report), else the verify is skipped with the reason as a report step.
+   With `quantize`, an **accuracy** step follows on the same two backends (`_accuracy_hf`:
+   `quant.accuracy.accuracy_report` of the quantized artifact against the unquantized golden:
+   per-layer error, greedy agreement, perplexity for real weights); skipped with verify.
 6. **report** — `convert_report.json` and `convert_report.txt` in the output directory.
 
 Output directory layout (written under a temporary name, renamed when complete):
@@ -77,6 +80,7 @@ class ConvertReport:
     atc: dict = field(default_factory=dict)
     artifact: dict = field(default_factory=dict)
     verify: dict = field(default_factory=dict)
+    accuracy: dict = field(default_factory=dict)  # --quantize: the quantized artifact vs the unquantized golden
 
     @property
     def checks(self) -> dict:
@@ -99,7 +103,8 @@ class ConvertReport:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("source", "kind", "target", "soc_version", "precision_mode", "out",
-                                               "steps", "analysis", "rewrite", "atc", "artifact", "verify")} | {
+                                               "steps", "analysis", "rewrite", "atc", "artifact", "verify",
+                                               "accuracy")} | {
             "passed": self.passed, "outcome": self.outcome}
 
     def to_text(self) -> str:
@@ -138,6 +143,8 @@ class ConvertReport:
                 mark = "passed" if c.get("passed") else "FAILED"
                 lines.append(f"    {name}: {mark}{'' if c.get('counts', True) else ' (not counted)'} — "
                              f"{c.get('detail', '')}")
+        if self.accuracy:  # measured, not judged: the verdict stays the verify's
+            lines += [f"  {ln}" for ln in self.accuracy["lines"]]
         return "\n".join(lines)
 
 
@@ -221,8 +228,9 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
                 verify: bool, verify_tokens: int, progress: bool, on_step, on_line,
                 gears: Sequence[int] | None = None, cann_version: str | None = None,
                 src_dtype: str = "float32", num_params: int = 0, split=None, quant: dict | None = None,
-                toolchain=None) -> None:
-    """The HF steps after the fit check: export → analyze → compile → verify (module docstring)."""
+                toolchain=None, accuracy: dict | None = None) -> None:
+    """The HF steps after the fit check: export → analyze → compile → verify (→ accuracy with
+    --quantize; `accuracy` = {"mode", "ppl"}, None: no accuracy step) (module docstring)."""
     from ascend_adapt.om_convert.toolchains import get_toolchain
 
     res = _export_hf(report, src, out / "export", target, seq_len=seq_len, max_len=max_len, batch=batch,
@@ -236,7 +244,7 @@ def _convert_hf(report: ConvertReport, src: Path, out: Path, target, *, precisio
             shutil.copy2(f, out / f.name)
     if verify:
         _verify_hf(report, src, out, res, batch=batch, max_len=max_len, seq_len=seq_len, verify_tokens=verify_tokens,
-                   src_dtype=src_dtype, num_params=num_params, on_step=on_step)
+                   src_dtype=src_dtype, num_params=num_params, on_step=on_step, accuracy=accuracy)
 
 
 def _export_hf(report: ConvertReport, src: Path, exp: Path, target, *, seq_len: int, max_len: int, batch: int,
@@ -352,8 +360,10 @@ def _compile_hf(report: ConvertReport, res, out: Path, target, toolchain, *, pre
 
 
 def _verify_hf(report: ConvertReport, src: Path, out: Path, res, *, batch: int, max_len: int, seq_len: int,
-               verify_tokens: int, src_dtype: str, num_params: int, on_step) -> None:
-    """The verify step: the golden this machine can afford (`golden_plan`), else a SKIPPED step."""
+               verify_tokens: int, src_dtype: str, num_params: int, on_step, accuracy: dict | None = None) -> None:
+    """The verify step (and, with `accuracy`, the accuracy step on the same golden and simulator
+    backends, loaded once): the golden this machine can afford (`golden_plan`), else SKIPPED
+    steps with the reason."""
     t0 = time.perf_counter()
     spec = res.manifest["spec"]
     host_kv = 2 * spec["num_layers"] * batch * max_len * spec["num_kv_heads"] * spec["head_dim"] * 4
@@ -361,21 +371,85 @@ def _verify_hf(report: ConvertReport, src: Path, out: Path, res, *, batch: int, 
                        other_bytes=res.weights_bytes + host_kv, max_tokens=seq_len + verify_tokens,
                        spec=spec)
     if plan["dtype"] is None:  # never silently: the reason is a report step
-        report.steps.append({"step": "verify", "summary": f"SKIPPED: {plan['reason']}",
-                             "seconds": round(time.perf_counter() - t0, 3), "skipped": True, "plan": plan})
-        if on_step:
-            on_step(f"[verify] SKIPPED: {plan['reason']}")
-    else:
-        report.verify = verify_llm(src, out / OMSIM, n_tokens=verify_tokens, golden_dtype=plan["dtype"])
+        for name in ("verify", "accuracy") if accuracy else ("verify",):
+            report.steps.append({"step": name, "summary": f"SKIPPED: {plan['reason']}",
+                                 "seconds": round(time.perf_counter() - t0, 3), "skipped": True, "plan": plan})
+            if on_step:
+                on_step(f"[{name}] SKIPPED: {plan['reason']}")
+        return
+    from ascend_adapt.backends import get_backend
+
+    golden = get_backend("torch", src, dtype=plan["dtype"])  # golden_plan picks it when fp32 does not fit
+    sim = get_backend("sim", out / OMSIM)
+    try:
+        report.verify = verify_llm(src, out / OMSIM, n_tokens=verify_tokens, golden_dtype=plan["dtype"],
+                                   golden=golden, sim=sim)
         if plan["dtype"] != "float32":
             report.verify["golden"] = f"torch {plan['dtype']}"
             report.verify["golden_plan"] = plan
             report.verify["summary"] += f" [{plan['reason']}]"
         _step(report, "verify", t0, report.verify["summary"], on_step)
+        if accuracy:
+            _accuracy_hf(report, src, golden, sim, plan, steps=verify_tokens, on_step=on_step, **accuracy)
+    finally:
+        sim.close()
+
+
+def _accuracy_hf(report: ConvertReport, src: Path, golden, sim, plan: Mapping, *, steps: int, mode: str,
+                 ppl: bool | None, on_step) -> None:
+    """The accuracy step of --quantize: `accuracy_report(golden, sim)` — the quantized artifact on
+    the simulator against the model without quantization, i.e. the torch golden verify loaded
+    (fp32, or the checkpoint's 16-bit dtype per `golden_plan`). It adds no arithmetic of its own.
+
+    Greedy prompts: the family's verify prompt + `ACCURACY_PROMPTS` (those whose teacher-forced
+    sequence fits the prefill length), `steps` tokens each (fewer where the KV cache or the prefill
+    length is shorter). Perplexity on `PPL_TEXT` in windows of min(256, prefill length), when
+    `ppl` (None: when `real_weights(src)`)."""
+    from ascend_adapt.model_zoo import ADAPTERS
+    from ascend_adapt.model_zoo.tokenizers import load_tokenizer
+    from ascend_adapt.quant.accuracy import PPL_TEXT, accuracy_prompts, accuracy_report, ppl_text_ids, real_weights
+
+    t0 = time.perf_counter()
+    tok = load_tokenizer(src)
+    # teacher-forced: one forward over prompt + steps - 1 tokens, within the prefill length
+    texts, prompts = accuracy_prompts(tok, ADAPTERS.get(golden.spec.arch).verify_prompt, max_len=sim.seq_len - 1)
+    longest = max((len(p) for p in prompts), default=0)
+    n = max(1, min(int(steps), sim.seq_len - longest + 1, sim.max_len - longest))
+    if ppl is None:
+        ppl, why = real_weights(src)
+    else:
+        why = "--accuracy-ppl" if ppl else "--no-accuracy-ppl"
+    window = min(256, int(sim.seq_len))
+    ids = ppl_text_ids(tok) if ppl else None
+    reference = f"the model without quantization: the torch {plan['dtype']} golden of verify"
+    label = f"{mode.upper()} artifact (simulator, {sim.cost_summary()['precision_mode']})"
+    rep = accuracy_report(golden, sim, prompts=prompts, steps=n, ppl_ids=ids, label=label, window=window)
+    lines = rep.lines()
+    lines.insert(1, f"  reference: {reference}")
+    if ids is None:
+        lines.append(f"  perplexity: not measured — {why}")
+    took = time.perf_counter() - t0
+    lines.append(f"  ({took:.1f} s; prompts {texts!r}, {n} greedy tokens each"
+                 + (f"; perplexity over {len(ids)} tokens of {PPL_TEXT.name}, windows of {window})" if ids else ")"))
+    report.accuracy = rep.to_dict() | {
+        "reference": reference, "test": label, "prompts": texts, "prompt_ids": prompts, "steps": n,
+        "perplexity_text": PPL_TEXT.name if ids else None, "perplexity_tokens": len(ids) if ids else 0,
+        "perplexity_window": window if ids else None, "perplexity_reason": why, "seconds": round(took, 3),
+        "lines": lines}
+    logit = rep.layers.get("logits")
+    parts = [f"{mode.upper()} vs torch {plan['dtype']} golden"]
+    if logit:
+        parts.append(f"logits cosine {logit['cosine']:.5f}")
+    if rep.greedy:
+        parts.append(f"greedy {rep.greedy['equal']}/{rep.greedy['total']} equal free-running, "
+                     f"{100 * rep.greedy['teacher_forced_rate']:.1f} % teacher-forced")
+    parts.append(f"perplexity {100 * rep.ppl_rise:+.2f} %" if rep.ppl_rise is not None else "no perplexity")
+    _step(report, "accuracy", t0, "; ".join(parts), on_step)
 
 
 def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = None, min_cosine: float = 0.999,
-               precision_mode: str | None = None, keep_dtype: Any = "export", golden_dtype: str = "float32") -> dict:
+               precision_mode: str | None = None, keep_dtype: Any = "export", golden_dtype: str = "float32",
+               golden=None, sim=None) -> dict:
     """Golden (torch fp32) vs the simulator: prefill logits and layers, greedy parity, cost.
 
     Four checks, each with its own verdict in `checks` (text and JSON); `passed` is their
@@ -389,15 +463,21 @@ def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = No
       winner) fails. Only the first difference is judged: after it the contexts differ.
     - logits: the prompt logits are finite and their cosine ≥ `min_cosine`.
     - layers: every layer output is finite and its cosine ≥ `min_cosine`.
+
+    `golden` / `sim`: backends already loaded for these paths (convert shares them with its
+    accuracy step); the caller then closes `sim`.
     """
     from ascend_adapt.model_zoo.tokenizers import load_tokenizer
     from ascend_adapt.backends import get_backend
     from ascend_adapt.runtime.generate import greedy_tokens
 
-    golden = get_backend("torch", golden_dir, dtype=golden_dtype)  # golden_plan picks it when fp32 does not fit
-    # an override keeps the export's fp32 islands (RMSNorm / LayerNorm / softmax), as convert passes them to ATC
-    sim = get_backend("sim", omsim, **({"precision_mode": precision_mode, "keep_dtype": keep_dtype}
-                                       if precision_mode else {}))
+    if golden is None:
+        golden = get_backend("torch", golden_dir, dtype=golden_dtype)  # golden_plan picks it when fp32 does not fit
+    own_sim = sim is None
+    if own_sim:
+        # an override keeps the export's fp32 islands (RMSNorm / LayerNorm / softmax), as convert passes them to ATC
+        sim = get_backend("sim", omsim, **({"precision_mode": precision_mode, "keep_dtype": keep_dtype}
+                                           if precision_mode else {}))
     tok = load_tokenizer(golden_dir)
     from ascend_adapt.model_zoo import ADAPTERS
 
@@ -442,7 +522,8 @@ def verify_llm(golden_dir, omsim, *, n_tokens: int = 16, prompt: str | None = No
                f"logits max|Δ| {logit_m['max_abs']:.3g}{finite_note}, min layer cosine {min_cos:.6f}; "
                f"simulated {cost['decode_ms_per_token']:.3f} ms/token on {cost['target']} "
                f"({cost['precision_mode']})")
-    sim.close()
+    if own_sim:
+        sim.close()
     return {"runner": f"sim ({cost['precision_mode']}, simulated)", "golden": "torch fp32", "prompt": text,
             "prompt_ids": ids[0].tolist(), "golden_tokens": g_tok[0].tolist(), "sim_tokens": s_tok[0].tolist(),
             "tokens_identical": toks["identical"], "first_token_difference": toks["first_difference"],
@@ -825,7 +906,7 @@ def convert(source, out, *, soc: str, precision_mode: str | None = None, seq_len
             on_line: Callable[[str], None] | None = None, chips: int = 1,
             device_ids: Sequence[int] | str | None = None, quantize: str | None = None,
             group_size: int | None = None, calib: str | None = None, smooth_alpha: float | None = None,
-            keep_fp16: str | None = None) -> ConvertReport:
+            keep_fp16: str | None = None, accuracy: bool = True, accuracy_ppl: bool | None = None) -> ConvertReport:
     """Convert an HF checkpoint directory or an .onnx file for `soc`; see the module docstring.
 
     Args:
@@ -865,6 +946,9 @@ def convert(source, out, *, soc: str, precision_mode: str | None = None, seq_len
         calib: w8a8 calibration set, "builtin" (default) or a prompts file.
         smooth_alpha: w8a8 SmoothQuant α (default "auto": searched per input group).
         keep_fp16: w8a8 keep-fp16 rule (`KeepRule.parse`; default: lm_head and the edge layers' down_proj).
+        accuracy: with `quantize` and `verify`: the accuracy step after verify (`_accuracy_hf`).
+        accuracy_ppl: its perplexity: None (default) when the checkpoint has real weights
+            (`quant.accuracy.real_weights`), True / False always / never.
 
     Raises:
         ModelDoesNotFitError: (HF input) the model as it would be built needs more memory than a
@@ -899,6 +983,9 @@ def convert(source, out, *, soc: str, precision_mode: str | None = None, seq_len
     if kind == "onnx" and quantize:
         raise ConfigError("--quantize applies to HF checkpoints (the weights are quantized as they stream)",
                           "convert the HF checkpoint directory with --quantize")
+    if accuracy_ppl is not None and not quantize:
+        raise ConfigError("--accuracy-ppl / --no-accuracy-ppl apply to the accuracy step of --quantize",
+                          "add --quantize w8a16|w8a8, or drop the option")
     if quantize == "w8a8" and calib is not None and calib != "builtin" and not Path(calib).is_file():
         raise ConfigError(f"--calib: calibration file '{calib}' does not exist",
                           "pass a file of prompts, or --calib builtin")
@@ -961,7 +1048,8 @@ def convert(source, out, *, soc: str, precision_mode: str | None = None, seq_len
                         num_params=spec.param_count(), split=split,
                         quant={"quantize": quantize, "group_size": group_size, "calib": calib,
                                "smooth_alpha": smooth_alpha, "keep_fp16": keep_fp16} if quantize else None,
-                        toolchain=toolchain)
+                        toolchain=toolchain,
+                        accuracy={"mode": quantize, "ppl": accuracy_ppl} if quantize and accuracy else None)
         else:
             _convert_onnx(report, src, tmp, target, precision_mode=mode, input_shape=input_shape or {},
                           gears=gears, keep_dtype=keep, cann_version=cann_version, use_atc=use_atc,

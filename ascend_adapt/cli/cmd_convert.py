@@ -97,9 +97,17 @@ def _gears(text: str | None, source: str, input_shape: str | None) -> list[tuple
                    'outlier_linears, outlier_ratio, max_error, keep) or a JSON file; printed in the report. '
                    '[default: lm_head=true;edge_layers=1;edge_linears=mlp.down;outlier_linears=mlp.down;'
                    'outlier_ratio=32;max_error=0.04]')
+@click.option("--no-accuracy", is_flag=True,
+              help="--quantize: skip the accuracy step after verify (the quantized artifact on the simulator "
+                   "against the unquantized golden verify loaded: per-layer error, greedy-token agreement over "
+                   "--verify-tokens steps, perplexity on a fixed text). --no-verify skips it too.")
+@click.option("--accuracy-ppl/--no-accuracy-ppl", default=None,
+              help="--quantize: measure the accuracy step's perplexity (2986 SmolLM2 tokens of a fixed text), or "
+                   "not. [default: when the weights are real: skipped where config.json says "
+                   "\"ascend_adapt_random_weights\": true, as make-tiny writes]")
 def convert_cmd(source, soc, out, precision_mode, seq_len, max_len, layout, batch, input_shape, gears, keep_dtype,
                 cann_version, weight_dtype, use_atc, no_verify, verify_tokens, as_json, force, chips, device_ids,
-                quantize, group_size, calib, smooth_alpha, keep_fp16):
+                quantize, group_size, calib, smooth_alpha, keep_fp16, no_accuracy, accuracy_ppl):
     """HF checkpoint or ONNX → OM (ATC) or simulator artifact, verified against the golden.
 
     fit → export → analyze → rewrite → compile with the target's toolchain (ATC: the exact atc
@@ -119,7 +127,8 @@ def convert_cmd(source, soc, out, precision_mode, seq_len, max_len, layout, batc
                      weight_dtype={"fp32": "float32", "fp16": "float16", None: None}[weight_dtype],
                      use_atc=use_atc, verify=not no_verify, verify_tokens=verify_tokens, force=force,
                      chips=chips, device_ids=device_ids, quantize=quantize, group_size=group_size, calib=calib,
-                     smooth_alpha=smooth_alpha, keep_fp16=keep_fp16,
+                     smooth_alpha=smooth_alpha, keep_fp16=keep_fp16, accuracy=not no_accuracy,
+                     accuracy_ppl=accuracy_ppl,
                      progress=not as_json, on_step=None if as_json else (lambda m: click.echo(m, err=True)))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))

@@ -23,6 +23,7 @@ ONNX emission.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,14 @@ import numpy as np
 from ascend_adapt.errors import ConfigError
 
 PPL_TEXT = Path(__file__).with_name("data") / "ppl_text.txt"
+
+# config.json key of a checkpoint whose weights are random (`make_tiny_checkpoint` writes it when it
+# draws the weights itself): perplexity on a text means nothing for such weights
+RANDOM_WEIGHTS_KEY = "ascend_adapt_random_weights"
+
+# the fixed greedy prompts of `convert --quantize`'s accuracy step, after the family's verify prompt
+# (written for this project; not in the calibration set nor the perplexity text)
+ACCURACY_PROMPTS = ("The capital of France is", "def add(a, b):\n    return", "Once upon a time, there was")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,6 +224,12 @@ class AccuracyReport:
             return None
         return self.ppl_test / self.ppl_ref - 1.0
 
+    def to_dict(self) -> dict:
+        """The measures as JSON-ready values (convert_report.json "accuracy")."""
+        return {"label": self.label, "layers": self.layers, "greedy": self.greedy,
+                "perplexity": None if self.ppl_rise is None else
+                {"reference": self.ppl_ref, "test": self.ppl_test, "rise": self.ppl_rise}}
+
     def lines(self) -> list[str]:
         out = [f"accuracy of {self.label} against the reference:"]
         if self.layers:
@@ -265,6 +280,32 @@ def compare_artifacts(ref_path, test_path, backend: str = "sim", **kwargs) -> Ac
     from ascend_adapt.backends import get_backend
 
     return accuracy_report(get_backend(backend, ref_path), get_backend(backend, test_path), **kwargs)
+
+
+def real_weights(model_dir) -> tuple[bool, str]:
+    """(whether `model_dir` holds real weights, why we think so): False only where its config.json
+    says its weights are random (`RANDOM_WEIGHTS_KEY`, written by `make_tiny_checkpoint`)."""
+    cfg = Path(model_dir) / "config.json"
+    try:
+        marked = bool(json.loads(cfg.read_text(encoding="utf-8")).get(RANDOM_WEIGHTS_KEY))
+    except (OSError, ValueError, AttributeError):
+        marked = False
+    if marked:
+        return False, (f"{cfg} marks its weights as random ({RANDOM_WEIGHTS_KEY}: true): perplexity on a text "
+                       "means nothing for them (--accuracy-ppl measures it anyway)")
+    return True, f"real weights ({cfg.name} does not mark them random; --no-accuracy-ppl skips it)"
+
+
+def accuracy_prompts(tokenizer, verify_prompt: str, max_len: int | None = None) -> tuple[list[str], list[list[int]]]:
+    """(texts, token ids) of the fixed greedy prompts: the verify prompt, then `ACCURACY_PROMPTS`;
+    with `max_len`, only those of at most that many tokens."""
+    texts, ids = [], []
+    for t in (verify_prompt, *ACCURACY_PROMPTS):
+        p = [int(i) for i in tokenizer.encode(t)]
+        if p and (max_len is None or len(p) <= max_len):
+            texts.append(t)
+            ids.append(p)
+    return texts, ids
 
 
 def ppl_text_ids(tokenizer, max_tokens: int | None = None) -> list[int]:
