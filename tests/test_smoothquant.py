@@ -480,23 +480,26 @@ def test_calib_memory_of_llama2_7b_is_its_real_arithmetic():
 
     spec = spec_for(LLAMA2_7B)[0]
     assert spec.param_count() == 6_738_415_616
-    m = calib_memory(spec, 4096, 256, 1024)
+    m = calib_memory(spec, 4096, 256, 1024, streamed=False)
     assert m.golden == 4 * 6_738_415_616 and m.load_peak == m.golden
     assert m.kept_tokens == 1024 and m.samples == 4 * 1024 * 32 * (3 * 4096 + 11008)
     # gate/up is the largest group: 4 copies of its 2·11008×4096 weight + 2 outputs + 3 inputs of 1024 rows
     assert m.search_temp == 4 * (4 * 2 * 11008 * 4096 + 2 * 1024 * 2 * 11008 + 3 * 1024 * 4096)
     assert m.total == m.golden + m.activations + m.samples + m.search_temp  # 31.8 GB
     assert calib_memory(spec, 4096, 256, 1024, golden_loaded=True).total == m.activations + m.samples + m.search_temp
-    assert calib_memory(spec, 100, 50, 1024).kept_tokens == 100  # fewer tokens than the budget: all kept
+    assert calib_memory(spec, 100, 50, 1024, streamed=False).kept_tokens == 100  # fewer tokens than the budget
 
 
-def test_plan_w8a8_refuses_a_7b_model_on_a_24gb_host_before_loading_weights(llama_dir, tmp_path):
+def test_plan_w8a8_refuses_a_7b_model_on_a_small_host_before_loading_weights(llama_dir, tmp_path):
     """A Llama-2-7B config.json with no weights at all (and the tiny model's tokenizer): the
     refusal comes from config.json and the tokenized calibration set, before any weight is read
-    (else the missing weights would raise a CheckpointError)."""
+    (else the missing weights would raise a CheckpointError). The figure is the layer-streamed
+    one (the builtin set here is 832 tokens: 3.1 GB; the whole golden needed 31.1 GB): a 24 GB
+    host passes the check and only then finds no weights, a 2 GB host is refused, and calibrating
+    a whole golden (a backend given) is never the default."""
     import shutil
 
-    from ascend_adapt.errors import UnsupportedError
+    from ascend_adapt.errors import CheckpointError, UnsupportedError
     from ascend_adapt.quant.smoothquant import plan_w8a8
 
     d = tmp_path / "llama-2-7b"
@@ -504,10 +507,13 @@ def test_plan_w8a8_refuses_a_7b_model_on_a_24gb_host_before_loading_weights(llam
     (d / "config.json").write_text(json.dumps(LLAMA2_7B))
     for f in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(llama_dir / f, d / f)
-    with pytest.raises(UnsupportedError) as e:
+    with pytest.raises(CheckpointError, match="no weights found"):
         plan_w8a8(d, memory_available=24e9)
+    with pytest.raises(UnsupportedError) as e:
+        plan_w8a8(d, memory_available=2e9)
     msg = str(e.value)
-    assert str(d) in msg and "6.74 B params" in msg and "needs 31.1 GB" in msg and "24.0 GB available" in msg
+    assert str(d) in msg and "6.74 B params" in msg and "needs 3.1 GB" in msg and "2.0 GB available" in msg
+    assert "one layer's fp32 weights (streamed) 809.5 MB" in msg and "embedding + hidden states" in msg
     assert "--quantize w8a16" in msg
 
 
@@ -545,3 +551,122 @@ def test_cli_refuses_a_calibration_that_does_not_fit_before_writing_anything(cmd
     said = capsys.readouterr().err
     assert "W8A8 calibration of" in said and "1.0 MB available" in said and "--quantize w8a16" in said, said
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ---- layer-streamed calibration (issue #14) -----------------------------------------------------------
+
+def _assert_same_plan(a, b):
+    assert a.tokens == b.tokens and a.prompts == b.prompts and a.search_tokens == b.search_tokens
+    assert list(a.linears) == list(b.linears) and a.kept == b.kept
+    assert sorted(a.search) == sorted(b.search)
+    for k in a.search:
+        np.testing.assert_array_equal(a.search[k], b.search[k], err_msg=k)
+    for n, x in a.linears.items():
+        y = b.linears[n]
+        np.testing.assert_array_equal(x.amax, y.amax, err_msg=n)
+        np.testing.assert_array_equal(x.smooth, y.smooth, err_msg=n)
+        assert x.act_scale == y.act_scale and x.alpha == y.alpha and x.fold == y.fold, n
+
+
+@pytest.mark.parametrize("arch,rule", [("llama", "lm_head=false"), ("qwen2", None), ("chatglm", None),
+                                       ("chatglm2", "edge_layers=0")])
+def test_layer_streamed_plan_equals_the_whole_golden_plan(arch, rule, tmp_path):
+    """The default (layer-streamed) calibration gives the plan of the whole fp32 golden bit for
+    bit: every layer is the golden's own module class with the same fp32 weights, called with the
+    embeddings / mask / rotary / positions the whole model passes it, so every hooked input, amax,
+    kept sample and α-search error is the same float32 arithmetic (tolerance 0). Llama runs with a
+    quantized head (the head stage builds the head and searches its α); the others keep it fp16
+    (only its input's amax is taken)."""
+    pytest.importorskip("transformers")
+    from ascend_adapt.backends.torch.session import TorchBackend
+    from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
+    from ascend_adapt.quant.smoothquant import plan_w8a8
+
+    d = make_tiny_checkpoint(tmp_path / arch, arch)
+    whole = plan_w8a8(d, rule=rule, backend=TorchBackend(d), memory_available=math.inf)
+    streamed = plan_w8a8(d, rule=rule, memory_available=math.inf)
+    _assert_same_plan(whole, streamed)
+    assert whole.linears and whole.search
+    assert ("lm_head" in streamed.linears) == (rule == "lm_head=false")
+
+
+def test_layer_streamed_stats_are_the_whole_golden_hooks_per_layer(llama_dir):
+    """`stream_act_stats` against `collect_act_stats` on the same prompts: every Linear's amax and
+    every kept input row equal (the same stride over the same global token indices)."""
+    from ascend_adapt.backends.torch.session import TorchBackend, reference_module
+    from ascend_adapt.quant.calib import CanonicalSource, collect_act_stats, linear_names, stream_act_stats
+
+    prompts = [[1, 5, 9, 33, 7], [1, 40, 41, 2, 3, 100, 6], [1, 3, 4]]
+    keep = ["layers.0.attn.q", "layers.1.mlp.down", "lm_head"]
+    whole = collect_act_stats(TorchBackend(llama_dir), prompts, keep_inputs=keep, max_kept_tokens=6)
+    src = CanonicalSource(llama_dir)
+    seen = {}
+    streamed = stream_act_stats(reference_module("llama").calib_stages(src.spec, src), src.spec, prompts,
+                                keep_inputs=keep, max_kept_tokens=6, head=True,
+                                on_stage=lambda st: seen.update({k: (v, st.input_prompts) for k, v in st.inputs.items()}))
+    assert streamed.kept_tokens == whole.kept_tokens == 5 and streamed.tokens == 15  # stride ⌈15 / 6⌉ = 3
+    for n in linear_names(src.spec):
+        np.testing.assert_array_equal(streamed.amax[n], whole.amax[n], err_msg=n)
+    for n in keep:
+        np.testing.assert_array_equal(seen[n][0], whole.inputs[n], err_msg=n)
+        np.testing.assert_array_equal(seen[n][1], whole.input_prompts)
+
+
+def test_calib_memory_of_llama2_7b_streamed_fits_a_24gb_host():
+    """Llama-2-7B streamed (4096 tokens, longest prompt 256, 1024 kept): one decoder layer's fp32
+    weights 4·(4·4096² + 3·4096·11008 + 2·4096) = 809.5 MB (1.62 GB while built from its source
+    arrays); held throughout the fp32 embedding 4·32000·4096 = 524.3 MB, the hidden states twice
+    (2·4·4096·4096 = 134.2 MB) and the layer arguments 4·(256·4096 + 2·4096·128) = 8.4 MB; one
+    layer's α-search samples 4·1024·(3·4096 + 11008) = 95.4 MB; the gate/up search temporaries
+    as in the whole figure (1.67 GB): ≈ 3.3 GB against the whole golden's 31.8 GB."""
+    from ascend_adapt.estimate.core import spec_for
+    from ascend_adapt.quant.smoothquant import calib_memory
+
+    spec = spec_for(LLAMA2_7B)[0]
+    m = calib_memory(spec, 4096, 256, 1024)
+    layer = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096
+    assert m.streamed and m.golden == 4 * layer == 809_533_440 and m.load_peak == 2 * m.golden
+    assert m.resident == 4 * (32000 * 4096 + 2 * 4096 * 4096 + 256 * 4096 + 2 * 4096 * 128)
+    assert m.samples == 4 * 1024 * (3 * 4096 + 11008)
+    assert m.search_temp == calib_memory(spec, 4096, 256, 1024, streamed=False).search_temp
+    assert m.activations == 4 * (256 * (4 * 4096 + 3 * 4096 + 3 * 11008) + 2 * 32 * 256 * 256)
+    assert m.total == m.resident + m.golden + m.activations + m.samples + m.search_temp
+    assert 3.2e9 < m.total < 3.4e9 and m.total < calib_memory(spec, 4096, 256, 1024, streamed=False).total / 9
+    # a quantized (untied) head: its stage holds its 32000×4096 fp32 weight and the logits
+    h = calib_memory(spec, 4096, 256, 1024, quantized_head=True)
+    assert h.golden == m.golden and h.samples == m.samples  # 32000·4096 < one layer's parameters
+    assert h.activations == m.activations + 4 * 256 * 32000  # the head's logits
+
+
+class _Tok:
+    """A tokenizer that ends every prompt with a fixed suffix, as ChatGLM-6B's writes [gMASK] <sop>."""
+
+    def __init__(self, suffix):
+        self.suffix = list(suffix)
+
+    def encode(self, text):
+        return [ord(c) for c in text] + self.suffix
+
+
+def test_tokenize_calib_cuts_the_body_and_keeps_the_prompt_suffix():
+    from ascend_adapt.quant.calib import tokenize_calib
+
+    tok = _Tok([901, 902])
+    texts = ["abcdefgh", "ijklmnop", "qrstuvwx"]
+    got = tokenize_calib(tok, texts, max_tokens=11, max_seq_len=6, suffix=[901, 902])
+    # 6 per prompt at most (4 of body + the suffix), 11 in all: the third has 1 place, too few for the suffix
+    assert got == [[97, 98, 99, 100, 901, 902], [105, 106, 107, 901, 902]]
+    # without a suffix the tail is cut, as before
+    assert tokenize_calib(tok, texts, max_tokens=11, max_seq_len=6) == [[97, 98, 99, 100, 101, 102],
+                                                                        [105, 106, 107, 108, 109]]
+
+
+def test_a_chatglm_calibration_cut_short_still_ends_its_prompts_with_gmask_sop(tmp_path):
+    """ChatGLM-6B's golden refuses a prompt without [gMASK] <sop>: a token budget that cuts the
+    calibration prompts must keep them (it used to cut them away: "has no <sop>")."""
+    from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
+    from ascend_adapt.quant.smoothquant import plan_w8a8
+
+    d = make_tiny_checkpoint(tmp_path / "glm", "chatglm")
+    plan = plan_w8a8(d, alpha=0.5, max_tokens=100, max_seq_len=24)
+    assert plan.tokens <= 100 and plan.linears

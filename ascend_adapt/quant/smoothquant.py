@@ -526,7 +526,7 @@ def alpha_errors(x, w, wmax, folds=None, grid=ALPHA_GRID) -> np.ndarray:
 
 
 def search_alphas(spec, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarray], folds=None,
-                  grid=ALPHA_GRID, include_head: bool = False) -> dict[str, np.ndarray]:
+                  grid=ALPHA_GRID, include_head: bool = False, groups=None) -> dict[str, np.ndarray]:
     """`alpha_errors` of every decoder input group (and the head with `include_head`).
 
     Args:
@@ -534,6 +534,8 @@ def search_alphas(spec, inputs: dict[str, np.ndarray], weights: dict[str, np.nda
             each group is enough: the group shares it).
         weights: canonical prefix → float32 weight [out, in].
         folds: int [T]: the fold (prompt parity) of each row, shared by all inputs.
+        groups: only these input groups (tuples of canonical prefixes, e.g. one decoder layer's
+            under the layer-streamed calibration); None: every group of the spec.
 
     Returns:
         group leader (first Linear) → held-out relative error per α of `grid`.
@@ -541,7 +543,8 @@ def search_alphas(spec, inputs: dict[str, np.ndarray], weights: dict[str, np.nda
     grid = tuple(float(check_alpha(a)) for a in grid)
     if not grid or "auto" in grid:
         raise ConfigError(f"W8A8 α search: grid {grid!r} must be numbers in [0, 1]", "e.g. 0, 0.1, …, 1")
-    groups = [names for names, _ in _groups(spec)] + ([("lm_head",)] if include_head else [])
+    if groups is None:
+        groups = [names for names, _ in _groups(spec)] + ([("lm_head",)] if include_head else [])
     out = {}
     for names in groups:
         if names[0] not in inputs:
@@ -640,9 +643,11 @@ def plan_from_stats(spec, amax: dict[str, np.ndarray], weight_colmax: dict[str, 
 # ------------------------------------------------------------------------------------------------
 # host memory of the calibration (checked before any weight is loaded)
 
-# The fp32 golden while it loads: every family's golden holds its fp32 weights once (the
-# transformers-based Llama / Qwen goldens hand their state dict to the module with
-# load_state_dict(assign=True); our ChatGLM modules copy tensor by tensor into their parameters).
+# The whole fp32 golden while it loads (a backend passed in, or a family without a layer stepper):
+# every family's golden holds its fp32 weights once (the transformers-based Llama / Qwen goldens
+# hand their state dict to the module with load_state_dict(assign=True); our ChatGLM modules copy
+# tensor by tensor into their parameters). The default, layer-streamed calibration
+# (`ascend_adapt.quant.calib.stream_act_stats`) holds one decoder layer's fp32 weights at a time.
 
 
 @dataclass(frozen=True)
@@ -650,12 +655,20 @@ class CalibMemory:
     """Host bytes a W8A8 calibration needs (`calib_memory`).
 
     Attributes:
-        golden: the fp32 golden's weights, 4 bytes × parameters (0 when the backend is given).
-        load_peak: the golden's peak while loading (one fp32 copy, = golden).
-        activations: one prompt's forward at batch 1 (the live tensors of one layer + the logits).
-        samples: the α-search samples, 4 × kept tokens × Σ in_features of the group leaders.
+        golden: the fp32 weights held at once, 4 bytes × parameters: the whole golden, or, streamed,
+            the largest stage (one decoder layer, or a quantized head); 0 when the backend is given.
+        load_peak: the peak while those weights are built: the whole golden once (assigned, not
+            copied); streamed, a stage's fp32 weights plus the source arrays they are made from.
+        activations: one prompt's forward at batch 1 (the live tensors of one layer, plus the
+            logits where the head runs).
+        samples: the α-search samples, 4 × kept tokens × Σ in_features of the group leaders (all
+            layers; streamed, one stage's).
         search_temp: the α search's temporaries for its largest group.
         kept_tokens: tokens of the search samples.
+        resident: streamed only, held through the whole run: the fp32 embedding matrix, every
+            prompt's hidden state (twice while the final norm runs) and the per-prompt layer
+            arguments (mask, rotary rows).
+        streamed: the figure is the layer-streamed calibration's.
     """
 
     golden: int
@@ -664,40 +677,61 @@ class CalibMemory:
     samples: int
     search_temp: int
     kept_tokens: int
+    resident: int = 0
+    streamed: bool = False
 
     @property
     def total(self) -> int:
-        """The peak: the larger of the load and the calibration run (golden + everything else)."""
-        return max(self.load_peak, self.golden + self.activations + self.samples + self.search_temp)
+        """The peak: what is held throughout, plus the larger of a load and a calibration run."""
+        return self.resident + max(self.load_peak, self.golden + self.activations + self.samples + self.search_temp)
 
 
 def calib_memory(spec, tokens: int, longest_prompt: int, search_tokens: int = SEARCH_TOKENS, *,
-                 quantized_head: bool = False, golden_loaded: bool = False) -> CalibMemory:
+                 quantized_head: bool = False, golden_loaded: bool = False, streamed: bool = True) -> CalibMemory:
     """Host bytes of `plan_w8a8` on `spec` with `tokens` calibration tokens (pure arithmetic).
 
     Args:
         tokens: calibration tokens in all; longest_prompt: tokens of the longest prompt.
         search_tokens: the α search's budget (`collect_act_stats(max_kept_tokens=…)`).
         quantized_head: the head's input is kept too.
-        golden_loaded: the fp32 golden is already resident (a backend passed in): not counted.
+        golden_loaded: the fp32 golden is already resident (a backend passed in): not counted,
+            and the calibration runs on it whole.
+        streamed: the layer-streamed calibration (the default of `plan_w8a8`); False: the whole
+            fp32 golden.
     """
     f32 = 4
     H, I, V, S = spec.hidden_size, spec.intermediate_size, spec.vocab_size, max(1, int(longest_prompt))
-    golden = 0 if golden_loaded else f32 * spec.param_count()
+    streamed = streamed and not golden_loaded
+    shapes = spec.canonical_shapes()
+    layer_params = sum(math.prod(v) for k, v in shapes.items() if k.startswith("layers.0."))
+    head_params = V * H if quantized_head and not spec.tie_word_embeddings else 0
     # one decoder layer at batch 1 under no_grad: residual, normed input, attention output, hook
     # temporary (4·S·H); q, k, v (S·(q + 2 kv)); scores and softmax (2·heads·S²); gate, up and
-    # their product (3·S·I); and the logits with their numpy copy (2·S·V)
-    act = f32 * (S * (4 * H + spec.q_dim + 2 * spec.kv_dim + 3 * I + 2 * V) + 2 * spec.num_heads * S * S)
+    # their product (3·S·I); and the logits with their numpy copy (2·S·V; streamed: the head runs
+    # only when quantized, its output once)
+    logits = (S * V if quantized_head else 0) if streamed else 2 * S * V
+    act = f32 * (S * (4 * H + spec.q_dim + 2 * spec.kv_dim + 3 * I) + logits + 2 * spec.num_heads * S * S)
     stride = max(1, -(-int(tokens) // int(search_tokens)))
     kept = -(-int(tokens) // stride) if tokens > 0 else 0
-    leaders_in = spec.num_layers * (H + spec.q_dim + H + I) + (H if quantized_head else 0)
+    layer_in = H + spec.q_dim + H + I  # the leaders' in_features of one layer: q, o, gate/up, down
+    leaders_in = (max(layer_in, H if quantized_head else 0) if streamed
+                  else spec.num_layers * layer_in + (H if quantized_head else 0))
     samples = f32 * kept * leaders_in
     # alpha_errors on the largest group: its stacked W, W·s, W·s/step and the int8 image (4 weights),
     # the reference and the difference output (2·T·out), the quantized input chain (3·T·in)
     groups = [(spec.q_dim + 2 * spec.kv_dim, H), (H, spec.q_dim),
               ((2 if spec.ffn == "swiglu" else 1) * I, H), (H, I)] + ([(V, H)] if quantized_head else [])
     temp = max(f32 * (4 * o * i + 2 * kept * o + 3 * kept * i) for o, i in groups)
-    return CalibMemory(golden, golden, act, samples, temp, kept)
+    if not streamed:
+        golden = 0 if golden_loaded else f32 * spec.param_count()
+        return CalibMemory(golden, golden, act, samples, temp, kept)
+    # streamed: the largest stage's fp32 weights, and while it is built the source arrays too
+    # (≤ 4 bytes a parameter: an fp32 checkpoint); held throughout: the fp32 embedding, the hidden
+    # states (4·tokens·H, twice while the final norm runs) and each prompt's layer arguments: a
+    # mask of ≤ S·S (Σ S_p² ≤ longest · tokens) and rotary rows (2·S·head_dim)
+    golden = f32 * max(layer_params, head_params)
+    resident = f32 * (V * H + 2 * int(tokens) * H + S * int(tokens) + 2 * int(tokens) * spec.head_dim)
+    return CalibMemory(golden, 2 * golden, act, samples, temp, kept, resident, True)
 
 
 def available_memory(meminfo: str | None, cgroup_limit: int | None = None,
@@ -761,9 +795,12 @@ def check_calib_memory(model: str, spec, need: CalibMemory, available: int | Non
         return
     def gb(n):
         return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-    parts = (f"fp32 golden {gb(need.golden)} (peak {gb(need.load_peak)} while it loads), one prompt's "
+    what = "one layer's fp32 weights (streamed)" if need.streamed else "fp32 golden"
+    parts = (f"{what} {gb(need.golden)} (peak {gb(need.load_peak)} while it loads), one prompt's "
              f"activations {gb(need.activations)}, α-search samples {gb(need.samples)} "
              f"({need.kept_tokens} tokens), search temporaries {gb(need.search_temp)}")
+    if need.streamed:
+        parts += f", embedding + hidden states {gb(need.resident)}"
     raise UnsupportedError(
         f"W8A8 calibration of '{model}' ({spec.arch}, {spec.param_count() / 1e9:.2f} B params) needs "
         f"{gb(need.total)} of host memory ({parts}); this host has {gb(available)} available",
@@ -789,7 +826,8 @@ def plan_w8a8(model_dir, *, calib="builtin", alpha: float | str = "auto", rule: 
             inputs (`search_alphas`; the inputs of `search_tokens` tokens are kept for it).
         rule: a `KeepRule`, a rule string / JSON path (`KeepRule.parse`), or None (defaults).
         max_tokens: calibration tokens at most; max_seq_len: tokens per prompt at most.
-        backend: an already built fp32 `TorchBackend` of this model (reused, else built here).
+        backend: an already built fp32 `TorchBackend` of this model, calibrated whole (else the
+            checkpoint is calibrated one decoder layer at a time: `_plan_streamed`).
         grid, search_tokens: the α search ("auto" only).
         memory_available: host bytes available (None: read from this host, `host_memory`;
             `math.inf`: no check).
@@ -821,11 +859,19 @@ def plan_w8a8(model_dir, *, calib="builtin", alpha: float | str = "auto", rule: 
     else:
         spec = backend.spec
     tok = load_tokenizer(model_dir)
-    token_lists = tokenize_calib(tok, texts, max_tokens, max_seq_len)
+    token_lists = tokenize_calib(tok, texts, max_tokens, max_seq_len, suffix=spec.position_scheme.prompt_suffix(spec))
     head = not rule.lm_head and not spec.tie_word_embeddings  # a quantized head is measured too
+    stepper = None
+    if backend is None:  # layer-streamed unless the family's golden has no layer stepper
+        from ascend_adapt.backends.torch.session import reference_module
+
+        stepper = getattr(reference_module(spec.arch), "calib_stages", None)
     need = calib_memory(spec, sum(map(len, token_lists)), max(map(len, token_lists), default=1), search_tokens,
-                        quantized_head=head, golden_loaded=backend is not None)
+                        quantized_head=head, golden_loaded=backend is not None, streamed=stepper is not None)
     check_calib_memory(str(model_dir), spec, need, host_memory() if memory_available is None else memory_available)
+    if stepper is not None:
+        return _plan_streamed(stepper, src, token_lists, alpha=alpha, rule=rule, calib=calib, grid=grid,
+                              search_tokens=search_tokens, head=head)
     if backend is None:
         from ascend_adapt.backends.torch.session import TorchBackend
 
@@ -839,6 +885,34 @@ def plan_w8a8(model_dir, *, calib="builtin", alpha: float | str = "auto", rule: 
     # two folds by prompt parity: each half's statistic is judged on the other half
     search = search_alphas(spec, stats.inputs, weights, stats.input_prompts % 2, grid, include_head=head)
     stats.inputs = None
+    return plan_from_stats(spec, stats.amax, colmax, alpha=alpha, rule=rule, calib=str(calib),
+                           tokens=stats.tokens, prompts=stats.prompts, search=search, grid=grid,
+                           search_tokens=stats.kept_tokens)
+
+
+def _plan_streamed(stepper, src, token_lists, *, alpha, rule, calib, grid, search_tokens, head) -> W8A8Plan:
+    """`plan_w8a8` one decoder layer at a time (`ascend_adapt.quant.calib.stream_act_stats`): each
+    layer's weight maxima and α search are taken while that layer is built, then it is freed."""
+    from .calib import CanonicalSource, stream_act_stats
+
+    source = CanonicalSource(src)
+    spec = source.spec
+    leaders = [names[0] for names, _ in _groups(spec)] + (["lm_head"] if head else [])
+    colmax: dict[str, np.ndarray] = {}
+    search: dict[str, np.ndarray] = {}
+
+    def on_stage(st):
+        if st.index is None and not head:
+            return  # the head stays fp16: only its input's amax was wanted
+        colmax.update({n: m.weight.detach().abs().amax(dim=0).float().numpy() for n, m in st.linears.items()})
+        weights = {n: m.weight.detach().float().numpy() for n, m in st.linears.items()}
+        groups = ([("lm_head",)] if st.index is None else
+                  [names for names, _ in _groups(spec) if names[0].startswith(f"layers.{st.index}.")])
+        # two folds by prompt parity: each half's statistic is judged on the other half
+        search.update(search_alphas(spec, st.inputs, weights, st.input_prompts % 2, grid, groups=groups))
+
+    stats = stream_act_stats(stepper(spec, source), spec, token_lists, keep_inputs=leaders,
+                             max_kept_tokens=search_tokens, head=head, on_stage=on_stage)
     return plan_from_stats(spec, stats.amax, colmax, alpha=alpha, rule=rule, calib=str(calib),
                            tokens=stats.tokens, prompts=stats.prompts, search=search, grid=grid,
                            search_tokens=stats.kept_tokens)

@@ -242,3 +242,97 @@ class ChatGLMReference(ModuleReference):
 def load_reference(spec: ModelSpec, stream, dtype: str = "float32") -> ChatGLMReference:
     """Family hook used by `ascend_adapt.backends.torch.session`."""
     return ChatGLMReference(spec, stream, dtype)
+
+
+# ---- layer-streamed calibration (ascend_adapt.quant.calib.stream_act_stats) ----------------------
+
+class GLMLayerStages:
+    """One `GLMBlock` at a time, for calibration: the embedding, the rotary table, positions and
+    mask exactly as `ChatGLMForCausalLM.forward` (via `forward_full`) computes them, then each
+    layer built alone with its fp32 weights and called as the whole model calls it.
+
+    Args:
+        spec: the model; source: `ascend_adapt.quant.calib.CanonicalSource` (`get`, `in`).
+    """
+
+    block = GLMBlock
+    canon = ChatGLMForCausalLM._CANON
+    table = "glm2d"
+
+    def __init__(self, spec: ModelSpec, source, dtype: str = "float32"):
+        from ascend_adapt.operators.rotary import rotary_table
+
+        self.spec, self.source, self.dtype = spec, source, _DTYPES[dtype]
+        cos, sin = rotary_table(spec.max_position + 1, spec.rotary_dim, spec.rope_theta, self.table,
+                                spec.rotary_table_dtype, compute_dtype=dtype)
+        self.cos = torch.from_numpy(cos.astype(np.float32)).to(self.dtype)  # as the model's buffers
+        self.sin = torch.from_numpy(sin.astype(np.float32)).to(self.dtype)
+        self.embed_w = self._tensor(self._tied("embed.weight"))
+
+    def _tied(self, name: str) -> str:
+        """ChatGLM-6B's embedding and head both take `spec.tied_source` when tied (the other
+        tensor only when the source is absent), as `load_canonical` does."""
+        if not self.spec.tie_word_embeddings:
+            return name
+        other = "lm_head.weight" if self.spec.tied_source == "embed.weight" else "embed.weight"
+        return self.spec.tied_source if self.spec.tied_source in self.source else other
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(self.source.get(name), dtype=np.float32))).to(self.dtype)
+
+    def _context(self, positions, visible):
+        return torch.from_numpy(positions), torch.from_numpy(visible)
+
+    @torch.no_grad()
+    def embed(self, ids: np.ndarray):
+        from ascend_adapt.runtime.lm_inputs import prefill_inputs
+
+        step, _ = prefill_inputs(self.spec, ids, None, ids.shape[1])
+        x = nn.functional.embedding(torch.from_numpy(step.input_ids), self.embed_w)
+        return x, self._context(step.positions, step.visible)
+
+    def _new_block(self, i: int):
+        return self.block(self.spec, i, self.dtype)
+
+    def layer(self, i: int):
+        with torch.device("meta"):
+            block = self._new_block(i)
+        state = {rest: self._tensor(f"layers.{i}.{c}") for c, rest in self.canon.items()
+                 if f"layers.{i}.{c}" in self.source}
+        block.load_state_dict(state, strict=True, assign=True)
+        return block.eval()
+
+    def linears(self, i: int, block) -> dict:
+        from ascend_adapt.quant.calib import linear_names
+
+        out = {}
+        for n in linear_names(self.spec):
+            if n.startswith(f"layers.{i}."):
+                out[n] = block.get_submodule(self.canon[n.split(".", 2)[2] + ".weight"][: -len(".weight")])
+        return out
+
+    @torch.no_grad()
+    def run_layer(self, i: int, block, x, ctx):
+        positions, visible = ctx
+        return block(x, positions, visible, self.cos, self.sin)
+
+    @torch.no_grad()
+    def final_norm(self, x):
+        if not hasattr(self, "_norm"):
+            with torch.device("meta"):
+                norm = nn.LayerNorm(self.spec.hidden_size, eps=self.spec.norm_eps, dtype=self.dtype)
+            norm.load_state_dict({k: self._tensor(f"final_norm.{k}") for k in ("weight", "bias")}, assign=True)
+            self._norm = norm
+        return self._norm(x)
+
+    def head(self):
+        w = self.embed_w if self.spec.tie_word_embeddings else self._tensor("lm_head.weight")
+        with torch.device("meta"):
+            lm = nn.Linear(self.spec.hidden_size, self.spec.vocab_size, bias=False, dtype=self.dtype)
+        lm.load_state_dict({"weight": w}, assign=True)
+        return lm.eval()
+
+
+def calib_stages(spec: ModelSpec, source) -> GLMLayerStages:
+    """Family hook of the layer-streamed calibration (`ascend_adapt.quant.calib.stream_act_stats`)."""
+    return GLMLayerStages(spec, source)

@@ -226,3 +226,56 @@ class ChatGLM2Reference(ModuleReference):
 def load_reference(spec: ModelSpec, stream, dtype: str = "float32") -> ChatGLM2Reference:
     """Family hook used by `ascend_adapt.backends.torch.session`."""
     return ChatGLM2Reference(spec, stream, dtype)
+
+
+# ---- layer-streamed calibration (ascend_adapt.quant.calib.stream_act_stats) ----------------------
+
+def _glm_stages_base():
+    from ascend_adapt.model_zoo.chatglm.torch_model import GLMLayerStages
+
+    return GLMLayerStages
+
+
+def calib_stages(spec: ModelSpec, source, dtype: str = "float32"):
+    """Family hook of the layer-streamed calibration: ChatGLM-6B's stepper
+    (`model_zoo/chatglm/torch_model.py: GLMLayerStages`) over `GLM2Block`, with this family's
+    interleaved rotary (cos/sin gathered by position once per prompt, as `forward` does) and RMSNorm."""
+    base = _glm_stages_base()
+
+    class GLM2LayerStages(base):
+        canon = ChatGLM2ForCausalLM._CANON
+        table = "interleaved"
+
+        def _tied(self, name):
+            return name  # the embedding is the embedding; a tied head reuses it (head())
+
+        def _new_block(self, i):
+            return GLM2Block(self.spec, self.dtype)
+
+        def _context(self, positions, visible):
+            pos = torch.from_numpy(positions)
+            cos = nn.functional.embedding(pos, self.cos).unsqueeze(2)  # [B, S, 1, rd/2]
+            sin = nn.functional.embedding(pos, self.sin).unsqueeze(2)
+            return cos, sin, torch.from_numpy(visible)
+
+        @torch.no_grad()
+        def run_layer(self, i, block, x, ctx):
+            cos, sin, visible = ctx
+            return block(x, cos, sin, visible)
+
+        @torch.no_grad()
+        def final_norm(self, x):
+            if not hasattr(self, "_norm"):
+                norm = RMSNorm(self.spec.hidden_size, self.spec.norm_eps, self.dtype)
+                norm.load_state_dict({"weight": self._tensor("final_norm.weight")}, assign=True)
+                self._norm = norm
+            return self._norm(x)
+
+        def head(self):
+            tied = self.spec.tie_word_embeddings and "lm_head.weight" not in self.source
+            w = self.embed_w if tied else self._tensor("lm_head.weight")
+            lm = nn.Linear(self.spec.hidden_size, self.spec.vocab_size, bias=False, dtype=self.dtype, device="meta")
+            lm.load_state_dict({"weight": w}, assign=True)
+            return lm.eval()
+
+    return GLM2LayerStages(spec, source, dtype)

@@ -171,3 +171,113 @@ class LlamaReference:
 def load_reference(spec: ModelSpec, stream, dtype: str = "float32") -> LlamaReference:
     """Family hook used by `ascend_adapt.backends.torch.session`."""
     return LlamaReference(spec, stream, dtype)
+
+
+# ---- layer-streamed calibration (ascend_adapt.quant.calib.stream_act_stats) ----------------------
+
+class _LayerInputs(torch.nn.Module):
+    """Stands in for decoder layer i in a skeleton model: records the arguments the model passes
+    to that layer (mask, rotary cos/sin, positions) and hands the hidden state on unchanged."""
+
+    def __init__(self, index: int, store: dict):
+        super().__init__()
+        self.index, self.store = index, store
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.store[self.index] = (hidden_states, args, kwargs)
+        return hidden_states
+
+
+class HFLayerStages:
+    """One decoder layer at a time of a transformers golden (Llama, Qwen2, Qwen3), for calibration.
+
+    The model-level part is the golden's own base class (`LlamaModel`, …) built on the meta device
+    with its embedding and final norm assigned from the checkpoint and its rotary module built as
+    the golden builds it; its decoder layers are replaced by recorders, so one forward of a prompt
+    yields exactly the embeddings and the per-layer arguments (causal mask, cos/sin, positions) the
+    whole golden passes to each layer. Each layer is then the golden's layer class with its own
+    weights (the adapter's HF table, fp32 as `build_hf_model` makes them), called with those
+    arguments: the same modules on the same inputs as the whole golden.
+
+    Args:
+        spec: the model; source: `ascend_adapt.quant.calib.CanonicalSource` (or anything with
+            `get(canonical name)` and `in`); hf_config: the family's `hf_config(spec)`.
+    """
+
+    def __init__(self, spec: ModelSpec, source, config, base_prefix: str = "model."):
+        from ascend_adapt.model_zoo.base import ADAPTERS
+        from transformers import AutoModel
+
+        self.spec, self.source, self.config = spec, source, config
+        self.adapter = ADAPTERS.get(spec.arch)
+        self.entries = self.adapter.entries(spec, "hf")
+        self.prefix = base_prefix
+        self.inputs: dict[int, tuple] = {}
+        with torch.device("meta"):
+            base = AutoModel.from_config(config)
+        self.layer_class = type(base.layers[0])
+        rotary_class = type(base.rotary_emb)
+        base.rotary_emb = rotary_class(config=config)  # real buffers, built as the golden's are
+        base.layers = torch.nn.ModuleList(_LayerInputs(i, self.inputs) for i in range(spec.num_layers))
+        emb = self._state("embed_tokens.")
+        base.embed_tokens.load_state_dict(emb, strict=True, assign=True)
+        base.norm.load_state_dict(self._state("norm."), strict=True, assign=True)
+        self.base = base.eval()
+
+    def _state(self, under: str) -> dict:
+        """HF tensors under `model.<under>` (prefix stripped), fp32 as the golden holds them."""
+        full = self.prefix + under
+        return {e.source[len(full):]: _owned_fp32(self.adapter.merge(e, [self.source.get(c) for c in e.canonical],
+                                                                         self.spec))
+                for e in self.entries if e.source.startswith(full)}
+
+    @torch.no_grad()
+    def embed(self, ids: np.ndarray):
+        """Embeddings [1, S, H] of one prompt and its per-layer arguments (as `full_logits`)."""
+        step, state = prefill_inputs(self.spec, ids, None, ids.shape[1])
+        self.inputs.clear()
+        out = self.base(input_ids=torch.from_numpy(step.input_ids),
+                        attention_mask=torch.from_numpy(state.valid.astype(np.int64)),
+                        position_ids=torch.from_numpy(step.positions), use_cache=False)
+        del out  # the final norm of the embeddings: not used
+        ctx = {i: (args, kwargs) for i, (_x, args, kwargs) in self.inputs.items()}
+        return self.inputs[0][0], ctx
+
+    def layer(self, i: int):
+        try:
+            from transformers.initialization import no_init_weights
+        except ImportError:  # pragma: no cover - older transformers
+            from contextlib import nullcontext as no_init_weights
+        with torch.device("meta"), no_init_weights():
+            layer = self.layer_class(self.config, i)
+        layer.load_state_dict(self._state(f"layers.{i}."), strict=True, assign=True)
+        return layer.eval()
+
+    def linears(self, i: int, layer) -> dict:
+        from ascend_adapt.quant.calib import hf_weight_names
+
+        head = f"{self.prefix}layers.{i}."
+        return {n: layer.get_submodule(src[len(head):-len(".weight")])
+                for n, src in hf_weight_names(self.spec).items() if n.startswith(f"layers.{i}.")}
+
+    @torch.no_grad()
+    def run_layer(self, i: int, layer, x, ctx):
+        args, kwargs = ctx[i]
+        return _hidden(layer(x, *args, **kwargs))
+
+    @torch.no_grad()
+    def final_norm(self, x):
+        return self.base.norm(x)
+
+    def head(self):
+        name = "lm_head.weight" if "lm_head.weight" in self.source or not self.spec.tie_word_embeddings \
+            else "embed.weight"
+        w = _owned_fp32(self.source.get(name))
+        lm = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+        lm.load_state_dict({"weight": w}, assign=True)
+        return lm.eval()
+
+
+def calib_stages(spec: ModelSpec, source) -> HFLayerStages:
+    """Family hook of the layer-streamed calibration (`ascend_adapt.quant.calib.stream_act_stats`)."""
+    return HFLayerStages(spec, source, hf_config(spec))

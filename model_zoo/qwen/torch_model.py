@@ -85,3 +85,11 @@ class QwenReference(LlamaReference):
 def load_reference(spec: ModelSpec, stream, dtype: str = "float32") -> QwenReference:
     """Family hook used by `ascend_adapt.backends.torch.session`."""
     return QwenReference(spec, stream, dtype)
+
+
+def calib_stages(spec: ModelSpec, source):
+    """Family hook of the layer-streamed calibration: the Llama golden's stepper over transformers'
+    Qwen2/Qwen3 classes (`model_zoo/llama/torch_model.py: HFLayerStages`)."""
+    from ascend_adapt.model_zoo.llama.torch_model import HFLayerStages
+
+    return HFLayerStages(spec, source, hf_config(spec))
