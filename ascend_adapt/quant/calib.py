@@ -404,12 +404,12 @@ def stream_act_stats(stages, spec, token_lists: Iterable[Sequence[int]], keep_in
         _return_freed_memory()
     with torch.no_grad():
         finals = [stages.final_norm(x) for x in hidden]
-    del hidden
+    hidden = None  # frees the hidden states (the closures above share this cell)
     # the head's input is the final norm's output: hooked on the head itself when it is built
     # (quantized: its weights and kept inputs are needed), else on an identity standing in for it
     lm = stages.head() if head else torch.nn.Identity()
     stage(None, {"lm_head": lm}, lambda p, _ids: lm(finals[p]))
-    del lm, finals
+    lm = finals = None
     missing = [n for n in names if n not in amax]
     if missing:
         raise ConfigError(f"calibration: the layer stepper of {spec.arch} never ran '{missing[0]}'",
@@ -432,7 +432,6 @@ def collect_act_stats(backend, token_lists: Iterable[Sequence[int]], keep_inputs
     Returns:
         `ActStats` over all the prompts.
     """
-    import torch
 
     mods = torch_linear_modules(backend)
     token_lists = [list(ids) for ids in token_lists]
