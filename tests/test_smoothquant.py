@@ -433,7 +433,7 @@ def test_cli_smooth_alpha_refuses_a_bad_value_naming_the_option(cmd, bad, tmp_pa
 
 
 def test_smooth_alpha_type_accepts_auto_and_numbers_in_range():
-    from ascend_adapt.quant.smoothquant import SMOOTH_ALPHA
+    from ascend_adapt.cli.options import SMOOTH_ALPHA
 
     assert SMOOTH_ALPHA.convert("auto", None, None) == "auto"
     assert SMOOTH_ALPHA.convert(" AUTO ", None, None) == "auto"

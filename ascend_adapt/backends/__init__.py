@@ -298,12 +298,17 @@ def names(level: str | None = None, *, aliases: bool = False) -> list[str]:
     return sorted(out)
 
 
+def in_detect_order() -> list["Backend"]:
+    """The registered backends in the order their openers are asked (`detect_order`, then name)."""
+    return sorted((be for _, be in BACKENDS.items()), key=lambda b: (b.detect_order, b.name))
+
+
 def detect(path, *, level: str | None = None) -> Artifact | None:
     """Which backend opens `path`: the first opener (by `detect_order`) that recognizes it.
 
     Returns None when no registered backend recognizes the path.
     """
-    for be in sorted((be for _, be in BACKENDS.items()), key=lambda b: (b.detect_order, b.name)):
+    for be in in_detect_order():
         art = be.recognize(path)
         if art is not None and (level is None or art.level == level):
             return art

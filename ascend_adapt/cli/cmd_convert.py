@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ascend_adapt.quant.smoothquant import SMOOTH_ALPHA
+from ascend_adapt.cli.options import SMOOTH_ALPHA
 
 
 def _gears(text: str | None, source: str, input_shape: str | None) -> list[tuple[int, ...]] | None:

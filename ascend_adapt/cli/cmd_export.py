@@ -6,7 +6,7 @@ import importlib.util
 
 import click
 
-from ascend_adapt.quant.smoothquant import SMOOTH_ALPHA
+from ascend_adapt.cli.options import SMOOTH_ALPHA
 
 _DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
 

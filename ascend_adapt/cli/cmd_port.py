@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ascend_adapt.quant.smoothquant import SMOOTH_ALPHA
+from ascend_adapt.cli.options import SMOOTH_ALPHA
 
 
 def _parse_size(text: str | None) -> int | None:

@@ -114,11 +114,11 @@ def _in_convert_output(out: Path, prefix: str | None, graph: str | None) -> tupl
     """A convert output directory (it holds convert.json and the source's config.json, so it would
     pass for a checkpoint): the part of it that the prefixed backend loads, else the part the
     first backend in detection order recognizes (the simulator artifact before the export)."""
-    from ascend_adapt.backends import BACKENDS, convert_output_path, detect
+    from ascend_adapt.backends import convert_output_path, detect, in_detect_order
 
     if prefix is not None:
         return convert_output_path(out, prefix, graph=graph)
-    for be in sorted((be for _, be in BACKENDS.items()), key=lambda b: (b.detect_order, b.name)):
+    for be in in_detect_order():
         if be.locate is None:
             continue
         try:

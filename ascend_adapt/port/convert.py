@@ -258,12 +258,18 @@ def read_ahead(items: Iterator, depth: int = 1) -> Iterator:
 def _stream_into(sink, weights: Weights, entries: list, dtype: str | None, progress: _Progress,
                  verify: bool = True, overlap: bool = True) -> dict:
     """Write the target tensors; returns {name: {shape, dtype, crc32}}."""
-    record = {}
     canonical = weights.iter_canonical(verify=verify)
     if overlap:
         canonical = read_ahead(canonical)
+    return _drain(sink, regroup(canonical, entries, weights.adapter, weights.spec, dtype), progress)
+
+
+def _drain(sink, tensors, progress: _Progress) -> dict:
+    """Write each (name, array) of `tensors` into `sink` and close it (abort it on any error);
+    returns {name: {shape, dtype, crc32}}."""
+    record = {}
     try:
-        for name, arr in regroup(canonical, entries, weights.adapter, weights.spec, dtype):
+        for name, arr in tensors:
             sink.write(name, arr)
             record[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "crc32": tensor_crc32(arr)}
             progress.update(name, arr.nbytes)
@@ -388,23 +394,8 @@ def quantized_plan(weights: Weights, present: dict, specs: list, quantize, *, gr
 
 def _stream_quantized(sink, weights: Weights, quant: QuantizedPort, progress: _Progress) -> dict:
     """Write a quantized port, one canonical tensor in memory (+ its int8 copy); returns the record."""
-    record = {}
-    try:
-        for name, arr in read_ahead(weights.iter_canonical()):
-            for out_name, out_arr in quant.tensors(name, arr):
-                sink.write(out_name, out_arr)
-                record[out_name] = {"shape": list(out_arr.shape), "dtype": str(out_arr.dtype),
-                                    "crc32": tensor_crc32(out_arr)}
-                progress.update(out_name, out_arr.nbytes)
-                del out_arr
-            del arr
-        sink.close()
-    except BaseException:
-        sink.abort()
-        raise
-    finally:
-        progress.close()
-    return record
+    tensors = (out for name, arr in read_ahead(weights.iter_canonical()) for out in quant.tensors(name, arr))
+    return _drain(sink, tensors, progress)
 
 
 def port_to_mindspore(src, out, *, naming: str = "ours", fmt: str = "ckpt", dtype: str | None = None,

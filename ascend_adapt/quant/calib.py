@@ -274,18 +274,12 @@ class CanonicalSource:
     """
 
     def __init__(self, path):
-        from ascend_adapt.checkpoint import open_checkpoint
-        from ascend_adapt.model_zoo.base import adapter_for_config
+        from ascend_adapt.port.artifact import open_weights
 
-        self.path = Path(path)
-        self.reader = open_checkpoint(self.path)
-        self.adapter = adapter_for_config(self.reader.config, str(self.path / "config.json"))
-        self.spec = self.adapter.spec_from_config(self.reader.config)
-        layout = "meta" if getattr(self.reader, "layout", "") == "meta" else "hf"
-        entries = self.adapter.entries(self.spec, layout)
-        present = self.adapter.check_tensors(self.reader.path, self.reader.infos(), self.spec, entries,
-                                             self.adapter.source_shapes(self.spec, layout), True, layout)
-        self._entry = {c: e for e, _ in present for c in e.canonical}
+        w = open_weights(path)  # the checkpoint, its adapter and spec, as port and export open them
+        self.path, self.reader, self.adapter, self.spec = w.path, w.reader, w.adapter, w.spec
+        present = w.preflight()  # every tensor's presence and shape, before any is read
+        self._entry = {c: e for e in w.entries() for c in e.canonical if c in present}
         self._split: dict[str, np.ndarray] = {}  # parts of the last fused tensor not yet handed out
 
     def __contains__(self, name: str) -> bool:

@@ -60,22 +60,32 @@ def build_hf_model(spec: ModelSpec, canonical: Iterable[tuple[str, np.ndarray]],
     """
     from transformers import LlamaForCausalLM
 
+    # the Llama table's HF names whatever spec.arch is: families that reuse this golden (the how-to's
+    # example) name their weights their own way on disk, but LlamaForCausalLM takes Llama's
+    return build_transformers_model(spec, canonical, LlamaForCausalLM, hf_config(spec, attn_implementation), dtype,
+                                    names_of="llama")
+
+
+def build_transformers_model(spec: ModelSpec, canonical: Iterable[tuple[str, np.ndarray]], model_cls, cfg,
+                             dtype: str = "float32", names_of: str | None = None):
+    """A transformers causal LM (`model_cls(cfg)`) holding the canonical weights under the HF names of
+    adapter `names_of`'s table (default `spec.arch`), loaded strictly; the Llama and Qwen goldens'
+    one builder."""
     from ascend_adapt.model_zoo.base import ADAPTERS
 
-    adapter = ADAPTERS.get("llama")
+    adapter = ADAPTERS.get(names_of or spec.arch)
     canon = dict(canonical)
     state = {}
     for name, arr in adapter.iter_source(canon.pop, spec, "hf", available=canon.__contains__):
         state[name] = _owned_fp32(arr)
     if spec.tie_word_embeddings and "lm_head.weight" not in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    cfg = hf_config(spec, attn_implementation)
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # pragma: no cover - older transformers
         from contextlib import nullcontext as no_init_weights
     with no_init_weights():
-        model = LlamaForCausalLM(cfg)
+        model = model_cls(cfg)
     # assign: the module takes these tensors instead of copying them into its own (untouched,
     # never resident) allocation, so the fp32 weights exist once at the peak, not twice
     model.load_state_dict(state, strict=True, assign=True)

@@ -7,9 +7,8 @@ from __future__ import annotations
 from typing import Iterable
 
 import numpy as np
-import torch
 
-from ascend_adapt.model_zoo.llama.torch_model import _DTYPES, LlamaReference
+from ascend_adapt.model_zoo.llama.torch_model import LlamaReference, build_transformers_model
 from ascend_adapt.spec import ModelSpec
 
 
@@ -35,42 +34,13 @@ def hf_config(spec: ModelSpec, attn_implementation: str = "eager"):
     return cfg
 
 
-def _owned_fp32(arr) -> "torch.Tensor":
-    """A writable fp32 tensor with memory of its own (never a view of the caller's array or of a
-    memory-mapped checkpoint): one new array, whatever the source dtype."""
-    return torch.from_numpy(np.array(arr, dtype=np.float32, order="C", copy=True))
-
-
 def build_hf_model(spec: ModelSpec, canonical: Iterable[tuple[str, np.ndarray]], dtype: str = "float32",
                    attn_implementation: str = "eager"):
     """transformers' Qwen2/Qwen3 causal LM with the canonical weights, loaded strictly under HF names."""
     import transformers
 
-    from ascend_adapt.model_zoo.base import ADAPTERS
-
-    adapter = ADAPTERS.get(spec.arch)
-    canon = dict(canonical)
-    state = {}
-    for name, arr in adapter.iter_source(canon.pop, spec, "hf", available=canon.__contains__):
-        state[name] = _owned_fp32(arr)
-    if spec.tie_word_embeddings and "lm_head.weight" not in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
     cls = transformers.Qwen3ForCausalLM if spec.arch == "qwen3" else transformers.Qwen2ForCausalLM
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # pragma: no cover - older transformers
-        from contextlib import nullcontext as no_init_weights
-    with no_init_weights():
-        model = cls(hf_config(spec, attn_implementation))
-    # assign: the module takes these tensors instead of copying them into its own (untouched,
-    # never resident) allocation, so the fp32 weights exist once at the peak, not twice
-    model.load_state_dict(state, strict=True, assign=True)
-    if spec.tie_word_embeddings:
-        model.tie_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.data = p.data.to(_DTYPES[dtype])
-    return model.eval()
+    return build_transformers_model(spec, canonical, cls, hf_config(spec, attn_implementation), dtype)
 
 
 class QwenReference(LlamaReference):
