@@ -14,7 +14,13 @@ Every command writes its outputs through `atomic_output`, which in one place:
 4. removes the temporary on any exception, including SIGINT / SIGTERM / SIGHUP (handlers
    installed for the duration raise `InterruptedBySignal` in the main thread); after a SIGKILL,
    where no code runs, the next run for the same output removes temporaries whose owner process is
-   gone (and says so on stderr, with the bytes reclaimed), never one whose owner is alive;
+   gone (and says so on stderr, with the bytes reclaimed), never one whose owner is alive.
+   The program itself (`ascend-adapt`, after `exit_on_signal()`) does not raise: the handler runs
+   the registered cleanups (`on_interrupt`: the temporaries, the lock files, scratch directories,
+   child processes), prints one line and leaves with `os._exit(128 + signum)`. An exception raised
+   from a signal handler unwinds through whatever was running, and when that was a C extension
+   calling back into Python (onnx's or protobuf's module init during `import onnx`) the interpreter
+   aborts or segfaults instead of exiting 143;
 5. turns a full disk / exceeded quota (ENOSPC / EDQUOT) into `OutputSpaceError` naming the output,
    the bytes free and what to do, and permission / read-only errors on the output into
    `OutputWriteError`.
@@ -34,7 +40,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import (
     InterruptedBySignal,
@@ -245,6 +251,98 @@ def reclaim_stale(path: str | os.PathLike) -> int:
 
 
 # ----------------------------------------------------------------------------------- signals
+_EXIT_ON_SIGNAL = False
+#: cleanups a signal runs before the program exits, innermost (last registered) first
+_CLEANUPS: list[Callable[[], Any]] = []
+
+
+def exit_on_signal(enabled: bool = True) -> None:
+    """Make a signal inside `atomic_output` end the process instead of raising `InterruptedBySignal`.
+
+    Called by the program's entry point (`cli.main.run`), never by the library: a porting script
+    that writes through `atomic_output` still gets the exception. In this mode the handler runs
+    the `on_interrupt` cleanups, prints "interrupted by SIGTERM: stopped; ..." and calls
+    `os._exit(128 + signum)`: no code of the interrupted command resumes, so a signal that lands
+    inside a C extension's import or call cannot crash the unwinding or the interpreter's teardown.
+    """
+    global _EXIT_ON_SIGNAL
+    _EXIT_ON_SIGNAL = enabled
+
+
+def register_cleanup(cleanup: Callable[[], Any]) -> Callable[[], Any]:
+    """Run `cleanup()` if a signal ends the program before `unregister_cleanup(cleanup)`; a truthy
+    result means it removed a partial output. Returns `cleanup`."""
+    _CLEANUPS.append(cleanup)
+    return cleanup
+
+
+def unregister_cleanup(cleanup: Callable[[], Any]) -> None:
+    for i in range(len(_CLEANUPS) - 1, -1, -1):
+        if _CLEANUPS[i] is cleanup:
+            del _CLEANUPS[i]
+            return
+
+
+@contextlib.contextmanager
+def on_interrupt(cleanup: Callable[[], Any]) -> Iterator[None]:
+    """`register_cleanup(cleanup)` for the duration of the block (where normal unwinding would
+    otherwise have cleaned up: a scratch directory, a child process)."""
+    register_cleanup(cleanup)
+    try:
+        yield
+    finally:
+        unregister_cleanup(cleanup)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, dir: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A temporary directory removed at the end of the block, on an exception, and when a signal
+    ends the program."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=dir) as d:
+        with on_interrupt(lambda: shutil.rmtree(d, ignore_errors=True)):
+            yield Path(d)
+
+
+def run_child(cmd, *, timeout: float | None = None, **popen_kwargs):
+    """`subprocess.run(cmd, capture_output=True, ...)` whose child is killed if a signal ends the
+    program (`subprocess.run` kills it only when the exception unwinds through it)."""
+    import subprocess
+
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_kwargs) as proc:
+        with on_interrupt(proc.kill):
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _exit_now(signum: int) -> None:
+    """Run the registered cleanups (innermost first), say so on stderr, `os._exit(128 + signum)`."""
+    exc = InterruptedBySignal(signum)
+    removed = False
+    for cleanup in reversed(list(_CLEANUPS)):
+        try:
+            removed = bool(cleanup()) or removed
+        except BaseException:  # noqa: BLE001 - the others still run, the process still exits
+            pass
+    tail = "stopped; the partial output was removed" if removed else "stopped"
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    try:
+        sys.stderr.write(f"{exc}: {tail}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(exc.exit_code)
+
+
 class _SignalGuard:
     """Turn SIGINT / SIGTERM / SIGHUP into `InterruptedBySignal` in the main thread while active.
 
@@ -285,6 +383,8 @@ class _SignalGuard:
             self.pending = self.pending or signum
             return
         self.raised = True
+        if _EXIT_ON_SIGNAL:
+            _exit_now(signum)
         raise InterruptedBySignal(signum)
 
     @contextlib.contextmanager
@@ -294,7 +394,12 @@ class _SignalGuard:
             yield
         finally:
             self.defer_depth -= 1
-        if raise_pending and not self.defer_depth and self.pending and not self.raised:
+        if self.defer_depth or not self.pending:
+            return
+        if _EXIT_ON_SIGNAL:  # also after a cleanup (raise_pending=False): it is complete now
+            self.raised = True
+            _exit_now(self.pending)
+        if raise_pending and not self.raised:
             signum, self.pending = self.pending, None
             self.raised = True
             raise InterruptedBySignal(signum)
@@ -495,9 +600,20 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False, is_dir: bool 
         lock.__enter__()
     except OSError as exc:
         raise (os_error_to_output_error(exc, final) or exc) from exc
+    tmp: Path | None = None
+
+    def cleanup() -> bool:  # what a signal that ends the program removes (`exit_on_signal`)
+        removed = False
+        if tmp is not None and (tmp.exists() or tmp.is_symlink()):
+            with contextlib.suppress(OSError):
+                _remove(tmp)
+                removed = True
+        lock.__exit__(None, None, None)
+        return removed
+
+    register_cleanup(cleanup)
     try:
         with _SignalGuard() as guard:
-            tmp: Path | None = None
             try:
                 with guard.deferred():
                     reclaim_stale(final)
@@ -528,8 +644,10 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False, is_dir: bool 
                                            quota="quota" in exc.message) from exc.__cause__
                 raise
     finally:
+        unregister_cleanup(cleanup)
         lock.__exit__(None, None, None)
 
 
 __all__ = ["atomic_output", "check_output", "refuse_unsafe_output", "reclaim_stale", "os_error_to_output_error",
+           "exit_on_signal", "on_interrupt", "register_cleanup", "unregister_cleanup", "scratch_dir", "run_child",
            "OutputExistsError", "InterruptedBySignal"]

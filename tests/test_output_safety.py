@@ -33,6 +33,7 @@ from ascend_adapt.errors import (
     OutputSpaceError,
     UnsafeOutputError,
 )
+from ascend_adapt import fsutil
 from ascend_adapt.fsutil import atomic_output, check_output
 
 SOC = "Ascend310P3"
@@ -144,7 +145,11 @@ def _start_convert(src: Path, out: Path, *extra: str) -> subprocess.Popen:
 
     return subprocess.Popen([sys.executable, "-m", "ascend_adapt", "convert", str(src), "--soc", SOC,
                              "-o", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=defaults)
+                            text=True, preexec_fn=defaults, env=_FAULTHANDLER)
+
+
+# a child that crashes prints every thread's stack (the assertion shows its stderr)
+_FAULTHANDLER = {**os.environ, "PYTHONFAULTHANDLER": "1"}
 
 
 def _wait_for_temp(proc: subprocess.Popen, out: Path, timeout_s: float = 180.0) -> Path:
@@ -203,9 +208,10 @@ run()
 
 
 def test_the_program_skips_interpreter_teardown_after_a_signal(tiny_dir, tmp_path):
-    # After a signal the entry point leaves with os._exit: the interpreter's teardown (atexit,
-    # module finalizers) is where a half-stopped onnxruntime / torch can crash (SIGSEGV seen once
-    # under load instead of exit 143). Before run() existed, sys.exit ran the atexit handler.
+    # After a signal the entry point leaves with os._exit (from the handler, exit_on_signal): the
+    # interpreter's teardown (atexit, module finalizers) is where a half-stopped C extension can
+    # crash (SIGSEGV seen once under load instead of exit 143). Before run() existed, sys.exit ran
+    # the atexit handler.
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-c", _SELF_SIGNAL, str(out), str(tiny_dir("llama"))],
                           capture_output=True, text=True, timeout=300,
@@ -213,6 +219,97 @@ def test_the_program_skips_interpreter_teardown_after_a_signal(tiny_dir, tmp_pat
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert "interrupted by SIGTERM" in proc.stderr and "Traceback" not in proc.stderr
     assert "TEARDOWN-RAN" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+_MID_CALL = r"""
+import os, signal, subprocess, sys
+from pathlib import Path
+from ascend_adapt.fsutil import atomic_output, exit_on_signal, on_interrupt, scratch_dir
+out, marker = Path(sys.argv[1]), Path(sys.argv[2])
+exit_on_signal()
+with atomic_output(out, is_dir=True) as tmp:
+    (tmp / "part.bin").write_bytes(b"x" * 1000)
+    with scratch_dir("mid-call-") as scratch:
+        child = subprocess.Popen(["sleep", "60"])
+        print(scratch, child.pid, flush=True)
+        with on_interrupt(child.kill):
+            try:
+                # the handler runs inside a Python callback that C code (sorted) called
+                sorted([2, 1], key=lambda v: os.kill(os.getpid(), signal.SIGTERM) or sum(range(10**6)) or v)
+            finally:
+                marker.write_text("the interrupted code resumed")
+print("NOT-INTERRUPTED", flush=True)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_program_ends_in_the_handler_and_runs_the_registered_cleanups(tmp_path):
+    # exit_on_signal: nothing of the interrupted code runs again (its `finally` included); the
+    # temporary, the lock, the scratch directory and the child process are cleaned up all the same
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "resumed"
+    proc = subprocess.run([sys.executable, "-c", _MID_CALL, str(work / "out"), str(marker)], capture_output=True,
+                          text=True, timeout=120, env=_FAULTHANDLER,
+                          preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert proc.stderr.strip().endswith("interrupted by SIGTERM: stopped; the partial output was removed"), proc.stderr
+    assert "NOT-INTERRUPTED" not in proc.stdout and not marker.exists()
+    scratch, pid = proc.stdout.split()
+    assert not Path(scratch).exists() and list(work.iterdir()) == []
+    deadline = time.monotonic() + 30
+    while _alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(int(pid)), "the child process outlived the program"
+
+
+_DURING_IMPORT = r"""
+import os, signal, sys, threading, time
+out, after = sys.argv[1], sys.argv[2]
+def shoot():
+    while after not in sys.modules:
+        time.sleep(0.0002)
+    os.kill(os.getpid(), signal.SIGTERM)
+from ascend_adapt.fsutil import atomic_output, exit_on_signal
+exit_on_signal()
+with atomic_output(out, is_dir=True) as tmp:
+    (tmp / "part.bin").write_bytes(b"x" * 100)
+    threading.Thread(target=shoot, daemon=True).start()
+    import onnx
+    time.sleep(60)
+print("NOT-INTERRUPTED", flush=True)
+"""
+
+
+def test_a_signal_during_a_c_extension_import_still_exits_cleanly(tmp_path):
+    # convert imports onnx after the weights are written. A SIGTERM raised as an exception inside
+    # `import onnx` once aborted the interpreter (pybind11 module init) and, reproducibly here,
+    # became "ImportError: numpy._core.umath failed to import" with exit 1 when it landed in
+    # ml_dtypes' extension init. The signal is fired as each of a sweep of the modules that
+    # `import onnx` loads appears, those of the C extensions all included; every run must exit 143
+    # and leave nothing.
+    listing = subprocess.run([sys.executable, "-c", "import sys; before = set(sys.modules); import onnx; "
+                              "print(*[m for m in sys.modules if m not in before])"],
+                             capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    heavy = ("google._upb", "onnx.onnx_cpp2py_export", "ml_dtypes", "numpy.core._multiarray", "numpy._core")
+    picked = sorted(set(listing[::15]) | {m for m in listing if m.startswith(heavy)}, key=listing.index)
+    assert any(m.startswith("onnx.onnx_cpp2py_export") for m in picked), listing
+    bad = []
+    for i, name in enumerate(picked):
+        out = tmp_path / f"out{i}"
+        proc = subprocess.run([sys.executable, "-c", _DURING_IMPORT, str(out), name], capture_output=True, text=True,
+                              timeout=120, env=_FAULTHANDLER,
+                              preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+        if proc.returncode != 128 + signal.SIGTERM or "interrupted by SIGTERM" not in proc.stderr:
+            bad.append(f"after {name}: exit {proc.returncode}\n{proc.stderr[-1500:]}")
+    assert not bad, f"{len(bad)} of {len(picked)} runs:\n" + "\n".join(bad)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -246,6 +343,7 @@ def test_signal_in_process_removes_temp_and_restores_handlers(tmp_path):
         assert e.value.exit_code == 128 + signal.SIGTERM
         assert signal.getsignal(signal.SIGTERM) is _outer_handler  # restored after the output
         assert list(tmp_path.iterdir()) == []
+        assert fsutil._CLEANUPS == []  # the output's cleanup is unregistered with it
     finally:
         signal.signal(signal.SIGTERM, previous)
 

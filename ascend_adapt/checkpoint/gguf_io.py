@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -331,8 +330,10 @@ def gguf_tokenizer(path):
     ck = GGUFCheckpoint(path)
     files = ck.tokenizer_files()
     cfg = ck.config
-    with tempfile.TemporaryDirectory(prefix="ascend-adapt-gguf-tok-") as tmp:
-        tj = Path(tmp) / "tokenizer.json"
+    from ascend_adapt.fsutil import scratch_dir
+
+    with scratch_dir("ascend-adapt-gguf-tok-") as tmp:
+        tj = tmp / "tokenizer.json"
         tj.write_text(json.dumps(files["tokenizer.json"], ensure_ascii=False), encoding="utf-8")
         eos = cfg.get("eos_token_id")
         return BPETokenizer(tj, files["tokenizer_config.json"], eos_ids=[eos] if eos is not None else None,

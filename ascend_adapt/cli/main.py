@@ -129,11 +129,17 @@ def _interrupted(exc: InterruptedBySignal) -> int:
 def run() -> None:
     """The program's entry point (`ascend-adapt`, `python -m ascend_adapt`): `main()`, then exit.
 
-    After a signal the partial output is already removed and the message printed, so the process
-    leaves with `os._exit`: the signal may have landed while onnxruntime's or torch's thread pools
-    were busy or a C extension was half imported, and the interpreter's teardown after that can
-    crash (a convert stopped by SIGTERM under load once exited with SIGSEGV instead of 143).
+    A signal while an output is written ends the process from the handler itself
+    (`fsutil.exit_on_signal`): the cleanups run, one line is printed, `os._exit(128 + signum)`.
+    Raising `InterruptedBySignal` instead unwinds through whatever was running; a SIGTERM that
+    landed inside `import onnx` (its C extensions call back into Python while they initialize)
+    aborted the interpreter, and convert exited with SIGSEGV / SIGABRT instead of 143. Should an
+    `InterruptedBySignal` still reach `main()`, the process leaves with `os._exit` too, skipping
+    the interpreter's teardown.
     """
+    from ..fsutil import exit_on_signal
+
+    exit_on_signal()
     interrupted: list[int] = []
     code = main(_on_interrupt=interrupted.append)
     if interrupted:

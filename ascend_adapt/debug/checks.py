@@ -23,7 +23,6 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,6 +31,7 @@ import numpy as np
 import onnx
 
 from ascend_adapt.errors import AscendAdaptError, ConfigError
+from ascend_adapt.fsutil import run_child, scratch_dir
 from ascend_adapt.registry import Registry
 
 
@@ -334,7 +334,7 @@ class CommandCheck(Check):
         assert path is not None
         cmd = self.command.replace("{model}", shlex.quote(str(path)))
         try:
-            p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=self.timeout_s)
+            p = run_child(cmd, shell=True, text=True, timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
             return CheckOutcome(self.regex is None, frozenset({"timeout"}), f"timed out after {self.timeout_s} s")
         text = (p.stdout or "") + (p.stderr or "")
@@ -359,5 +359,6 @@ def make_check(spec: str, *, fail_regex: str | None = None, **options: Any) -> C
                       f'e.g. --check "python my_check.py {{model}}"')
 
 
-def temp_dir(prefix: str = "ascend-adapt-reduce-") -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix=prefix, dir=os.environ.get("ASCEND_ADAPT_TMP"))
+def temp_dir(prefix: str = "ascend-adapt-reduce-"):
+    """A scratch directory (context manager yielding its Path), removed on exit and on a signal."""
+    return scratch_dir(prefix, os.environ.get("ASCEND_ADAPT_TMP"))

@@ -856,7 +856,10 @@ class SimSession:
         if model.ByteSize() >= _PROTO_LIMIT:  # big inline weights (a ModelProto built in memory)
             if external:
                 _inline_external(model, base_dir)
+            from ascend_adapt.fsutil import register_cleanup
+
             self._tmp = tempfile.TemporaryDirectory(prefix="ascend-adapt-sim-")
+            self._tmp_cleanup = register_cleanup(self._tmp.cleanup)  # also when a signal ends the program
             p = Path(self._tmp.name) / "sim.onnx"
             onnx.save_model(model, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
                             location="sim.weights")
@@ -891,6 +894,9 @@ class SimSession:
         self._sess = None
         self._weights = []
         if self._tmp is not None:
+            from ascend_adapt.fsutil import unregister_cleanup
+
+            unregister_cleanup(self._tmp_cleanup)
             self._tmp.cleanup()
             self._tmp = None
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 from ascend_adapt.errors import ConfigError, UnsupportedError
+from ascend_adapt.fsutil import run_child
 
 from . import TOOLCHAINS, BuildResult, Toolchain
 
@@ -144,8 +144,7 @@ class MagicMindToolchain(Toolchain):
         ran = False
         if found and use_tool != "never":
             for graph in jobs:
-                res = subprocess.run([sys.executable, str(mm_dir / f"build_{graph}.py")], capture_output=True,
-                                     text=True)
+                res = run_child([sys.executable, str(mm_dir / f"build_{graph}.py")], text=True)
                 for line in (res.stdout + res.stderr).splitlines():
                     if on_line:
                         on_line(line)
