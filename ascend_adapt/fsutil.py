@@ -278,7 +278,7 @@ def register_cleanup(cleanup: Callable[[], Any]) -> Callable[[], Any]:
 
 def unregister_cleanup(cleanup: Callable[[], Any]) -> None:
     for i in range(len(_CLEANUPS) - 1, -1, -1):
-        if _CLEANUPS[i] is cleanup:
+        if _CLEANUPS[i] == cleanup:  # ==: a bound method (proc.kill) is a new object at each access
             del _CLEANUPS[i]
             return
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ascend_adapt import fsutil
 from ascend_adapt.om_convert.atc import (
     AtcError,
     AtcNotFoundError,
@@ -105,9 +106,18 @@ def test_failure_is_decoded_and_shows_the_exact_command(workdir):
     exe = make_fake_atc(workdir / "bin", record, FAIL_BODY)
     opts = options(workdir)
     lines: list[str] = []
+    registered = list(fsutil._CLEANUPS)
+    during: list[int] = []
+
+    def on_line(line):
+        lines.append(line)
+        during.append(len(fsutil._CLEANUPS))
+
     with pytest.raises(AtcError) as exc:
-        run_atc(opts, log_path=workdir / "atc.log", on_line=lines.append, precheck=False)
+        run_atc(opts, log_path=workdir / "atc.log", on_line=on_line, precheck=False)
     err = exc.value
+    # while ATC runs, a signal that ends the program kills it (fsutil.exit_on_signal); not after
+    assert set(during) == {len(registered) + 1} and fsutil._CLEANUPS == registered
 
     # the documented command line, exactly
     assert recorded(record) == [[

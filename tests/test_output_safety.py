@@ -331,6 +331,7 @@ def _outer_handler(signum, frame):
 def test_signal_in_process_removes_temp_and_restores_handlers(tmp_path):
     # the test's own handler stands in for the default action (which would end pytest)
     previous = signal.signal(signal.SIGTERM, _outer_handler)
+    registered = list(fsutil._CLEANUPS)
     try:
         out = tmp_path / "o"
         with pytest.raises(InterruptedBySignal) as e:
@@ -343,7 +344,7 @@ def test_signal_in_process_removes_temp_and_restores_handlers(tmp_path):
         assert e.value.exit_code == 128 + signal.SIGTERM
         assert signal.getsignal(signal.SIGTERM) is _outer_handler  # restored after the output
         assert list(tmp_path.iterdir()) == []
-        assert fsutil._CLEANUPS == []  # the output's cleanup is unregistered with it
+        assert fsutil._CLEANUPS == registered  # the output's cleanup is unregistered with it
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -221,7 +221,7 @@ class _Run:
             timer.start()
         from ascend_adapt.fsutil import register_cleanup, unregister_cleanup
 
-        register_cleanup(proc.kill)  # a signal that ends the program (exit_on_signal) stops ATC too
+        stop = register_cleanup(proc.kill)  # a signal that ends the program (exit_on_signal) stops ATC too
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -235,7 +235,7 @@ class _Run:
                     self.on_line(line)
             return proc.wait()
         finally:
-            unregister_cleanup(proc.kill)
+            unregister_cleanup(stop)
             if timer is not None:
                 timer.cancel()
             if proc.poll() is None:
