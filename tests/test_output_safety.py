@@ -504,3 +504,42 @@ def test_uncaught_os_errors_are_one_clear_line(tmp_path, capsys):
     assert rc == 2 and err.startswith("error: ") and "fix:" in err and "Traceback" not in err
     assert str(blocker) in err
     assert blocker.read_text() == "a file, not a directory"
+
+
+# ------------------------------------------------------------------ 5. scratch registered for signals
+def _tiny_graph():
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    g = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w])
+    return onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_a_simulator_scratch_file_is_removed_on_a_signal_and_after(monkeypatch, closed):
+    # a ModelProto over protobuf's 2 GB goes to onnxruntime through a temporary directory: a signal
+    # that ends the program removes it (registered), and so do close() and garbage collection
+    import gc
+
+    import numpy as np
+
+    from ascend_adapt.sim import numerics
+    from ascend_adapt.sim.numerics import SimSession, SimSettings
+
+    monkeypatch.setattr(numerics, "_PROTO_LIMIT", 1)
+    registered = list(fsutil._CLEANUPS)
+    sess = SimSession(_tiny_graph(), SimSettings(target=SOC))
+    scratch = Path(sess._tmp.name)
+    assert scratch.is_dir() and len(fsutil._CLEANUPS) == len(registered) + 1
+    x = np.ones((2, 3), np.float32)
+    assert np.array_equal(sess.run({"x": x})["y"], x + np.arange(6, dtype=np.float32).reshape(2, 3))
+    if closed:
+        sess.close()
+    else:
+        del sess
+        gc.collect()
+    assert not scratch.exists() and fsutil._CLEANUPS == registered

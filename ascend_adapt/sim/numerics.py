@@ -856,10 +856,16 @@ class SimSession:
         if model.ByteSize() >= _PROTO_LIMIT:  # big inline weights (a ModelProto built in memory)
             if external:
                 _inline_external(model, base_dir)
-            from ascend_adapt.fsutil import register_cleanup
+            import shutil
+
+            from ascend_adapt.fsutil import register_cleanup, unregister_cleanup
 
             self._tmp = tempfile.TemporaryDirectory(prefix="ascend-adapt-sim-")
-            self._tmp_cleanup = register_cleanup(self._tmp.cleanup)  # also when a signal ends the program
+            # removed when a signal ends the program too; the registration holds the name, not the
+            # directory object, so an unclosed session's directory is still removed when collected
+            name = self._tmp.name
+            self._tmp_cleanup = register_cleanup(lambda: shutil.rmtree(name, ignore_errors=True))
+            weakref.finalize(self._tmp, unregister_cleanup, self._tmp_cleanup)
             p = Path(self._tmp.name) / "sim.onnx"
             onnx.save_model(model, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
                             location="sim.weights")
