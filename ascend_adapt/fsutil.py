@@ -277,10 +277,10 @@ def register_cleanup(cleanup: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def unregister_cleanup(cleanup: Callable[[], Any]) -> None:
-    for i in range(len(_CLEANUPS) - 1, -1, -1):
-        if _CLEANUPS[i] == cleanup:  # ==: a bound method (proc.kill) is a new object at each access
-            del _CLEANUPS[i]
-            return
+    # list.remove is one step under the GIL (other threads register too: ATC builds) and compares
+    # with ==: a bound method (proc.kill) is a new object at each access, equal to the registered one
+    with contextlib.suppress(ValueError):
+        _CLEANUPS.remove(cleanup)
 
 
 @contextlib.contextmanager
