@@ -858,9 +858,11 @@ def golden_plan(num_params: int, src_dtype: str, available_bytes: int, *, other_
 
 
 def check_memory_fit(src: Path, target, *, precision_mode: str, weight_dtype: str, layout: str, batch: int,
-                     max_len: int, seq_len: int, spec=None, quantize: str | None = None):
+                     max_len: int, seq_len: int, spec=None, quantize: str | None = None,
+                     group_size: int | None = None):
     """The fit check of `convert` (estimate's formula, from config.json): a FitCheck; raises
-    ModelDoesNotFitError before anything is written when the model cannot fit one chip."""
+    ModelDoesNotFitError before anything is written when the model cannot fit one chip.
+    `group_size`: --group-size of --quantize w8a16 (its scales per G input channels are priced)."""
     from ascend_adapt.estimate.core import spec_for
     from ascend_adapt.estimate.fit import check_fit
 
@@ -869,7 +871,8 @@ def check_memory_fit(src: Path, target, *, precision_mode: str, weight_dtype: st
     if quantize:  # int8 Linears + scales (estimate's "w8a16" arithmetic; W8A8 keeps a few fp16)
         w_b = 1
     fc = check_fit(spec, target, weight_bytes_per_elem=w_b, compute_bytes=c_b, batch=batch, max_len=max_len,
-                   prompt_len=seq_len, weight_copies=2 if layout == "two-graph" else 1, layout=layout)
+                   prompt_len=seq_len, weight_copies=2 if layout == "two-graph" else 1, layout=layout,
+                   group_size=group_size if quantize else None)
     if not fc.fits:
         raise fc.error(f"{src} ({spec.arch}, {spec.param_count() / 1e9:.2f} B params)")
     return fc
@@ -877,7 +880,7 @@ def check_memory_fit(src: Path, target, *, precision_mode: str, weight_dtype: st
 
 def check_split_memory_fit(src: Path, target, chips: int, device_ids=None, *, precision_mode: str,
                            weight_dtype: str, layout: str, batch: int, max_len: int, seq_len: int, spec=None,
-                           quantize: str | None = None):
+                           quantize: str | None = None, group_size: int | None = None):
     """The per-chip fit check of a split (`convert --chips N`): a SplitFit whose chips carry
     the layer ranges and device ids; raises ModelDoesNotFitError naming the chip that does not
     fit, before anything is written. Bad --chips / --device-ids values raise ConfigError."""
@@ -890,7 +893,7 @@ def check_split_memory_fit(src: Path, target, chips: int, device_ids=None, *, pr
         w_b = 1
     sf = check_split_fit(spec, target, chips, device_ids, weight_bytes_per_elem=w_b, compute_bytes=c_b, batch=batch,
                          max_len=max_len, prompt_len=seq_len, weight_copies=2 if layout == "two-graph" else 1,
-                         layout=layout)
+                         layout=layout, group_size=group_size if quantize else None)
     if not sf.fits:
         raise sf.error(f"{src} ({spec.arch}, {spec.param_count() / 1e9:.2f} B params)")
     return sf
@@ -1025,11 +1028,13 @@ def convert(source, out, *, soc: str, precision_mode: str | None = None, seq_len
                               "drop --device-ids for one chip (the runtime picks the device), or pass --chips N")
         if chips == 1:
             fit = check_memory_fit(src, target, precision_mode=mode, weight_dtype=weight_dtype, layout=layout,
-                                   batch=batch, max_len=max_len, seq_len=prompt, spec=spec, quantize=quantize)
+                                   batch=batch, max_len=max_len, seq_len=prompt, spec=spec, quantize=quantize,
+                                   group_size=group_size)
         else:  # the per-chip fit of the split, before anything is written
             fit = split = check_split_memory_fit(src, target, int(chips), device_ids, precision_mode=mode,
                                                  weight_dtype=weight_dtype, layout=layout, batch=batch,
-                                                 max_len=max_len, seq_len=prompt, spec=spec, quantize=quantize)
+                                                 max_len=max_len, seq_len=prompt, spec=spec, quantize=quantize,
+                                                 group_size=group_size)
         t_fit = time.perf_counter() - t_fit
     elif layout is not None:
         raise ConfigError("--layout applies to HF checkpoints", "for an ONNX file use --input-shape and --gears")

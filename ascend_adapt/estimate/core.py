@@ -38,13 +38,13 @@ from ascend_adapt.errors import AscendAdaptError, ConfigError
 PRECISIONS: dict[str, tuple[int, str]] = {
     "fp32": (32, "no quantization: every tensor fp32 (4 bytes; must_keep_origin_dtype of an fp32 checkpoint)"),
     "fp16": (16, "no quantization: every tensor fp16 (2 bytes)"),
-    "w8a16": (8, "int8 weights of every Linear (the transformer blocks' and an untied lm_head), one fp16 "
-                 "scale per output channel (+2 bytes per row; `w8_group_size` G: per G input channels); "
-                 "embedding and norms stay fp16; activations fp16 (the builder's --quantize w8a16)"),
+    "w8a16": (8, "int8 weights of every Linear (the transformer blocks' and an untied lm_head), {w8_scales}; "
+                 "embedding and norms stay fp16; activations fp16 (the builder's --quantize w8a16{w8_option})"),
     "w4a16": (4, "int4 weights of the transformer-block Linear layers, groups of {group} along the "
                  "input dim with one fp16 scale and one fp16 offset per group (+4 bytes per group = "
                  "+{extra_bits:.2f} bits/weight); embedding, lm_head and norms stay fp16; activations fp16"),
 }
+W4_GROUP_SIZE = 128  # w4a16's group along the input dim when none is given (estimate's default since w4a16 was added)
 ACT_BYTES = 2  # fp16 activations on the NPU (force_fp16 / a16 schemes)
 KV_BYTES = 2  # fp16 KV cache
 DEFAULT_RESERVE = 0.90  # usable fraction of device memory when the data file gives no usable figure
@@ -179,39 +179,106 @@ class WeightBytes:
     overhead_pct: float
 
 
-def weight_bytes(spec, precision: str = "fp16", group_size: int = 128,
-                 w8_group_size: int | None = None) -> WeightBytes:
-    """Bytes of the weights at `precision` (see PRECISIONS for what is quantized and how).
+def group_size_for(precision: str, group_size: int | None = None, spec=None) -> int | None:
+    """The scale grouping `precision` is priced with: the builder's grouping for it.
 
-    `w8_group_size`: w8a16 scales per group of that many input channels (None: per output
-    channel), as `om_convert.builder.quantize` stores them.
+    w8a16: None = one scale per output channel (convert's default), G = one scale per G input
+    channels of each output row (`--group-size G`); G is checked as convert checks it
+    (`check_quantize_options`, and with `spec`, `check_group_size` on every quantized Linear:
+    G must divide its input features). w4a16: None = W4_GROUP_SIZE (128); groups of G along the
+    input dim, the last one partial. fp16 / fp32 have no scales: a group size is refused.
+
+    Raises:
+        ConfigError: a group size with fp16 / fp32, a non-positive one, or (w8a16) one that does
+            not divide a Linear's input features.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
-    bits, scheme = PRECISIONS[precision]
+    if PRECISIONS[precision][0] >= 16:
+        if group_size is not None:
+            raise ConfigError(f"--group-size {group_size} applies to quantized weights (w8a16 / w4a16 scales); "
+                              f"precision '{precision}' stores no scales",
+                              "drop --group-size, or use --precision w8a16 (or w4a16)")
+        return None
+    if group_size is None:
+        return W4_GROUP_SIZE if precision == "w4a16" else None
+    from ascend_adapt.om_convert.builder.quantize import check_quantize_options
+
+    check_quantize_options("w8a16", group_size)  # convert's rule: a positive integer (bool refused)
+    group_size = int(group_size)
+    if precision == "w8a16" and spec is not None:
+        from ascend_adapt.quant.weights import check_group_size
+
+        for name, shape in _quantized_linears(spec, 8):
+            check_group_size(int(shape[1]), group_size, name)  # the builder's check, per Linear
+    return group_size
+
+
+def _quantized_linears(spec, bits: int) -> list[tuple[str, tuple]]:
+    """(name, [out, in] shape) of the Linears stored quantized at `bits` (< 16), as the builder does:
+    the blocks' Linears, and at 8 bits an untied lm_head too."""
+    out = []
+    for name, shape in spec.canonical_shapes().items():
+        head = bits == 8 and name == "lm_head.weight" and not spec.tie_word_embeddings
+        if (name.startswith("layers.") and name.endswith(_QUANT_SUFFIXES)) or head:
+            out.append((name, tuple(shape)))
+    return out
+
+
+def _tensor_parts(spec, precision: str, group: int | None) -> dict[str, tuple[int, int, int]]:
+    """name -> (quantized bytes, scale bytes, unquantized bytes) of every stored tensor (a tied
+    embedding / head once), `group` already resolved by `group_size_for`."""
+    bits = PRECISIONS[precision][0]
     shapes = dict(spec.canonical_shapes())
     if spec.tie_word_embeddings:
         shapes.pop("embed.weight" if spec.tied_source == "lm_head.weight" else "lm_head.weight", None)
-    quant = scales = fp16 = 0
     plain_bytes = 4 if bits == 32 else 2  # the unquantized tensors: fp32 only at precision "fp32"
+    quantized = dict(_quantized_linears(spec, bits)) if bits < 16 else {}
+    out = {}
     for name, shape in shapes.items():
         n = math.prod(shape)
-        head = bits == 8 and name == "lm_head.weight" and not spec.tie_word_embeddings  # w8a16: an untied head too
-        if bits < 16 and ((name.startswith("layers.") and name.endswith(_QUANT_SUFFIXES)) or head):
+        if name in quantized:
             out_f, in_f = shape
-            quant += n * bits // 8
-            if bits == 8:
-                scales += out_f * (in_f // w8_group_size if w8_group_size else 1) * 2
-            else:
-                scales += out_f * math.ceil(in_f / group_size) * 4
+            if bits == 8:  # fp16 scales: [out] per channel, [in/G, 1, out] per group (G divides in_f)
+                sc = out_f * (in_f // group if group else 1) * 2
+            else:  # an fp16 scale and an fp16 offset per group, the last group partial
+                sc = out_f * math.ceil(in_f / group) * 4
+            out[name] = (n * bits // 8, sc, 0)
         else:
-            fp16 += n * plain_bytes
-    embed_name = "embed.weight" if "embed.weight" in shapes else None
-    embed = math.prod(shapes[embed_name]) * plain_bytes if embed_name and not spec.tie_word_embeddings else 0
+            out[name] = (0, 0, n * plain_bytes)
+    return out
+
+
+def tensor_bytes(spec, precision: str = "fp16", group_size: int | None = None) -> dict[str, int]:
+    """Bytes of every stored tensor at `precision`, a quantized Linear with its scales (a tied
+    embedding / head matrix once); `group_size` as `weight_bytes`. Sums to weight_bytes().total."""
+    group = group_size_for(precision, group_size, spec)
+    return {n: sum(p) for n, p in _tensor_parts(spec, precision, group).items()}
+
+
+def weight_bytes(spec, precision: str = "fp16", group_size: int | None = None) -> WeightBytes:
+    """Bytes of the weights at `precision` (see PRECISIONS for what is quantized and how).
+
+    `group_size`: the scale grouping (`group_size_for`): w8a16 None = one fp16 scale per output
+    channel, G = one per G input channels of each output row, as `om_convert.builder.quantize`
+    stores them ([out] or [in/G, 1, out]); w4a16 None = 128. Refused with fp16 / fp32.
+    """
+    group = group_size_for(precision, group_size, spec)
+    scheme = PRECISIONS[precision][1]
+    parts = _tensor_parts(spec, precision, group)
+    quant = sum(q for q, _, _ in parts.values())
+    scales = sum(sc for _, sc, _ in parts.values())
+    fp16 = sum(f for _, _, f in parts.values())
+    embed = parts["embed.weight"][2] if "embed.weight" in parts and not spec.tie_word_embeddings else 0
     total = quant + scales + fp16
-    extra_bits = 32 / group_size
+    if group:
+        w8 = (f"one fp16 scale per group of {group} input channels of each output row (+2 bytes per "
+              f"group = +{16 / group:.3f} bits/weight)")
+    else:
+        w8 = "one fp16 scale per output channel (+2 bytes per row)"
     return WeightBytes(total, quant, scales, fp16, embed,
-                       scheme.format(group=group_size, extra_bits=extra_bits),
+                       scheme.format(group=group, extra_bits=32 / group if group else 0.0, w8_scales=w8,
+                                     w8_option=f" --group-size {group}" if group else ""),
                        100.0 * scales / quant if quant else 0.0)
 
 
@@ -267,7 +334,7 @@ class MemoryFootprint:
 
 def memory_footprint(spec, precision: str = "fp16", *, batch: int = 1, seq_len: int, prompt_len: int | None = None,
                      kv_bytes: int = KV_BYTES, act_bytes: int = ACT_BYTES, weight_copies: int = 1,
-                     group_size: int = 128) -> MemoryFootprint:
+                     group_size: int | None = None) -> MemoryFootprint:
     """Weights + KV cache + workspace of `spec` on one chip: THE memory formula of `estimate`
     (and of `convert`'s fit check, which passes the dtypes and graph layout it will build).
 
@@ -279,6 +346,8 @@ def memory_footprint(spec, precision: str = "fp16", *, batch: int = 1, seq_len: 
         kv_bytes: bytes per cached K/V element (2 = fp16, 4 = fp32).
         act_bytes: bytes per activation element (2 = fp16, 4 = fp32).
         weight_copies: copies of the weights the card holds (2 for a prefill + a decode OM).
+        group_size: the builder's scale grouping for `precision` (`group_size_for`): w8a16 None =
+            per output channel, G = per G input channels (convert --group-size G); w4a16 None = 128.
     """
     w = weight_bytes(spec, precision, group_size)
     prompt_len = int(prompt_len or seq_len)
@@ -423,7 +492,8 @@ def _efficiency_override(name: str, family: str, efficiency) -> float | None:
 
 def step_times(spec, target: str, *, batch: int, seq_len: int, prompt_len: int, precision: str = "fp16",
                chips: int = 1, card_chips: int | None = None, efficiency=None, prefill_efficiency: float | None = None,
-               group_size: int = 128, step_bytes: int | None = None, flops: float | None = None) -> StepTimes:
+               group_size: int | None = None, step_bytes: int | None = None,
+               flops: float | None = None) -> StepTimes:
     """Decode and prefill step times of `spec` on `target` through `ascend_adapt.cost_model`.
 
     The ops are those of the graph `convert` builds (`graph_cost.step_load`: the simulator's
@@ -439,6 +509,8 @@ def step_times(spec, target: str, *, batch: int, seq_len: int, prompt_len: int, 
         card_chips: chips of the cards, for the tensor-parallel column (default `chips`).
         efficiency: memory efficiency override (a number, or {target or family: number}).
         prefill_efficiency: compute efficiency override.
+        group_size: the scale grouping of a quantized precision (`group_size_for`; w8a16 None = per
+            output channel, w4a16 None = 128).
         step_bytes / flops: the aggregate decode bytes and prefill FLOPs, for the fallback.
     """
     from ascend_adapt.cost_model import CostFigures, allreduce_ms, handover_ms, op_time, transfer_ms
@@ -450,6 +522,7 @@ def step_times(spec, target: str, *, batch: int, seq_len: int, prompt_len: int, 
     ideal = CostFigures.of(t, memory_efficiency=1.0, compute_efficiency=1.0)
     basis = dict(fig.basis)["memory_efficiency"]
     card_chips = card_chips or chips
+    group_size = group_size_for(precision, group_size, spec)
     L = spec.num_layers
     try:
         from .graph_cost import step_load
@@ -517,7 +590,7 @@ def _compile_cost(fig: TargetFigures, weights_total: int, min_prompt: int, seq_l
 def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision: str = "fp16",
              seq_len: int | None = None, batch: int = 1, *, prompt_len: int | None = None,
              efficiency: float | Mapping[str, float] | None = None,
-             prefill_efficiency: float | None = None, group_size: int = 128, min_prompt: int = 16,
+             prefill_efficiency: float | None = None, group_size: int | None = None, min_prompt: int = 16,
              compile_seconds_per_gear: float | None = None, calibration: bool = True) -> EstimateReport:
     """Estimate memory, decode tokens/s, prefill latency and ATC compile cost on targets.
 
@@ -534,7 +607,9 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
             `memory_efficiency`, fitted on a published figure where one exists (`published.py`).
         prefill_efficiency: compute efficiency (fraction of the peak); default: the data file's
             `compute_efficiency`, else 0.40 (uncalibrated).
-        group_size: w4a16 group size along the input dim.
+        group_size: the scale grouping the build uses (`group_size_for`): w8a16 None = one scale per
+            output channel, G = per G input channels (convert --group-size G, which must divide every
+            Linear's input features); w4a16 None = 128. Refused with fp16 / fp32.
         min_prompt: the smallest prefill gear in the ATC gear plan.
         compile_seconds_per_gear: ATC seconds per static graph (default: the ATC driver's placeholder).
         calibration: add each target's calibration statement (`published.calibration_statement`:
@@ -545,6 +620,7 @@ def estimate(config_or_dir: Any, targets: Sequence[str] | None = None, precision
     """
     spec, name = spec_for(config_or_dir)
     seq_len, prompt_len, batch = _lengths(spec, seq_len, prompt_len, batch)
+    group_size = group_size_for(precision, group_size, spec)
     mem = memory_footprint(spec, precision, batch=batch, seq_len=seq_len, prompt_len=prompt_len,
                            group_size=group_size)
     w, kv, ws = mem.weights, mem.kv_cache_bytes, mem.workspace_bytes
@@ -588,7 +664,7 @@ class _Run:
     flops: float
     efficiency: Any
     prefill_efficiency: float | None
-    group_size: int
+    group_size: int | None
     min_prompt: int
     compile_seconds_per_gear: float | None
     calibration: bool
@@ -604,7 +680,7 @@ def _target_estimate(run: _Run, tname: str) -> TargetEstimate:
     # KV cache and end of the model (estimate/fit.py, the planner convert uses)
     chips = chips_for_split(run.spec, fig.name, precision=run.precision, kv_bytes=mem.kv_bytes,
                             act_bytes=mem.act_bytes, batch=run.batch, max_len=run.seq_len,
-                            prompt_len=run.prompt_len)
+                            prompt_len=run.prompt_len, group_size=run.group_size)
     notes: list[str] = []
     timing = None
     if chips == 0:

@@ -4,15 +4,18 @@ milliseconds, before any weight is written.
 The bytes come from `core.memory_footprint` (the one formula `estimate` uses too), with the
 dtypes and the graph layout that `convert` is about to build:
 
-    weights    = Σ tensors × bytes of the dtype the card stores (fp16 under force_fp16, …)
+    weights    = Σ tensors × bytes of the dtype the card stores (fp16 under force_fp16, …; int8
+                 Linears under --quantize + their fp16 scales: one per output channel, or with
+                 --group-size G one per G input channels of each row, `group_size`)
                  × copies (1 for the step-graph layout's one OM, 2 for prefill + decode OMs)
     kv cache   = 2 · layers · B · M · kv_dim · bytes of the compute dtype
     workspace  = activations of the largest prefill gear over the M-slot cache
     fits       ⇔ weights + kv cache + workspace ≤ the target's usable memory per chip
 
 A refusal names the figures and what would fit: the targets with a large enough chip, the
-largest context M that fits this chip, int8 weight quantization (W8A16: the figure is given so
-the gap is known), and `--chips N`, the fewest chips of this target a pipeline split holds.
+largest context M that fits this chip, int8 weight quantization (W8A16 with per-channel scales:
+the figure is given so the gap is known; for a build already int8 with --group-size G, its
+per-channel scales instead), and `--chips N`, the fewest chips of this target a pipeline split holds.
 
 **Multi-chip split** (`convert --chips N`, `check_split_fit`): the layers are cut into N
 contiguous ranges, one stage graph (one OM) per chip; chip 0 also holds the embedding, the last
@@ -37,12 +40,11 @@ the embedding and the head get fewer layers); `chips_for_split` is the smallest 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from ascend_adapt.errors import ConfigError, UnsupportedError
 
-from .core import MemoryFootprint, memory_footprint, target_figures, weight_bytes, workspace_bytes
+from .core import MemoryFootprint, group_size_for, memory_footprint, target_figures, tensor_bytes, workspace_bytes
 
 # weight bytes per element -> the precision key of core.PRECISIONS
 _PRECISION_OF_BYTES = {4: "fp32", 2: "fp16", 1: "w8a16"}  # 1: int8 Linears (--quantize)
@@ -71,8 +73,10 @@ class FitCheck:
         max_len_that_fits: the largest M (≥ prompt_len) that fits this chip with everything else
             unchanged, or None when none does.
         targets_that_fit: other targets (same toolchain) on which the build fits one chip.
-        int8_total_bytes / int8_fits: the same build with w8a16 weights (int8 Linear weights).
+        int8_total_bytes / int8_fits: the same build with w8a16 weights (int8 Linear weights) and
+            per-output-channel scales (convert's default; for a grouped int8 build: without --group-size).
         one_graph_total_bytes: for the two-graph layout, the total with the weights held once.
+        group_size: the w8a16 scale grouping priced (None: per output channel; int8 weights only).
         chips_needed: the fewest chips of this target a pipeline split (`convert --chips N`)
             fits on (0: none up to one layer per chip does).
     """
@@ -92,6 +96,7 @@ class FitCheck:
     int8_fits: bool = False
     one_graph_total_bytes: int | None = None
     chips_needed: int = 1
+    group_size: int | None = None
 
     @property
     def needed_bytes(self) -> int:
@@ -104,7 +109,8 @@ class FitCheck:
     def summary(self) -> str:
         f = self.footprint
         copies = f" × {f.weight_copies} copies ({self.layout} layout)" if f.weight_copies > 1 else ""
-        return (f"needs {_gib(self.needed_bytes)} per chip: weights {_gib(f.weights.total)} {self.weight_dtype}{copies}"
+        return (f"needs {_gib(self.needed_bytes)} per chip: weights {_gib(f.weights.total)} "
+                f"{_weight_text(self.weight_dtype, self.group_size)}{copies}"
                 f" + KV cache {_gib(f.kv_cache_bytes)} ({self.compute_dtype}, B={self.batch} × M={self.max_len})"
                 f" + workspace {_gib(f.workspace_bytes)} (prefill of {self.prompt_len}); {self.target} has "
                 f"{_gib(self.usable_bytes)} usable per chip")
@@ -125,8 +131,13 @@ class FitCheck:
             out.append(f"split the layers over {self.chips_needed} chips: --chips {self.chips_needed} (one OM per "
                        f"chip, each holding its layers' weights and KV cache; a 300I Duo card carries 2 "
                        f"Ascend310P3 chips, an Atlas 300I 4 Ascend310)")
-        out.append(f"int8 weight quantization (W8A16: int8 Linear weights, fp16 activations) needs "
-                   f"{_gib(self.int8_total_bytes)} on one chip ({'fits' if self.int8_fits else 'still too much'})")
+        verdict = "fits" if self.int8_fits else "still too much"
+        if self.weight_dtype != "int8":
+            out.append(f"int8 weight quantization (W8A16: int8 Linear weights, per-channel fp16 scales, fp16 "
+                       f"activations) needs {_gib(self.int8_total_bytes)} on one chip ({verdict})")
+        elif self.group_size and self.int8_total_bytes < self.needed_bytes:
+            out.append(f"per-channel scales (drop --group-size {self.group_size}) need "
+                       f"{_gib(self.int8_total_bytes)} on one chip ({verdict})")
         return out
 
     def to_dict(self) -> dict:
@@ -138,7 +149,8 @@ class FitCheck:
                 "compute_dtype": self.compute_dtype, "layout": self.layout, "batch": self.batch,
                 "max_len": self.max_len, "prompt_len": self.prompt_len,
                 "max_len_that_fits": self.max_len_that_fits, "targets_that_fit": self.targets_that_fit,
-                "int8_total_bytes": self.int8_total_bytes, "chips_needed": self.chips_needed}
+                "int8_total_bytes": self.int8_total_bytes, "chips_needed": self.chips_needed,
+                "group_size": self.group_size}
 
     def error(self, model: str) -> ModelDoesNotFitError:
         """The refusal to raise (nothing written yet)."""
@@ -150,9 +162,16 @@ def _dtype_name(nbytes: int) -> str:
     return {4: "fp32", 2: "fp16", 1: "int8"}.get(nbytes, f"{nbytes}-byte")
 
 
+def _weight_text(weight_dtype: str, group_size: int | None) -> str:
+    """"fp16", or for int8 which scales were priced."""
+    if weight_dtype != "int8":
+        return weight_dtype
+    return "int8 (fp16 scales " + (f"per {group_size} input channels)" if group_size else "per output channel)")
+
+
 def check_fit(spec, target, *, weight_bytes_per_elem: int, compute_bytes: int, batch: int, max_len: int,
               prompt_len: int, weight_copies: int = 1, layout: str = "step",
-              alternatives: bool = True) -> FitCheck:
+              alternatives: bool = True, group_size: int | None = None) -> FitCheck:
     """The memory fit of a build of `spec` on `target` (see the module docstring).
 
     Args:
@@ -164,19 +183,25 @@ def check_fit(spec, target, *, weight_bytes_per_elem: int, compute_bytes: int, b
         weight_copies: 1 (step graph: one OM) or 2 (a prefill OM and a decode OM).
         layout: "step" or "two-graph" (for the messages).
         alternatives: also work out what would fit (max_len, targets, int8, chips).
+        group_size: int8 weights (1 byte): the build's w8a16 scale grouping (convert --group-size G:
+            one fp16 scale per G input channels of each row; None: per output channel). Refused
+            with fp16 / fp32 weights (no scales).
 
     Returns:
         FitCheck.
     """
     fig = target_figures(target)
-    precision = _PRECISION_OF_BYTES[weight_bytes_per_elem]
+    precision = _precision_of(weight_bytes_per_elem)
+    group_size = group_size_for(precision, group_size, spec)
 
-    def footprint(m: int, precision: str = precision, copies: int = weight_copies) -> MemoryFootprint:
+    def footprint(m: int, precision: str = precision, copies: int = weight_copies,
+                  group: int | None = group_size) -> MemoryFootprint:
         return memory_footprint(spec, precision, batch=batch, seq_len=m, prompt_len=min(prompt_len, m),
-                                kv_bytes=compute_bytes, act_bytes=compute_bytes, weight_copies=copies)
+                                kv_bytes=compute_bytes, act_bytes=compute_bytes, weight_copies=copies,
+                                group_size=group)
 
     fc = FitCheck(fig.name, fig.usable_bytes, footprint(max_len), batch, max_len, prompt_len,
-                  _dtype_name(weight_bytes_per_elem), _dtype_name(compute_bytes), layout)
+                  _dtype_name(weight_bytes_per_elem), _dtype_name(compute_bytes), layout, group_size=group_size)
     if fc.fits or not alternatives:
         return fc
     usable = fig.usable_bytes
@@ -198,14 +223,22 @@ def check_fit(spec, target, *, weight_bytes_per_elem: int, compute_bytes: int, b
             continue
         if of.toolchain == fig.toolchain and fc.needed_bytes <= of.usable_bytes:
             fc.targets_that_fit.append(of.name)
-    q = footprint(max_len, "w8a16")
+    q = footprint(max_len, "w8a16", group=None)  # convert's default int8 scales: per output channel
     fc.int8_total_bytes, fc.int8_fits = q.total_bytes, q.total_bytes <= usable
     if weight_copies > 1:
         fc.one_graph_total_bytes = footprint(max_len, precision, 1).total_bytes
     fc.chips_needed = chips_for_split(spec, fig.name, precision=precision, kv_bytes=compute_bytes,
                                       act_bytes=compute_bytes, batch=batch, max_len=max_len,
-                                      prompt_len=prompt_len, weight_copies=weight_copies)
+                                      prompt_len=prompt_len, weight_copies=weight_copies, group_size=group_size)
     return fc
+
+
+def _precision_of(weight_bytes_per_elem: int) -> str:
+    try:
+        return _PRECISION_OF_BYTES[weight_bytes_per_elem]
+    except KeyError:
+        raise ConfigError(f"weight_bytes_per_elem={weight_bytes_per_elem!r}: the card stores weights in 4 (fp32), "
+                          "2 (fp16) or 1 (int8) bytes", "pass 4, 2 or 1") from None
 
 
 # ---------------------------------------------------------------------------- multi-chip split
@@ -230,19 +263,16 @@ def stage_tensors(spec, first: bool, last: bool) -> list[str]:
     return out
 
 
-def _plain_bytes(precision: str) -> int:
-    return 4 if precision == "fp32" else 2  # tensors outside the quantized Linear layers (core.weight_bytes)
-
-
-def split_weight_bytes(spec, precision: str, layers: tuple[int, int], first: bool, last: bool) -> int:
-    """Weight bytes of one stage (one copy): its layers + its non-layer tensors (`stage_tensors`)."""
-    shapes = spec.canonical_shapes()
-    plain = _plain_bytes(precision)
-    total = weight_bytes(spec, precision).total
-    once = stage_tensors(spec, True, True)  # every non-layer tensor once (what weight_bytes counts)
-    per_layer = (total - sum(math.prod(shapes[n]) for n in once) * plain) // spec.num_layers
+def split_weight_bytes(spec, precision: str, layers: tuple[int, int], first: bool, last: bool,
+                       group_size: int | None = None) -> int:
+    """Weight bytes of one stage (one copy): its layers + its non-layer tensors (`stage_tensors`),
+    each tensor at `core.tensor_bytes` (an int8 Linear with its scales, `group_size` as there; a
+    quantized untied head on the last chip at its int8 size)."""
+    per = tensor_bytes(spec, precision, group_size)
     a, b = layers
-    return (b - a) * per_layer + sum(math.prod(shapes[n]) for n in stage_tensors(spec, first, last)) * plain
+    # every layer holds the same tensors (ModelSpec.canonical_shapes): the layers' bytes divide exactly
+    per_layer = sum(n_b for n, n_b in per.items() if n.startswith("layers.")) // spec.num_layers
+    return (b - a) * per_layer + sum(per[n] for n in stage_tensors(spec, first, last))
 
 
 @dataclass
@@ -290,10 +320,11 @@ class ChipFit:
 
 
 def _chip_bytes(spec, precision: str, layers, first: bool, last: bool, *, kv_bytes: int, act_bytes: int,
-                batch: int, max_len: int, prompt_len: int, weight_copies: int) -> tuple[int, int, int]:
+                batch: int, max_len: int, prompt_len: int, weight_copies: int,
+                group_size: int | None = None) -> tuple[int, int, int]:
     """(weights × copies, KV cache, workspace) of one stage."""
     a, b = layers
-    w = split_weight_bytes(spec, precision, layers, first, last) * int(weight_copies)
+    w = split_weight_bytes(spec, precision, layers, first, last, group_size) * int(weight_copies)
     kv = 2 * (b - a) * batch * max_len * spec.kv_dim * kv_bytes
     ws = workspace_bytes(spec, batch, min(prompt_len, max_len), max_len, act_bytes)
     if not last:
@@ -303,7 +334,7 @@ def _chip_bytes(spec, precision: str, layers, first: bool, last: bool, *, kv_byt
 
 def partition_layers(spec, chips: int, *, precision: str = "fp16", kv_bytes: int = 2, act_bytes: int = 2,
                      batch: int = 1, max_len: int = 2048, prompt_len: int = 512,
-                     weight_copies: int = 1) -> list[tuple[int, int]]:
+                     weight_copies: int = 1, group_size: int | None = None) -> list[tuple[int, int]]:
     """N contiguous layer ranges [a, b) covering every layer, each ≥ 1 layer, that make the largest
     chip (weights + KV + workspace) smallest: the chips holding the embedding / the head get fewer
     layers when those weigh more than a layer's share.
@@ -319,7 +350,7 @@ def partition_layers(spec, chips: int, *, precision: str = "fp16", kv_bytes: int
         raise ConfigError(f"--chips {chips}: the model has {L} layers, a split needs at least one layer per chip",
                           f"use --chips {L} or fewer")
     kw = dict(kv_bytes=kv_bytes, act_bytes=act_bytes, batch=batch, max_len=max_len, prompt_len=prompt_len,
-              weight_copies=weight_copies)
+              weight_copies=weight_copies, group_size=group_size)
     # bytes of chip i with c layers = c · per_layer + extra_i (layer-independent part)
     extra, per_layer = [], 0
     for i in range(chips):
@@ -386,6 +417,7 @@ class SplitFit:
     compute_dtype: str
     layout: str
     chips_needed: int = 0
+    group_size: int | None = None
 
     @property
     def fits(self) -> bool:
@@ -401,7 +433,8 @@ class SplitFit:
 
     def summary(self) -> str:
         worst = max(self.chips, key=lambda c: c.total_bytes)
-        return (f"split over {len(self.chips)} {self.target} chips ({self.weight_dtype} weights, {self.compute_dtype} "
+        return (f"split over {len(self.chips)} {self.target} chips ({_weight_text(self.weight_dtype, self.group_size)} "
+                f"weights, {self.compute_dtype} "
                 f"KV cache B={self.batch} × M={self.max_len}, prefill of {self.prompt_len}): "
                 + "; ".join(f"chip {c.chip} layers {c.layers[0]}-{c.layers[1] - 1} {_gib(c.total_bytes)}"
                             for c in self.chips)
@@ -412,7 +445,7 @@ class SplitFit:
                 "per_chip": [c.to_dict() for c in self.chips], "batch": self.batch, "max_len": self.max_len,
                 "prompt_len": self.prompt_len, "weight_dtype": self.weight_dtype,
                 "compute_dtype": self.compute_dtype, "layout": self.layout, "chips_needed": self.chips_needed,
-                "needed_bytes": max(c.total_bytes for c in self.chips)}
+                "needed_bytes": max(c.total_bytes for c in self.chips), "group_size": self.group_size}
 
     def error(self, model: str) -> ModelDoesNotFitError:
         bad = [c for c in self.chips if not c.fits]
@@ -421,23 +454,26 @@ class SplitFit:
         return ModelDoesNotFitError(
             f"{model} split over {len(self.chips)} chips does not fit {self.target}: "
             + "; ".join(f"{c.summary()}, {self.target} has {_gib(c.usable_bytes)} usable" for c in bad),
-            f"what would fit: {more}; or fewer context slots (--max-len), or int8 weight quantization (W8A16)")
+            f"what would fit: {more}; or fewer context slots (--max-len)"
+            + (", or int8 weight quantization (W8A16)" if self.weight_dtype != "int8" else
+               f", or per-channel scales (drop --group-size {self.group_size})" if self.group_size else ""))
 
 
 def check_split_fit(spec, target, chips: int, device_ids=None, *, weight_bytes_per_elem: int, compute_bytes: int,
                     batch: int, max_len: int, prompt_len: int, weight_copies: int = 1, layout: str = "step",
-                    ranges: list[tuple[int, int]] | None = None) -> SplitFit:
+                    ranges: list[tuple[int, int]] | None = None, group_size: int | None = None) -> SplitFit:
     """Per-chip fit of `spec` split over `chips` chips of `target` (see the module docstring).
 
     Args:
         chips: N ≥ 1 (≤ the layers). device_ids: one NPU per chip (default 0..N-1).
         ranges: the layer ranges (default `partition_layers`).
-        other args: as `check_fit`.
+        other args (group_size: the int8 build's scale grouping): as `check_fit`.
     """
     fig = target_figures(target)
-    precision = _PRECISION_OF_BYTES[weight_bytes_per_elem]
+    precision = _precision_of(weight_bytes_per_elem)
+    group_size = group_size_for(precision, group_size, spec)
     kw = dict(kv_bytes=compute_bytes, act_bytes=compute_bytes, batch=batch, max_len=max_len, prompt_len=prompt_len,
-              weight_copies=weight_copies)
+              weight_copies=weight_copies, group_size=group_size)
     ranges = ranges or partition_layers(spec, chips, precision=precision, **kw)
     ids = parse_device_ids(device_ids, chips)
     out = []
@@ -446,18 +482,21 @@ def check_split_fit(spec, target, chips: int, device_ids=None, *, weight_bytes_p
         w, kv, ws = _chip_bytes(spec, precision, r, first, last, **kw)
         out.append(ChipFit(i, dev, tuple(r), first, last, w, kv, ws, fig.usable_bytes))
     sf = SplitFit(fig.name, fig.usable_bytes, out, batch, max_len, prompt_len, _dtype_name(weight_bytes_per_elem),
-                  _dtype_name(compute_bytes), layout)
+                  _dtype_name(compute_bytes), layout, group_size=group_size)
     sf.chips_needed = chips if sf.fits else chips_for_split(spec, fig.name, precision=precision, **kw)
     return sf
 
 
 def chips_for_split(spec, target, *, precision: str = "fp16", kv_bytes: int = 2, act_bytes: int = 2, batch: int = 1,
-                    max_len: int = 2048, prompt_len: int = 512, weight_copies: int = 1) -> int:
+                    max_len: int = 2048, prompt_len: int = 512, weight_copies: int = 1,
+                    group_size: int | None = None) -> int:
     """The fewest chips of `target` a pipeline split (`convert --chips N`) of `spec` fits on, every
-    chip checked with `partition_layers`' ranges; 0 when even one layer per chip does not fit."""
+    chip checked with `partition_layers`' ranges; 0 when even one layer per chip does not fit.
+    `group_size`: the scale grouping of a quantized precision (`core.group_size_for`)."""
     usable = target_figures(target).usable_bytes
+    group_size = group_size_for(precision, group_size, spec)
     kw = dict(kv_bytes=kv_bytes, act_bytes=act_bytes, batch=batch, max_len=max_len, prompt_len=prompt_len,
-              weight_copies=weight_copies)
+              weight_copies=weight_copies, group_size=group_size)
     for n in range(1, spec.num_layers + 1):
         ranges = partition_layers(spec, n, precision=precision, **kw)
         if all(sum(_chip_bytes(spec, precision, r, i == 0, i == n - 1, **kw)) <= usable

@@ -79,21 +79,22 @@ class StepLoad:
         return k1 + (n - 1) * (k2 - k1)
 
 
-def _quant_bytes(shape: Sequence[int], bits: int, group_size: int) -> int:
+def _quant_bytes(shape: Sequence[int], bits: int, group_size: int | None) -> int:
     """Bytes of one [in, out] block Linear at `bits` (+ its fp16 scales), as core.weight_bytes counts."""
     in_f, out_f = int(shape[0]), int(shape[1])
     if bits == 8:
-        return in_f * out_f + out_f * 2
+        return in_f * out_f + out_f * (in_f // group_size if group_size else 1) * 2
     return in_f * out_f * bits // 8 + out_f * math.ceil(in_f / group_size) * 4
 
 
 @lru_cache(maxsize=64)
 def _build(spec_json: str, layers: int, target_name: str, batch: int, max_len: int, act: str,
-           quantize: str | None = None):
+           quantize: str | None = None, group_size: int | None = None):
     """The weightless step graph of the spec with `layers` layers (the builder's recipe).
 
-    `quantize="w8a16"`: the Linears stored int8 [in, out] with a per-output-channel scale, read
-    through the builder's own quantized emission (as `convert --quantize w8a16` builds it).
+    `quantize="w8a16"`: the Linears stored int8 [in, out] with a per-output-channel scale ([out]),
+    or with `group_size` G one per G input channels ([in/G, 1, out]), read through the builder's
+    own quantized emission (as `convert --quantize w8a16 [--group-size G]` builds it).
     """
     import numpy as np
 
@@ -117,14 +118,15 @@ def _build(spec_json: str, layers: int, target_name: str, batch: int, max_len: i
     if quantize:
         from ascend_adapt.om_convert.builder.quantize import SCALE_SUFFIX, LinearQuantizer
 
-        quantizer = LinearQuantizer(quantize, spec, dtype)
+        quantizer = LinearQuantizer(quantize, spec, dtype, group_size=group_size)
     stored = {}
     for name, shape in shapes.items():
         transposed = name.endswith(_LINEAR) or (name == "lm_head.weight" and not spec.tie_word_embeddings)
         st = _Stored(tuple(shape)[::-1] if transposed else shape)
         if quantizer is not None and quantizer.quantizes(name):
             st.dtype = np.dtype(np.int8)
-            stored[name + SCALE_SUFFIX] = ("weights.bin", _Stored((shape[0],)))  # [out] in the act dtype
+            scale = (shape[1] // group_size, 1, shape[0]) if group_size else (shape[0],)
+            stored[name + SCALE_SUFFIX] = ("weights.bin", _Stored(scale))  # in the act dtype
         stored[name] = ("weights.bin", st)
 
     def sink(name, arr):  # constants (rotary tables) that would go to weights.bin
@@ -144,7 +146,7 @@ def _build(spec_json: str, layers: int, target_name: str, batch: int, max_len: i
 
 @lru_cache(maxsize=256)
 def _loads(spec_json: str, layers: int, target_name: str, batch: int, max_len: int, gear: int, act: str,
-           precision: str, group_size: int):
+           precision: str, group_size: int | None):
     from ascend_adapt.contract import io_spec, step_shape
     from ascend_adapt.sim.cost import host_io_bytes, op_loads
     from ascend_adapt.sim.graph import infer_tensor_infos
@@ -152,7 +154,8 @@ def _loads(spec_json: str, layers: int, target_name: str, batch: int, max_len: i
     from ascend_adapt.sim.settings import SimSettings
 
     quant = "w8a16" if precision == "w8a16" else None
-    model, spec, keep = _build(spec_json, layers, target_name, batch, max_len, act, quant)
+    model, spec, keep = _build(spec_json, layers, target_name, batch, max_len, act, quant,
+                               group_size if quant else None)
     shapes = {n: tuple(step_shape(s, gear)) for n, s, _ in io_spec(spec, "step", batch, 1, max_len, act)["inputs"]}
     infos = infer_tensor_infos(model, shapes)
     mode = "must_keep_origin_dtype" if act == "float32" else "force_fp16"
@@ -177,17 +180,22 @@ def _loads(spec_json: str, layers: int, target_name: str, batch: int, max_len: i
 
 
 def step_load(spec, target_name: str, *, batch: int, max_len: int, gear: int, precision: str = "fp16",
-              group_size: int = 128) -> StepLoad:
+              group_size: int | None = None) -> StepLoad:
     """The `StepLoad` of one step of `gear` tokens per row over an `max_len`-slot cache.
 
     Args:
         spec: the ModelSpec. target_name: the target (fused ops and the precision plan follow it).
         batch, max_len: B and M of the build. gear: tokens per row of the step (1 = decode).
         precision: "fp16" / "w8a16" / "w4a16" (fp16 graph, force_fp16) or "fp32" (fp32 graph, origin).
+        group_size: the scale grouping (`core.group_size_for`: w8a16 None = per output channel,
+            w4a16 None = 128).
 
     Raises:
         UnsupportedError / ConfigError: the builder cannot emit this spec.
     """
+    from .core import group_size_for
+
+    group_size = group_size_for(precision, group_size)
     act = "float32" if precision == "fp32" else "float16"
     key = json.dumps(spec.to_dict(), sort_keys=True)
     one, io = _loads(key, 1, target_name, batch, max_len, gear, act, precision, group_size)
