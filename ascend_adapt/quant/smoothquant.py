@@ -490,12 +490,21 @@ def alpha_errors(x, w, wmax, folds=None, grid=ALPHA_GRID) -> np.ndarray:
                 step = float(act_scale_of(am, sm))
                 inv = torch.from_numpy(np.float32(1.0) / sm)
                 xq = torch.clamp(torch.round((x[te] * inv) / step), -INT8_MAX, INT8_MAX) * step
-                ws = wt * torch.from_numpy(sm)  # quantize_per_channel(w, sm), in torch (same float32 steps)
-                sc = ws.abs().amax(dim=1, keepdim=True) / np.float32(INT8_MAX)
+                # quantize_per_channel(w, sm), in torch (the same float32 steps), in place on one
+                # copy of W·s: besides W (the caller's) the only weight-sized tensor alive
+                # (out-of-place, W·s, W·s/step and its rounding were alive at once, and the last
+                # grid point's int8 image until the next one was made: 5 weights, not 2)
+                wq = wt * torch.from_numpy(sm)
+                lo, hi = torch.aminmax(wq, dim=1, keepdim=True)  # max_o |W·s| with no |W·s| copy
+                sc = torch.maximum(hi, -lo) / np.float32(INT8_MAX)
                 sc = torch.where(sc > 0, sc, torch.ones_like(sc))
-                wq = torch.clamp(torch.round(ws / sc), -INT8_MAX, INT8_MAX) * sc
-                d = xq @ wq.T - y[te]
-                err[i] += float(torch.sum(d.double() ** 2))
+                wq.div_(sc).round_().clamp_(-INT8_MAX, INT8_MAX).mul_(sc)
+                d = xq @ wq.T
+                del wq
+                d.sub_(y[te])
+                d = d.double()
+                err[i] += float(torch.sum(d.pow_(2)))
+                del d
     return np.sqrt(err / energy) if energy > 0 else err
 
 
@@ -514,6 +523,8 @@ def search_alphas(spec, inputs: dict[str, np.ndarray], weights: dict[str, np.nda
     Returns:
         group leader (first Linear) → held-out relative error per α of `grid`.
     """
+    from .calib import return_freed_memory
+
     grid = tuple(float(check_alpha(a)) for a in grid)
     if not grid or "auto" in grid:
         raise ConfigError(f"W8A8 α search: grid {grid!r} must be numbers in [0, 1]", "e.g. 0, 0.1, …, 1")
@@ -524,8 +535,13 @@ def search_alphas(spec, inputs: dict[str, np.ndarray], weights: dict[str, np.nda
         if names[0] not in inputs:
             raise ConfigError(f"W8A8 α search: no calibration inputs kept for '{names[0]}'",
                               "collect them with collect_act_stats(..., keep_inputs=...)")
+        # the freed heap pages of the previous group (its outputs, below glibc's mmap threshold)
+        # go back to the OS before this one's weight-sized tensors are made
+        return_freed_memory()
         w = np.concatenate([np.asarray(weights[n], np.float32) for n in names], axis=0)
-        out[names[0]] = alpha_errors(inputs[names[0]], w, np.abs(w).max(axis=0), folds, grid)
+        wmax = np.maximum(w.max(axis=0), -w.min(axis=0))  # = max |w| per column, with no |w| copy
+        out[names[0]] = alpha_errors(inputs[names[0]], w, wmax, folds, grid)
+        del w
     return out
 
 
@@ -637,7 +653,7 @@ class CalibMemory:
             logits where the head runs).
         samples: the α-search samples, 4 × kept tokens × Σ in_features of the group leaders (all
             layers; streamed, one stage's).
-        search_temp: the α search's temporaries for its largest group.
+        search_temp: the α search's temporaries for its largest group (`search_temp_bytes`).
         kept_tokens: tokens of the search samples.
         resident: streamed only, held through the whole run: the fp32 embedding matrix, every
             prompt's hidden state (twice while the final norm runs) and the per-prompt layer
@@ -658,6 +674,16 @@ class CalibMemory:
     def total(self) -> int:
         """The peak: what is held throughout, plus the larger of a load and a calibration run."""
         return self.resident + max(self.load_peak, self.golden + self.activations + self.samples + self.search_temp)
+
+
+def search_temp_bytes(out_features: int, in_features: int, kept_tokens: int) -> int:
+    """Bytes `search_alphas` holds for one input group beyond its samples (x) and the layer's own
+    weights: the group's stacked W and one copy of W·s quantized and dequantized in place
+    (2·out·in); the outputs: the reference x·Wᵀ (T·out), and on a held-out fold of ≤ T rows the
+    int8 output minus the reference, then that difference in float64 while it is converted
+    (3·T·out: 4·T·out in all); the quantized input chain (3·T·in). Float32, 4 bytes each."""
+    o, i, t = int(out_features), int(in_features), int(kept_tokens)
+    return 4 * (2 * o * i + 4 * t * o + 3 * t * i)
 
 
 def calib_memory(spec, tokens: int, longest_prompt: int, search_tokens: int = SEARCH_TOKENS, *,
@@ -691,11 +717,9 @@ def calib_memory(spec, tokens: int, longest_prompt: int, search_tokens: int = SE
     leaders_in = (max(layer_in, H if quantized_head else 0) if streamed
                   else spec.num_layers * layer_in + (H if quantized_head else 0))
     samples = f32 * kept * leaders_in
-    # alpha_errors on the largest group: its stacked W, W·s, W·s/step and the int8 image (4 weights),
-    # the reference and the difference output (2·T·out), the quantized input chain (3·T·in)
     groups = [(spec.q_dim + 2 * spec.kv_dim, H), (H, spec.q_dim),
               ((2 if spec.ffn == "swiglu" else 1) * I, H), (H, I)] + ([(V, H)] if quantized_head else [])
-    temp = max(f32 * (4 * o * i + 2 * kept * o + 3 * kept * i) for o, i in groups)
+    temp = max(search_temp_bytes(o, i, kept) for o, i in groups)
     if not streamed:
         golden = 0 if golden_loaded else f32 * spec.param_count()
         return CalibMemory(golden, golden, act, samples, temp, kept)
@@ -839,7 +863,12 @@ def plan_w8a8(model_dir, *, calib="builtin", alpha: float | str = "auto", rule: 
     if backend is None:  # layer-streamed unless the family's golden has no layer stepper
         from ascend_adapt.backends.torch.session import reference_module
 
-        stepper = getattr(reference_module(spec.arch), "calib_stages", None)
+        golden = reference_module(spec.arch)
+        stepper = getattr(golden, "calib_stages", None)
+        if stepper is not None and hasattr(golden, "calib_imports"):
+            # the stepper's library code (transformers' modelling modules: 0.13 GB on a Llama) is
+            # imported now, reading no weight, so the host's free memory read below has it out
+            golden.calib_imports(spec)
     need = calib_memory(spec, sum(map(len, token_lists)), max(map(len, token_lists), default=1), search_tokens,
                         quantized_head=head, golden_loaded=backend is not None, streamed=stepper is not None)
     check_calib_memory(str(model_dir), spec, need, host_memory() if memory_available is None else memory_available)

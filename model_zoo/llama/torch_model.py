@@ -288,6 +288,21 @@ class HFLayerStages:
         return lm.eval()
 
 
+def import_hf_model_code(config) -> None:
+    """Import the transformers code `HFLayerStages(..., config)` builds with (the configuration and
+    modelling modules of its family), reading no weight: the model is made on the meta device."""
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        AutoModel.from_config(config)
+
+
 def calib_stages(spec: ModelSpec, source) -> HFLayerStages:
     """Family hook of the layer-streamed calibration (`ascend_adapt.quant.calib.stream_act_stats`)."""
     return HFLayerStages(spec, source, hf_config(spec))
+
+
+def calib_imports(spec: ModelSpec) -> None:
+    """Family hook: the library code of `calib_stages`, imported before `plan_w8a8` reads the
+    host's free memory (0.13 GB of transformers on a Llama), so that figure already has it out."""
+    import_hf_model_code(hf_config(spec))

@@ -63,3 +63,11 @@ def calib_stages(spec: ModelSpec, source):
     from ascend_adapt.model_zoo.llama.torch_model import HFLayerStages
 
     return HFLayerStages(spec, source, hf_config(spec))
+
+
+def calib_imports(spec: ModelSpec) -> None:
+    """Family hook: the library code of `calib_stages`, imported before `plan_w8a8` reads the
+    host's free memory (as the Llama golden's)."""
+    from ascend_adapt.model_zoo.llama.torch_model import import_hf_model_code
+
+    import_hf_model_code(hf_config(spec))
