@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "bench"))
 
 import build_memory  # noqa: E402
+import calib_memory  # noqa: E402
 import cli_startup  # noqa: E402
 import convert_memory  # noqa: E402
 import decode  # noqa: E402
@@ -104,6 +105,18 @@ def test_decode_prose_follows_the_figures():
     assert "above what the GEMV kernels reach" in b
     # no figure in the text that the figures do not produce: the probes paragraph has none
     assert not any(ch.isdigit() for ch in decode.TRIED)
+
+
+@pytest.mark.parametrize("grown, verdict", [(0.70e9, "the figure covers the growth with 0.04 GB to spare"),
+                                             (0.80e9, "the growth exceeds the figure by 0.06 GB (8 % of it)")])
+def test_calib_memory_prose_follows_the_figures(grown, verdict):
+    import argparse
+
+    b = {"elapsed_s": 120.0, "peak_rss": 1.21e9, "peak_anon": 0.29e9 + grown, "anon_at_check": 0.29e9,
+         "figure": 0.74e9, "tokens": 256, "parts": {"resident": 0.3e9, "golden": 0.2e9, "search_temp": 0.24e9}}
+    text = calib_memory._section(argparse.Namespace(alpha="0.5", whole=False), b, int(grown))
+    assert verdict in text and "layer-streamed, the default" in text
+    assert f"| growth after the check | {grown / 1e9:.2f} GB |" in text and "| search_temp | 0.24 GB |" in text
 
 
 def test_performance_doc_has_no_hand_written_prose_outside_the_benches():

@@ -10,7 +10,9 @@ host's MemAvailable is read then, so what the process already holds is not part 
 the growth from there to the peak, and `calib_memory`'s figure and parts. `--whole` calibrates
 the whole fp32 golden instead (a backend passed in). The checkpoint is deleted unless --keep.
 
-Usage: python tools/bench/calib_memory.py [--workdir DIR] [--alpha 0.5] [--tokens 256] [--whole] [--keep]
+With --write-doc the figures go to docs/PERFORMANCE.md ("W8A8 calibration memory" section).
+
+Usage: python tools/bench/calib_memory.py [--workdir DIR] [--alpha 0.5] [--tokens 256] [--whole] [--keep] [--write-doc]
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=256, help="calibration tokens at most (default 256)")
     ap.add_argument("--whole", action="store_true", help="calibrate the whole fp32 golden (a backend passed in)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint")
+    ap.add_argument("--write-doc", action="store_true", help="write the section of docs/PERFORMANCE.md")
     args = ap.parse_args(argv)
     from ascend_adapt.model_zoo.tiny import make_tiny_checkpoint
 
@@ -101,7 +104,44 @@ def main(argv=None) -> int:
           f"({gb(b['anon_at_check'])} held at the memory check, {gb(grown)} grown after it); "
           f"calib_memory figure {gb(b['figure'])} ({', '.join(f'{k} {gb(v)}' for k, v in b['parts'].items())}); "
           f"growth − figure {gb(grown - b['figure'])}")
+    if args.write_doc:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _report import write_section
+
+        write_section("W8A8 calibration memory (tools/bench/calib_memory.py)", _section(args, b, grown),
+                      dists=("numpy", "torch", "transformers"))
     return 0
+
+
+def _section(args, b: dict, grown: int) -> str:
+    """The PERFORMANCE.md section: every figure and verdict made from the measured ones."""
+    gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
+    short = grown - b["figure"]
+    verdict = (f"the figure covers the growth with {gb(-short)} to spare" if short <= 0 else
+               f"the growth exceeds the figure by {gb(short)} ({100 * short / b['figure']:.0f} % of it): "
+               "that much is not accounted for by `calib_memory`")
+    rows = "\n".join(f"| {k} | {gb(v)} |" for k, v in b["parts"].items())
+    shape = ", ".join(f"{k} {v}" for k, v in CONFIG.items())
+    return f"""`plan_w8a8` ({'the whole fp32 golden, a backend passed in' if args.whole else 'layer-streamed, the default'};
+α = {args.alpha}; {b['tokens']} calibration tokens) on a random Llama-shaped fp16 checkpoint ({shape}),
+in a fresh child process sampling its /proc/self/status every 2 ms. The host's free memory is read at
+the memory check (`check_calib_memory`), so what the process already holds then is outside the
+figure; what grows after it is what the figure must cover.
+
+| measured | |
+|---|---|
+| wall time | {b['elapsed_s']:.0f} s |
+| peak RSS (VmHWM) | {gb(b['peak_rss'])} |
+| peak anonymous memory (RssAnon, sampled) | {gb(b['peak_anon'])} |
+| anonymous memory at the memory check | {gb(b['anon_at_check'])} |
+| growth after the check | {gb(grown)} |
+| `calib_memory` figure | {gb(b['figure'])} |
+
+| figure's part (figure = resident + max(load_peak, golden + activations + samples + search_temp)) | bytes |
+|---|---|
+{rows}
+
+Growth against the figure: {verdict}."""
 
 
 if __name__ == "__main__":
