@@ -165,6 +165,10 @@ class InterruptedBySignal(KeyboardInterrupt):
         self.signal_name = name
         self.exit_code = 128 + signum
 
+    def report(self, removed: bool = True) -> str:
+        """The one line the program prints when it stops for this signal."""
+        return f"{self}: stopped" + ("; the partial output was removed" if removed else "")
+
 
 def _human_bytes(n) -> str:
     n = float(n)

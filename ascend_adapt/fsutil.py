@@ -330,13 +330,12 @@ def _exit_now(signum: int) -> None:
             removed = bool(cleanup()) or removed
         except BaseException:  # noqa: BLE001 - the others still run, the process still exits
             pass
-    tail = "stopped; the partial output was removed" if removed else "stopped"
     try:
         sys.stdout.flush()
     except (OSError, ValueError):
         pass
     try:
-        sys.stderr.write(f"{exc}: {tail}\n")
+        sys.stderr.write(exc.report(removed) + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass

@@ -14,7 +14,6 @@ while an output is written (`InterruptedBySignal`) removes the partial output an
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import click
@@ -91,23 +90,19 @@ def cli():
     """
 
 
-def main(argv=None, *, _on_interrupt=None) -> int:
+def main(argv=None) -> int:
     """Run the CLI on `argv` (default: sys.argv[1:]) and return the exit status."""
     try:
         cli.main(args=argv, prog_name="ascend-adapt", standalone_mode=False)
     except AscendAdaptError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
-    except InterruptedBySignal as exc:  # raised outside click's invoke
-        if _on_interrupt is not None:
-            _on_interrupt(exc.exit_code)
+    except InterruptedBySignal as exc:  # raised outside click's invoke (in-process callers)
         return _interrupted(exc)
     except click.exceptions.Abort as exc:
         # click turns a KeyboardInterrupt (our InterruptedBySignal is one) into Abort
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, InterruptedBySignal):
-            if _on_interrupt is not None:
-                _on_interrupt(cause.exit_code)
             return _interrupted(cause)
         click.echo("aborted", err=True)
         return 130
@@ -122,7 +117,7 @@ def main(argv=None, *, _on_interrupt=None) -> int:
 
 
 def _interrupted(exc: InterruptedBySignal) -> int:
-    click.echo(f"{exc}: stopped; the partial output was removed", err=True)
+    click.echo(exc.report(), err=True)
     return exc.exit_code
 
 
@@ -133,23 +128,14 @@ def run() -> None:
     (`fsutil.exit_on_signal`): the cleanups run, one line is printed, `os._exit(128 + signum)`.
     Raising `InterruptedBySignal` instead unwinds through whatever was running; a SIGTERM that
     landed inside `import onnx` (its C extensions call back into Python while they initialize)
-    aborted the interpreter, and convert exited with SIGSEGV / SIGABRT instead of 143. Should an
-    `InterruptedBySignal` still reach `main()`, the process leaves with `os._exit` too, skipping
-    the interpreter's teardown.
+    aborted the interpreter, and convert exited with SIGSEGV / SIGABRT instead of 143. In this mode
+    no `InterruptedBySignal` reaches `main()` (in-process callers of `main()` still get the
+    exception's exit code).
     """
     from ..fsutil import exit_on_signal
 
     exit_on_signal()
-    interrupted: list[int] = []
-    code = main(_on_interrupt=interrupted.append)
-    if interrupted:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
-    sys.exit(code)
+    sys.exit(main())
 
 
 def _os_error(exc: OSError) -> int:
